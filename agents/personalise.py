@@ -1,0 +1,20 @@
+"""Shop events become fresh recommendations, one micro-batch at a time."""
+
+from __future__ import annotations
+
+from streams.metrics import Metrics
+from streams.pipeline import BatchProcessor
+from streams.redis_sink import RedisSink
+
+
+def register(app) -> None:
+    s = app.settings_
+    app.metrics = Metrics()
+    app.sink = RedisSink(s.redis_url, s.redis_prefix, s.recs_ttl_s, app.metrics)
+    app.processor = BatchProcessor(app, app.metrics, app.sink)
+
+    @app.agent(app.input_topic, name="personalise")
+    async def personalise(stream):
+        """Each micro-batch of shop events updates profiles and models, then refreshes those shoppers' top-N."""
+        async for batch in stream.take_events(s.batch_max_events, within=s.batch_max_wait_s):
+            await app.processor.process(batch)

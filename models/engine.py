@@ -1,0 +1,173 @@
+"""The personalisation engine: everything a worker learns, as one pure object.
+
+A micro-batch of validated events goes in; updated customer profiles and fresh
+top-N recommendations for the customers it touched come out. No I/O happens
+here: the Faust agents (``agents/``) read and write Kafka, tables and Redis
+around it, and the offline replay drives the very same object, so what is
+measured offline is what runs live.
+
+Order inside a batch, per event: drop duplicates (by ``event_id``, against the
+customer's dedupe window kept IN the profile, so the window is checkpointed
+atomically with the counts it protects), update the profile, let the models
+learn. Then once per touched customer: update and assign the segment, and
+rank the catalogue (one batched, vectorised call for all touched customers).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Protocol, Sequence
+
+from models.profile import Profile, apply_event, features, new_profile
+from models.ranker import HybridRanker
+from models.segments import CustomerSegments
+
+
+class Interaction(Protocol):
+    """What the engine needs to know of an event (``streams.contract.Event`` fits)."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    ts: float
+    category: str | None
+    price: float | None
+    quantity: int
+    order_id: str | None
+
+
+@dataclass
+class BatchOutcome:
+    """What one micro-batch changed."""
+
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    recommendations: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    learned: int = 0
+    learned_by_type: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    # Live (prequential) quality: was the event's item among the top-K the
+    # customer had been shown before this event was learned?
+    evaluated: int = 0
+    hits: int = 0
+    popularity_hits: int = 0
+
+
+class PersonalisationEngine:
+    """Profiles, segments and the hybrid ranker behind one micro-batch API.
+
+    Parameters
+    ----------
+    top_n
+        Recommendations per customer.
+    exclude
+        ``"purchased"`` (default), ``"interacted"`` or ``"none"``.
+    n_segments
+        Customer segments (River KMeans clusters).
+    dedupe_window
+        Event ids remembered per customer to drop duplicates.
+    hit_k
+        Cut-off of the live hit rate.
+    seed
+        Seed of every stochastic component.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as E
+    >>> engine = PersonalisationEngine(top_n=3)
+    >>> engine.upsert_item("i1", "books"); engine.upsert_item("i2", "books"); engine.upsert_item("i3", "toys")
+    >>> ev = E(event_id="e1", user_id="u1", item_id="i1", type="purchase", ts=1.7e9,
+    ...        category="books", price=10.0, quantity=1, order_id="o1")
+    >>> out = engine.process([ev, ev], profiles={})
+    >>> out.learned, out.duplicates
+    (1, 1)
+    >>> [item for item, _ in out.recommendations["u1"]]  # purchased i1 is excluded
+    ['i2', 'i3']
+    >>> out.profiles["u1"].counts["purchase"]
+    1
+    """
+
+    def __init__(self, top_n: int = 20, exclude: str = "purchased", n_segments: int = 6,
+                 dedupe_window: int = 512, hit_k: int = 10, seed: int = 42) -> None:
+        self.top_n = top_n
+        self.exclude = exclude
+        self.n_segments = n_segments
+        self.dedupe_window = dedupe_window
+        self.hit_k = hit_k
+        self.seed = seed
+        self.ranker = HybridRanker(seed=seed)
+        self.segments = CustomerSegments(n_segments=n_segments, seed=seed)
+        # Last top-K shown per customer (bounded by customers x K) and the
+        # global popularity top list: the live quality metric compares them.
+        self._shown: dict[str, frozenset[str]] = {}
+        self._item_counts: dict[str, int] = {}
+
+    # ------------------------------------------------------------------
+    def upsert_item(self, item_id: str, category: str | None = None, available: bool = True) -> None:
+        self.ranker.upsert_item(item_id, category=category, available=available)
+
+    @property
+    def model_version(self) -> int:
+        return self.ranker.model_version
+
+    def process(self, events: Iterable[Interaction], profiles: Mapping[str, Profile],
+                *, recommend: bool = True) -> BatchOutcome:
+        """Learn from a micro-batch and refresh the touched customers' top-N.
+
+        ``profiles`` is only read (customers seen before); the updated profiles
+        of every touched customer are in the outcome, for the caller to store.
+        """
+        out = BatchOutcome()
+        touched: dict[str, Profile] = out.profiles
+        pop_top = self._popular(self.hit_k)
+        latest_ts = 0.0
+        for ev in events:
+            user = ev.user_id
+            profile = touched.get(user)
+            if profile is None:
+                profile = profiles.get(user) or new_profile(user)
+            if not apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
+                               ts=ev.ts, category=ev.category, price=ev.price,
+                               quantity=ev.quantity, order_id=ev.order_id, window=self.dedupe_window):
+                out.duplicates += 1
+                continue
+            touched[user] = profile
+            self._score_live(user, ev.item_id, pop_top, out)
+            self.ranker.learn_one(user, ev.item_id, ev.type, ev.ts)
+            self._item_counts[ev.item_id] = self._item_counts.get(ev.item_id, 0) + 1
+            out.learned += 1
+            out.learned_by_type[ev.type] = out.learned_by_type.get(ev.type, 0) + 1
+            latest_ts = max(latest_ts, ev.ts)
+
+        for user, profile in touched.items():
+            x = features(profile, latest_ts or profile.last_seen)
+            self.segments.learn_one(x)
+            profile.segment = self.segments.predict_one(x)
+
+        if recommend and touched:
+            users = list(touched)
+            for user, recs in zip(users, self.ranker.recommend(users, n=self.top_n, exclude=self.exclude)):
+                out.recommendations[user] = recs
+                self._shown[user] = frozenset(item for item, _ in recs[: self.hit_k])
+        return out
+
+    def recommend(self, user_ids: Sequence[str], n: int | None = None) -> list[list[tuple[str, float]]]:
+        return self.ranker.recommend(list(user_ids), n=n or self.top_n, exclude=self.exclude)
+
+    def forget_user(self, user_id: str) -> None:
+        self.ranker.forget_user(user_id)
+        self._shown.pop(user_id, None)
+
+    # ------------------------------------------------------------------
+    def _popular(self, k: int) -> list[str]:
+        counts = self._item_counts
+        return heapq.nlargest(k, counts, key=counts.__getitem__)
+
+    def _score_live(self, user: str, item: str, pop_top: list[str], out: BatchOutcome) -> None:
+        shown = self._shown.get(user)
+        if shown is None:  # nothing shown yet: no prequential judgement possible
+            return
+        out.evaluated += 1
+        out.hits += item in shown
+        out.popularity_hits += item in pop_top

@@ -1,0 +1,397 @@
+"""Per-customer profile maths.
+
+Pure functions over a :class:`Profile` struct: no Kafka, Faust or Redis here,
+so the worker, the back-fill tooling and the tests all share one
+implementation.  Every collection in a profile is bounded, because a profile
+lives in a changelog-backed table and a bot must not be able to grow one
+without limit.
+
+Examples
+--------
+>>> p = new_profile("u1")
+>>> apply_event(p, event_id="e1", item_id="i1", event_type="browse",
+...             ts=1_700_000_000.0, category="shoes")
+True
+>>> apply_event(p, event_id="e2", item_id="i1", event_type="purchase",
+...             ts=1_700_000_600.0, category="shoes", price=50.0, quantity=2)
+True
+>>> apply_event(p, event_id="e2", item_id="i1", event_type="purchase",
+...             ts=1_700_000_600.0, price=50.0, quantity=2)  # redelivery
+False
+>>> p.counts, p.monetary, p.orders
+({'browse': 1, 'click': 0, 'purchase': 1}, 100.0, 1)
+>>> rfm(p, now=1_700_000_600.0 + 2 * 86400)
+(2.0, 1, 100.0)
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+__all__ = [
+    "EVENT_TYPES",
+    "MAX_RECENT_ITEMS",
+    "MAX_CATEGORIES",
+    "DEDUPE_WINDOW",
+    "MAX_RECENT_ORDERS",
+    "FEATURE_KEYS",
+    "Profile",
+    "new_profile",
+    "apply_event",
+    "rfm",
+    "top_categories",
+    "features",
+    "encode_profile",
+    "decode_profile",
+    "profile_summary",
+]
+
+# Duplicated from streams.contract on purpose: models/ must stay importable
+# without the streaming stack.
+EVENT_TYPES: tuple[str, ...] = ("browse", "click", "purchase")
+_EVENT_TYPE_SET = frozenset(EVENT_TYPES)
+
+MAX_RECENT_ITEMS = 20
+MAX_CATEGORIES = 32
+DEDUPE_WINDOW = 512
+MAX_RECENT_ORDERS = 64
+
+_DAY = 86400.0
+
+FEATURE_KEYS: tuple[str, ...] = (
+    "log_browse",
+    "log_click",
+    "log_purchase",
+    "log_recency_days",
+    "log_inactive_days",
+    "log_tenure_days",
+    "log_orders",
+    "log_monetary",
+    "log_avg_order_value",
+    "category_entropy",
+    "purchase_browse_ratio",
+    "click_browse_ratio",
+)
+"""Keys of :func:`features`, always all present, in this order."""
+
+
+def _zero_counts() -> dict[str, int]:
+    return {t: 0 for t in EVENT_TYPES}
+
+
+class Profile(msgspec.Struct):
+    """What we know about one customer.
+
+    Attributes
+    ----------
+    user_id
+        Customer id (the Kafka key).
+    counts
+        Events seen per type (``browse``, ``click``, ``purchase``).
+    first_seen, last_seen
+        Earliest / latest event time, epoch seconds; ``None`` until the first event.
+    last_purchase
+        Latest purchase time, epoch seconds (the R of RFM).
+    monetary
+        Sum of ``price * quantity`` over purchases that carried a price.
+    orders
+        Number of distinct purchase orders (``order_id``, or ``event_id`` when
+        a purchase has no order id).
+    recent_items
+        Most recently touched items, most recent last, no duplicates, bounded.
+    category_counts
+        Events per category for the heaviest :data:`MAX_CATEGORIES` categories
+        (Space-Saving counts: an entry may be over-estimated by at most the
+        count it evicted).
+    seen_event_ids
+        FIFO window of recent event ids used to drop redeliveries.
+    recent_order_ids
+        FIFO window of recent order keys so multi-line orders count once.
+    segment
+        Latest customer segment assigned by the clustering model.
+    """
+
+    user_id: str
+    counts: dict[str, int] = msgspec.field(default_factory=_zero_counts)
+    first_seen: float | None = None
+    last_seen: float | None = None
+    last_purchase: float | None = None
+    monetary: float = 0.0
+    orders: int = 0
+    recent_items: list[str] = msgspec.field(default_factory=list)
+    category_counts: dict[str, float] = msgspec.field(default_factory=dict)
+    seen_event_ids: list[str] = msgspec.field(default_factory=list)
+    recent_order_ids: list[str] = msgspec.field(default_factory=list)
+    segment: int | None = None
+
+
+def new_profile(user_id: str) -> Profile:
+    """An empty profile.
+
+    Examples
+    --------
+    >>> new_profile("u7")
+    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=[], category_counts={}, seen_event_ids=[], recent_order_ids=[], segment=None)
+    """
+    return Profile(user_id=user_id)
+
+
+def apply_event(
+    profile: Profile,
+    *,
+    event_id: str,
+    item_id: str,
+    event_type: str,
+    ts: float,
+    category: str | None = None,
+    price: float | None = None,
+    quantity: int = 1,
+    order_id: str | None = None,
+    max_recent_items: int = MAX_RECENT_ITEMS,
+    max_categories: int = MAX_CATEGORIES,
+    window: int = DEDUPE_WINDOW,
+) -> bool:
+    """Fold one event into ``profile`` in place.
+
+    Parameters
+    ----------
+    profile
+        Mutated in place.
+    event_id, item_id, event_type, ts, category, price, quantity, order_id
+        The event (already validated by the wire contract).
+    max_recent_items, max_categories
+        Bounds of ``recent_items`` and ``category_counts``.
+    window
+        Size of the ``seen_event_ids`` dedupe window.
+
+    Returns
+    -------
+    bool
+        ``False`` -- and the profile is left untouched -- if ``event_id`` is in
+        the dedupe window (Kafka redelivers after a rebalance).
+
+    Raises
+    ------
+    ValueError
+        If ``event_type`` is not one of :data:`EVENT_TYPES` (checked before any
+        mutation).
+
+    Examples
+    --------
+    >>> p = new_profile("u1")
+    >>> for i, item in enumerate(["a", "b", "a"]):
+    ...     _ = apply_event(p, event_id=f"e{i}", item_id=item, event_type="click",
+    ...                     ts=1_700_000_000.0 - i)
+    >>> p.recent_items, p.first_seen, p.last_seen
+    (['b', 'a'], 1699999998.0, 1700000000.0)
+    """
+    if event_type not in _EVENT_TYPE_SET:
+        raise ValueError(f"event_type must be one of {EVENT_TYPES}, got {event_type!r}")
+    seen = profile.seen_event_ids
+    if event_id in seen:
+        return False
+    seen.append(event_id)
+    if len(seen) > window:
+        del seen[: len(seen) - window]
+
+    counts = profile.counts
+    counts[event_type] = counts.get(event_type, 0) + 1
+    # Partitions are ordered, but producers are not: keep the envelope.
+    if profile.first_seen is None or ts < profile.first_seen:
+        profile.first_seen = ts
+    if profile.last_seen is None or ts > profile.last_seen:
+        profile.last_seen = ts
+
+    recent = profile.recent_items
+    if item_id in recent:
+        recent.remove(item_id)
+    recent.append(item_id)
+    if len(recent) > max_recent_items:
+        del recent[: len(recent) - max_recent_items]
+
+    if category is not None:
+        _count_category(profile.category_counts, category, max_categories)
+
+    if event_type == "purchase":
+        if profile.last_purchase is None or ts > profile.last_purchase:
+            profile.last_purchase = ts
+        if price is not None:
+            profile.monetary += price * quantity
+        order_key = order_id if order_id is not None else event_id
+        recent_orders = profile.recent_order_ids
+        if order_key not in recent_orders:
+            profile.orders += 1
+            recent_orders.append(order_key)
+            if len(recent_orders) > MAX_RECENT_ORDERS:
+                del recent_orders[: len(recent_orders) - MAX_RECENT_ORDERS]
+    return True
+
+
+def _count_category(table: dict[str, float], category: str, capacity: int) -> None:
+    # Space-Saving (Metwally et al. 2005): a newcomer replaces the minimum and
+    # inherits its count, so any category with a real share > 1/capacity of the
+    # events is guaranteed to stay -- dropping newcomers instead would freeze
+    # the table once it fills up.
+    if category in table:
+        table[category] += 1.0
+        return
+    if len(table) < capacity:
+        table[category] = 1.0
+        return
+    victim = min(table, key=table.__getitem__)
+    floor = table.pop(victim)
+    table[category] = floor + 1.0
+
+
+def rfm(profile: Profile, now: float) -> tuple[float, int, float]:
+    """Recency (days), frequency (distinct orders), monetary (total spend).
+
+    Recency is measured from the last purchase.  A customer who never bought
+    gets the days since we first saw them (they have not bought in all that
+    time), and an empty profile gets ``0.0``.  Recency is clamped at 0 for
+    events stamped after ``now``.
+
+    Examples
+    --------
+    >>> p = new_profile("u1")
+    >>> rfm(p, now=1_700_000_000.0)
+    (0.0, 0, 0.0)
+    >>> _ = apply_event(p, event_id="e1", item_id="i", event_type="browse", ts=1_700_000_000.0)
+    >>> rfm(p, now=1_700_000_000.0 + 3 * 86400)
+    (3.0, 0, 0.0)
+    """
+    ref = profile.last_purchase if profile.last_purchase is not None else profile.first_seen
+    recency = 0.0 if ref is None else max(0.0, (now - ref) / _DAY)
+    return recency, profile.orders, profile.monetary
+
+
+def top_categories(profile: Profile, n: int = 5) -> list[tuple[str, float]]:
+    """The ``n`` heaviest categories, heaviest first (ties: alphabetical).
+
+    Examples
+    --------
+    >>> p = new_profile("u1")
+    >>> for i, c in enumerate(["a", "b", "b", "c", "c"]):
+    ...     _ = apply_event(p, event_id=str(i), item_id="x", event_type="browse",
+    ...                     ts=1_700_000_000.0, category=c)
+    >>> top_categories(p, 2)
+    [('b', 2.0), ('c', 2.0)]
+    """
+    return sorted(profile.category_counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(n, 0)]
+
+
+def features(profile: Profile, now: float) -> dict[str, float]:
+    """Fixed-key, log-scaled numeric view of a profile for clustering.
+
+    Counts and money are heavy-tailed, so everything is ``log1p``-compressed
+    before the online scaler sees it; ratios are smoothed with +1 so new
+    customers do not produce extreme values.  Keys are exactly
+    :data:`FEATURE_KEYS` and all values are finite.
+
+    Examples
+    --------
+    >>> p = new_profile("u1")
+    >>> f = features(p, now=1_700_000_000.0)
+    >>> tuple(f) == FEATURE_KEYS, set(f.values())
+    (True, {0.0})
+    """
+    counts = profile.counts
+    browse = counts.get("browse", 0)
+    click = counts.get("click", 0)
+    purchase = counts.get("purchase", 0)
+    recency, orders, monetary = rfm(profile, now)
+    monetary = max(monetary, 0.0)
+    inactive = 0.0 if profile.last_seen is None else max(0.0, (now - profile.last_seen) / _DAY)
+    tenure = (
+        0.0
+        if profile.first_seen is None or profile.last_seen is None
+        else (profile.last_seen - profile.first_seen) / _DAY
+    )
+    return {
+        "log_browse": math.log1p(browse),
+        "log_click": math.log1p(click),
+        "log_purchase": math.log1p(purchase),
+        "log_recency_days": math.log1p(recency),
+        "log_inactive_days": math.log1p(inactive),
+        "log_tenure_days": math.log1p(tenure),
+        "log_orders": math.log1p(orders),
+        "log_monetary": math.log1p(monetary),
+        "log_avg_order_value": math.log1p(monetary / orders) if orders else 0.0,
+        "category_entropy": _entropy(profile.category_counts),
+        "purchase_browse_ratio": math.log1p(purchase / (browse + 1.0)),
+        "click_browse_ratio": math.log1p(click / (browse + 1.0)),
+    }
+
+
+def _entropy(weights: dict[str, float]) -> float:
+    """Shannon entropy (nats) of the category mix: 0 for a single-category
+    shopper, ln(k) for an even spread over k categories."""
+    total = sum(weights.values())
+    if total <= 0.0:
+        return 0.0
+    h = 0.0
+    for w in weights.values():
+        if w > 0.0:
+            q = w / total
+            h -= q * math.log(q)
+    return max(h, 0.0)  # rounding can give -0.0 for one category
+
+
+_PROFILE_ENCODER = msgspec.json.Encoder()
+_PROFILE_DECODER = msgspec.json.Decoder(Profile)
+
+
+def encode_profile(p: Profile) -> bytes:
+    """Serialise a profile (msgspec JSON).
+
+    Examples
+    --------
+    >>> p = new_profile("u1")
+    >>> decode_profile(encode_profile(p)) == p
+    True
+    """
+    return _PROFILE_ENCODER.encode(p)
+
+
+def decode_profile(b: bytes) -> Profile:
+    """Inverse of :func:`encode_profile`; fields missing from older payloads
+    take their defaults, unknown fields are ignored.
+
+    Examples
+    --------
+    >>> decode_profile(b'{"user_id": "u1", "orders": 2}').orders
+    2
+    """
+    return _PROFILE_DECODER.decode(b)
+
+
+def profile_summary(p: Profile, now: float, n_categories: int = 5) -> dict:
+    """JSON-friendly view for the Redis mirror and dashboards.
+
+    Examples
+    --------
+    >>> p = new_profile("u1")
+    >>> _ = apply_event(p, event_id="e1", item_id="i1", event_type="purchase",
+    ...                 ts=1_700_000_000.0, category="toys", price=5.0)
+    >>> s = profile_summary(p, now=1_700_000_000.0)
+    >>> s["rfm"], s["top_categories"]
+    ({'recency_days': 0.0, 'frequency': 1, 'monetary': 5.0}, [{'category': 'toys', 'weight': 1.0}])
+    """
+    recency, frequency, monetary = rfm(p, now)
+    return {
+        "user_id": p.user_id,
+        "counts": dict(p.counts),
+        "first_seen": p.first_seen,
+        "last_seen": p.last_seen,
+        "last_purchase": p.last_purchase,
+        "orders": p.orders,
+        "monetary": p.monetary,
+        "rfm": {"recency_days": recency, "frequency": frequency, "monetary": monetary},
+        "top_categories": [
+            {"category": c, "weight": w} for c, w in top_categories(p, n_categories)
+        ],
+        "recent_items": list(p.recent_items),
+        "segment": p.segment,
+    }

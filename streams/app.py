@@ -1,0 +1,99 @@
+"""The Faust application: settings -> app, topics and tables.
+
+The app is built by a factory, not at import time, so tests and the CLI can
+start workers against any broker. State never lives at module level (it would
+be lost on rebalance): profiles live in a changelog-backed table, derived views
+in Redis, and model state in the engine owned by this app instance.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+from faust.auth import SASLCredentials, SSLCredentials
+from faust.types.auth import SASLMechanism
+
+from models.engine import PersonalisationEngine
+from streams.settings import Settings
+
+
+class PartitionedTable(faust.Table):
+    """A table written from micro-batches that span several partitions.
+
+    Faust picks a changelog partition from the *current* event, which inside a
+    batch is merely the last one consumed. Each key's changelog record must go
+    to the partition its source events came from, or a worker recovering that
+    partition after a rebalance would miss it. So batch code says where.
+    """
+
+    def set_in_partition(self, key: Any, value: Any, partition: int) -> None:
+        self.data[key] = value
+        self.send_changelog(partition, key, value)
+        self._maybe_set_key_ttl(key, partition)
+        self._sensor_on_set(self, key, value)
+
+    def del_in_partition(self, key: Any, partition: int) -> None:
+        self.data.pop(key, None)
+        self.send_changelog(partition, key, None, value_serializer="raw")
+        self._maybe_del_key_ttl(key, partition)
+        self._sensor_on_del(self, key)
+
+
+def _credentials(settings: Settings) -> Any:
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None) if proto.endswith("SSL") else None
+    if proto.startswith("SASL"):
+        return SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                               mechanism=SASLMechanism(settings.kafka_sasl_mechanism), ssl_context=context)
+    return SSLCredentials(context)
+
+
+class RecoApp(faust.App):
+    """The Faust app plus the handles agents need (settings, topics, table, engine)."""
+
+    settings_: Settings
+    engine: PersonalisationEngine
+
+
+def create_app(settings: Settings) -> RecoApp:
+    if not settings.kafka_bootstrap_servers:
+        raise ValueError("RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS) is not set")
+    brokers = [f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap_servers.split(",")]
+    app = RecoApp(
+        settings.app_id,
+        broker=brokers,
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        # See Settings.kafka_session_timeout_s: this is what makes the group
+        # join take seconds, not half a minute, on tansu.
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        web_port=settings.web_port,
+        web_bind="127.0.0.1",
+        web_enabled=False,
+        autodiscover=False,
+        # Bound the wait on shutdown so SIGTERM exits promptly after the batch.
+        stream_wait_empty=False,
+    )
+    app.settings_ = settings
+    app.engine = PersonalisationEngine(top_n=settings.top_n, exclude=settings.exclude,
+                                       n_segments=settings.n_segments,
+                                       dedupe_window=settings.dedupe_window, seed=settings.seed)
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    # We decode bytes ourselves: Faust would ack undecodable messages silently,
+    # and the dead-letter topic needs the original bytes.
+    app.input_topic = app.topic(*settings.input_topics, **raw)
+    app.recommendations_topic = app.topic(settings.topic_recommendations, **raw)
+    app.dead_letter_topic = app.topic(settings.topic_dead_letter, **raw)
+    app.profiles = app.tables.add(PartitionedTable(
+        app, name="profiles", default=None, beacon=app.tables.beacon, partitions=settings.partitions,
+        schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw")))
+    return app

@@ -1,0 +1,137 @@
+"""The ``recostream`` command line: up, worker, produce, replay."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from streams.settings import Settings, SettingsError, describe
+
+
+def _settings(**overrides) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _env_help() -> str:
+    return "\n".join(f"  {name} (default {default}): {help}" for name, default, help in describe())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="recostream")
+def cli() -> None:
+    """recostream: shop events in Kafka -> fresh personal recommendations in Redis.
+
+    Configuration comes from RECOSTREAM_* environment variables; `recostream
+    settings` lists them with their defaults.
+    """
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the effective settings as JSON (secrets masked).")
+def settings(as_json: bool) -> None:
+    """List every setting: environment variable, default and meaning."""
+    if as_json:
+        click.echo(json.dumps(_settings().redacted(), indent=2))
+    else:
+        click.echo(_env_help())
+
+
+@cli.command()
+@click.option("--loglevel", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
+def worker(loglevel: str) -> None:
+    """Run one Faust worker against the configured Kafka and Redis.
+
+    This is what docker-compose runs, once per replica. It needs
+    RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS) and
+    RECOSTREAM_REDIS_URL (or REDIS_URL). SIGTERM drains the current batch,
+    flushes outputs, commits and exits.
+    """
+    from streams.worker import run_worker  # noqa: PLC0415  (Faust import is slow)
+
+    s = _settings()
+    if not s.kafka_bootstrap_servers or not s.redis_url:
+        raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS and RECOSTREAM_REDIS_URL "
+                               "(or use `recostream up`, which starts an embedded stack)")
+    run_worker(s, loglevel=loglevel)
+
+
+@cli.command()
+@click.option("--events", "n_events", default=10_000, show_default=True, help="Generated events to publish.")
+@click.option("--rate", default=0.0, show_default=True, help="Events per second (0 = as fast as possible).")
+@click.option("--users", default=200, show_default=True, help="Simulated shoppers.")
+@click.option("--items", "n_items", default=500, show_default=True, help="Catalogue size.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Publish this CSV (timestamp,user_id,item_id,event_type[,price]) instead of generated events.")
+@click.option("--live-ts/--keep-ts", default=True, show_default=True,
+              help="Stamp generated events with the wall clock (live) or keep simulated times.")
+@click.option("--create-topics/--no-create-topics", default=True, show_default=True)
+def produce(n_events: int, rate: float, users: int, n_items: int, seed: int, csv_path: Path | None,
+            live_ts: bool, create_topics: bool) -> None:
+    """Publish the catalogue and shop events (generated, or from a CSV file) to Kafka."""
+    from streams.producing import produce_csv, produce_generated  # noqa: PLC0415
+
+    s = _settings()
+    if not s.kafka_bootstrap_servers:
+        raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS)")
+    if create_topics:
+        from streams.topics import ensure_topics  # noqa: PLC0415
+
+        ensure_topics(s)
+    if csv_path:
+        summary = produce_csv(s, csv_path, rate=rate or None)
+    else:
+        summary = produce_generated(s, n_events=n_events, rate=rate or None, users=users, items=n_items,
+                                    seed=seed, live_ts=live_ts)
+    click.echo(json.dumps(summary))
+
+
+@cli.command()
+@click.option("--duration", default=0.0, show_default=True, help="Stop after this many seconds (0 = until Ctrl-C).")
+@click.option("--rate", default=200.0, show_default=True, help="Generated events per second.")
+@click.option("--users", default=300, show_default=True, help="Simulated shoppers.")
+@click.option("--items", "n_items", default=1000, show_default=True, help="Catalogue size.")
+@click.option("--metrics-port", default=9464, show_default=True, help="Worker metrics port (0 = off).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object.")
+def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int, as_json: bool) -> None:
+    """Run the whole system: broker, Redis, topics, a worker and a shopper generator.
+
+    Starts the embedded tansu broker and redis-server on loopback unless
+    KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point at running services. Ctrl-C, or
+    the end of --duration, stops everything it started.
+    """
+    from streams.up import run_up  # noqa: PLC0415
+
+    summary = run_up(_settings(metrics_port=metrics_port), duration=duration, rate=rate, users=users,
+                     n_items=n_items, as_json=as_json)
+    if as_json:
+        click.echo(json.dumps(summary))
+    if summary.get("error"):
+        sys.exit(1)
+
+
+def _register_optional() -> None:
+    try:
+        from streams.replay import replay  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - replay ships with the package
+        logging.getLogger(__name__).debug("replay unavailable: %s", exc)
+        return
+    cli.add_command(replay)
+
+
+_register_optional()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The `produce` command's two sources: the shopper simulator and CSV files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.progress import Progress
+
+from streams.generator import ShopperSimulator
+from streams.produce import make_producer, publish_catalogue, publish_events
+from streams.settings import Settings
+
+
+def _progress() -> Progress:
+    from rich.console import Console  # noqa: PLC0415
+
+    return Progress(console=Console(stderr=True), transient=True)
+
+
+def produce_generated(settings: Settings, *, n_events: int, rate: float | None, users: int, items: int,
+                      seed: int, live_ts: bool) -> dict:
+    sim = ShopperSimulator(n_users=users, n_items=items, seed=seed)
+    producer = make_producer(settings)
+    n_items = publish_catalogue(producer, settings, sim.catalogue())
+    started = time.monotonic()
+    with _progress() as progress:
+        task = progress.add_task("producing events", total=n_events)
+        n = publish_events(producer, settings, sim.events(n_events), rate=rate, live_ts=live_ts,
+                           on_progress=lambda k: progress.advance(task, k))
+    elapsed = time.monotonic() - started
+    return {"events": n, "items": n_items, "users": users, "seconds": round(elapsed, 3),
+            "events_per_s": round(n / elapsed, 1) if elapsed else None}
+
+
+def produce_csv(settings: Settings, path: Path, *, rate: float | None) -> dict:
+    from streams.replay import read_events_csv  # noqa: PLC0415
+
+    producer = make_producer(settings)
+    bad: list[str] = []
+    started = time.monotonic()
+
+    def pairs():
+        for row in read_events_csv(path, on_bad_row=lambda line, why: bad.append(f"line {line}: {why}")):
+            payload = {"event_id": f"{path.name}:{row.line}", "user_id": row.user_id, "item_id": row.item_id,
+                       "ts": int(row.ts * 1000)}
+            if row.price is not None:
+                payload["price"] = row.price
+            yield row.event_type, payload
+
+    with _progress() as progress:
+        task = progress.add_task(f"producing {path.name}", total=None)
+        n = publish_events(producer, settings, pairs(), rate=rate, on_progress=lambda k: progress.advance(task, k))
+    elapsed = time.monotonic() - started
+    return {"events": n, "bad_rows": len(bad), "bad_row_examples": bad[:20], "seconds": round(elapsed, 3)}

@@ -1,0 +1,169 @@
+"""One frozen, validated settings object, read from the environment.
+
+Every setting is an environment variable with the prefix ``RECOSTREAM_`` and a
+documented default (12-factor). Two well-known names are also accepted
+without the prefix because every Kafka/Redis deployment already sets them:
+``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL``.
+
+Values are validated once, at start-up, so a typo fails loudly with the name of
+the variable instead of surfacing later as a strange runtime error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+PREFIX = "RECOSTREAM_"
+ALIASES = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "redis_url": "REDIS_URL"}
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid."""
+
+
+def _doc(default: Any, help: str, **checks: Any) -> Any:
+    return field(default=default, metadata={"help": help, **checks})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Each field maps to ``RECOSTREAM_<FIELD_UPPER>``."""
+
+    # --- services (empty: `recostream up` starts the embedded ones) ---
+    kafka_bootstrap_servers: str = _doc("", "Kafka bootstrap servers, host:port[,host:port]. Empty: embedded broker (up only).")
+    redis_url: str = _doc("", "Redis URL, e.g. redis://:password@host:6379/0 or rediss:// for TLS. Empty: embedded Redis (up only).")
+    kafka_security_protocol: str = _doc("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    kafka_sasl_mechanism: str = _doc("PLAIN", "SASL mechanism when SASL is used: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    kafka_sasl_username: str = _doc("", "SASL username.")
+    kafka_sasl_password: str = _doc("", "SASL password.")
+    kafka_ssl_cafile: str = _doc("", "CA bundle for Kafka TLS.")
+
+    # --- topics ---
+    topic_browse: str = _doc("browse", "Input topic for browse events.")
+    topic_click: str = _doc("click", "Input topic for click events.")
+    topic_purchase: str = _doc("purchase", "Input topic for purchase events.")
+    topic_items: str = _doc("items", "Compacted catalogue topic keyed by item_id.")
+    topic_recommendations: str = _doc("recommendations", "Output topic of top-N recommendations, keyed by user_id.")
+    topic_dead_letter: str = _doc("dead-letter", "Invalid messages with original bytes, source position and reason.")
+    partitions: int = _doc(4, "Partitions of the input topics (upper bound on useful workers).", min=1, max=1024)
+    replication_factor: int = _doc(1, "Replication factor for topics the app creates.", min=1, max=16)
+
+    # --- worker ---
+    app_id: str = _doc("recostream", "Faust app id (consumer group id and table changelog prefix).")
+    web_port: int = _doc(6066, "Faust web port of the worker.", min=1, max=65535)
+    metrics_port: int = _doc(9464, "Prometheus metrics port of the worker (one per worker).", min=0, max=65535)
+    data_dir: str = _doc("run/worker", "Directory for the worker's local table state.")
+    batch_max_events: int = _doc(1000, "Upper bound of one micro-batch.", min=1, max=100_000)
+    batch_max_wait_s: float = _doc(0.05, "Max seconds a micro-batch waits to fill.", min=0.001, max=10.0)
+    # tansu (and slow-joining brokers in general) hold a JoinGroup for about
+    # half the session timeout; Kafka's 45 s default meant ~23-30 s before the
+    # first assignment. 6 s keeps liveness detection sane and joins in ~3 s.
+    kafka_session_timeout_s: float = _doc(6.0, "Consumer group session timeout (also bounds join time on tansu).", min=1.0, max=300.0)
+    kafka_heartbeat_interval_s: float = _doc(1.0, "Consumer heartbeat interval.", min=0.1, max=60.0)
+
+    # --- recommendations ---
+    top_n: int = _doc(20, "Recommendations per user.", min=1, max=1000)
+    exclude: str = _doc("purchased", "Items excluded from a user's recommendations.", choices=("purchased", "interacted", "none"))
+    redis_prefix: str = _doc("rs", "Prefix of every Redis key the app writes.")
+    recs_ttl_s: int = _doc(7 * 86400, "TTL of recommendation and profile keys in Redis (0 = none).", min=0)
+    n_segments: int = _doc(6, "Number of customer segments (River KMeans clusters).", min=1, max=64)
+    seed: int = _doc(42, "Seed for every stochastic model component.")
+
+    # --- input limits (bad input goes to the dead-letter topic) ---
+    max_message_bytes: int = _doc(65536, "Largest accepted event message.", min=256, max=10_000_000)
+    max_id_length: int = _doc(128, "Longest accepted id (event, user, item, session, order).", min=8, max=4096)
+    min_event_ts: float = _doc(631152000.0, "Earliest accepted event time, epoch seconds (default 1990-01-01).", min=0)
+    max_future_skew_s: float = _doc(86400.0, "How far in the future an event time may be.", min=0)
+    dedupe_window: int = _doc(512, "Event ids remembered per user to drop duplicates.", min=0, max=100_000)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            if "min" in meta and value < meta["min"]:
+                raise SettingsError(f"{env_name(f.name)}={value!r} must be >= {meta['min']}")
+            if "max" in meta and value > meta["max"]:
+                raise SettingsError(f"{env_name(f.name)}={value!r} must be <= {meta['max']}")
+            if "choices" in meta and value not in meta["choices"]:
+                raise SettingsError(f"{env_name(f.name)}={value!r} must be one of {', '.join(meta['choices'])}")
+        topics = [self.topic_browse, self.topic_click, self.topic_purchase, self.topic_items,
+                  self.topic_recommendations, self.topic_dead_letter]
+        if len(set(topics)) != len(topics) or not all(topics):
+            raise SettingsError(f"topic names must be distinct and non-empty, got {topics}")
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``environ`` (default ``os.environ``) plus explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is None and f.name in ALIASES:
+                raw = environ.get(ALIASES[f.name])
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """Map topic name -> event type."""
+        return {self.topic_browse: "browse", self.topic_click: "click", self.topic_purchase: "purchase"}
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) connection config, security included."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap_servers, "security.protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            conf.update({"sasl.mechanism": self.kafka_sasl_mechanism,
+                         "sasl.username": self.kafka_sasl_username,
+                         "sasl.password": self.kafka_sasl_password})
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = self.kafka_ssl_cafile
+        return conf
+
+    def redacted(self) -> dict[str, Any]:
+        """All settings as a dict with secrets masked (safe to log)."""
+        out = dataclasses.asdict(self)
+        for k in ("kafka_sasl_password",):
+            if out[k]:
+                out[k] = "***"
+        if "@" in out["redis_url"]:
+            scheme, rest = out["redis_url"].split("://", 1)
+            out["redis_url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return out
+
+
+def env_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(env var, default, help) for every setting: used by the docs and `--help`."""
+    return [(env_name(f.name), repr(f.default), f.metadata["help"]) for f in fields(Settings)]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    return {env_name(f.name): str(getattr(settings, f.name)) for f in fields(Settings)}

@@ -1,0 +1,198 @@
+"""`recostream up`: the whole system on one machine, started and stopped by one command."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import redis
+from rich.console import Console
+
+from streams.embedded import EmbeddedStack, start_broker, start_redis
+from streams.generator import ShopperSimulator
+from streams.produce import make_producer, publish_catalogue, publish_events
+from streams.redis_sink import RedisKeys
+from streams.settings import Settings, settings_env
+from streams.topics import ensure_topics
+
+WORKER_STOP_TIMEOUT_S = 20.0
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a `recostream worker` child: ours, plus the resolved services."""
+    env = dict(os.environ)
+    env.update(settings_env(settings))
+    env.update(extra)
+    return env
+
+
+def spawn_worker(settings: Settings, log_path: Path, loglevel: str = "info") -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", loglevel],
+                                env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = WORKER_STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait, then SIGKILL the whole process group: nothing is left behind."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    with contextlib.suppress(ProcessLookupError):  # stragglers in its group
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode
+
+
+def count_keys(client: redis.Redis, pattern: str) -> int:
+    return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+
+
+def run_up(settings: Settings, *, duration: float, rate: float, users: int, n_items: int,
+           as_json: bool = False, run_dir: Path | None = None) -> dict:
+    console = Console(stderr=True)
+    say = console.print
+    run_dir = run_dir or Path("run") / f"up-{os.getpid()}"
+    started = time.monotonic()
+    stack = EmbeddedStack()
+    worker: subprocess.Popen | None = None
+    stop = threading.Event()
+    produced = [0]
+    summary: dict = {}
+    try:
+        if not settings.kafka_bootstrap_servers:
+            stack.broker = start_broker(run_dir)
+            stack.servers.append(stack.broker)
+            settings = settings.replace(kafka_bootstrap_servers=stack.bootstrap_servers)
+            say(f"[green]broker[/]  tansu (embedded) on {settings.kafka_bootstrap_servers}")
+        else:
+            say(f"[green]broker[/]  using {settings.kafka_bootstrap_servers}")
+        if not settings.redis_url:
+            stack.redis = start_redis(run_dir)
+            stack.servers.append(stack.redis)
+            settings = settings.replace(redis_url=stack.redis_url)
+            say(f"[green]redis[/]   redis-server (embedded) at {settings.redis_url}")
+        else:
+            say(f"[green]redis[/]   using {settings.redis_url}")
+        settings = settings.replace(data_dir=str(run_dir / "worker"))
+        created = ensure_topics(settings)
+        say(f"[green]topics[/]  {', '.join(created) or 'already present'}")
+        worker = spawn_worker(settings, run_dir / "worker.log")
+        say(f"[green]worker[/]  pid {worker.pid}, log {run_dir / 'worker.log'}"
+            + (f", metrics http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else ""))
+
+        sim = ShopperSimulator(n_users=users, n_items=n_items, seed=settings.seed)
+        producer = make_producer(settings)
+        publish_catalogue(producer, settings, sim.catalogue())
+
+        def generate() -> None:
+            produced[0] = publish_events(producer, settings, sim.events(10**12), rate=rate, live_ts=True,
+                                         should_stop=stop.is_set,
+                                         on_progress=lambda k: produced.__setitem__(0, produced[0] + k))
+
+        gen = threading.Thread(target=generate, name="generator", daemon=True)
+        gen.start()
+        say(f"[green]generator[/] {users} shoppers, {n_items} items, {rate:g} events/s")
+
+        r = redis.Redis.from_url(settings.redis_url)
+        keys = RedisKeys(settings.redis_prefix)
+        first_rec_s = None
+        next_status = time.monotonic() + 5
+        with contextlib.suppress(KeyboardInterrupt):
+            while not duration or time.monotonic() - started < duration:
+                if worker.poll() is not None:
+                    summary["error"] = f"worker exited with code {worker.returncode}; see {run_dir / 'worker.log'}"
+                    break
+                if first_rec_s is None and next(r.scan_iter(match=keys.recs("*"), count=1000), None):
+                    first_rec_s = time.monotonic() - started
+                    say(f"[bold green]first recommendations in Redis after {first_rec_s:.1f} s[/]")
+                if time.monotonic() >= next_status:
+                    next_status += 5
+                    say(f"[dim]{time.monotonic() - started:5.0f}s  produced {produced[0]:>7}  "
+                        f"users with recommendations {count_keys(r, keys.recs('*')):>5}[/]")
+                time.sleep(0.2)
+        say("stopping …")
+        stop.set()
+        gen.join(10)
+        summary.update(_summary(r, keys, sim, settings, produced[0], first_rec_s, time.monotonic() - started))
+        if not as_json:
+            _print_summary(console, summary)
+        return summary
+    finally:
+        stop.set()
+        if worker is not None:
+            code = stop_process(worker)
+            summary["worker_exit_code"] = code
+        stack.stop()
+
+
+def _summary(r: redis.Redis, keys: RedisKeys, sim: ShopperSimulator, settings: Settings, produced: int,
+             first_rec_s: float | None, elapsed: float) -> dict:
+    category = {it["item_id"]: it["category"] for it in sim.items}
+    users_with_recs = count_keys(r, keys.recs("*"))
+    sample = None
+    best = -1
+    for key in r.scan_iter(match=keys.profile("*"), count=1000):
+        prof = msgspec.json.decode(r.get(key) or b"{}")
+        n = sum(prof.get("counts", {}).values())
+        if n > best:
+            best, sample = n, prof
+    sample_view = None
+    if sample:
+        user = sample["user_id"]
+        rec = msgspec.json.decode(r.get(keys.recs(user)) or b'{"items": []}')
+        cats = Counter(category.get(i["item_id"], "?") for i in rec["items"][:10])
+        sample_view = {
+            "user_id": user,
+            "hidden_preferences": sim.preferences.get(user),
+            "events": best,
+            "segment": sample.get("segment"),
+            "top_categories": sample.get("top_categories"),
+            "recommended": [i["item_id"] for i in rec["items"][:10]],
+            "recommended_categories": dict(cats.most_common()),
+            "redis_key": keys.recs(user),
+        }
+    model = {k.decode(): v.decode() for k, v in r.hgetall(keys.model).items()}
+    return {
+        "seconds": round(elapsed, 1),
+        "events_produced": produced,
+        "users_with_recommendations": users_with_recs,
+        "time_to_first_recommendation_s": None if first_rec_s is None else round(first_rec_s, 2),
+        "model": model,
+        "sample_user": sample_view,
+        "redis_keys": {"recommendations": keys.recs("{user_id}"), "profile": keys.profile("{user_id}"),
+                       "model": keys.model},
+        "metrics_url": f"http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else None,
+    }
+
+
+def _print_summary(console: Console, s: dict) -> None:
+    console.rule("recostream up: summary")
+    console.print(f"ran {s['seconds']} s, produced {s['events_produced']} events, "
+                  f"{s['users_with_recommendations']} users have recommendations")
+    console.print(f"first recommendation after {s['time_to_first_recommendation_s']} s; model {s['model']}")
+    console.print(f"Redis keys: {s['redis_keys']}")
+    if s.get("sample_user"):
+        u = s["sample_user"]
+        console.print(f"sample user {u['user_id']} ({u['events']} events, segment {u['segment']}): "
+                      f"hidden preferences {u['hidden_preferences']}")
+        console.print(f"  top-10 recommended categories: {u['recommended_categories']}")
+        console.print(f"  read it: redis-cli GET {u['redis_key']}")
+    if s.get("metrics_url"):
+        console.print(f"metrics were at {s['metrics_url']}")
+    if s.get("error"):
+        console.print(f"[red]{s['error']}[/]")

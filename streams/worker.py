@@ -1,0 +1,24 @@
+"""Running one Faust worker in this process."""
+
+from __future__ import annotations
+
+from faust.worker import Worker
+
+import agents
+from streams.app import create_app
+from streams.settings import Settings
+
+
+def build_app(settings: Settings):
+    app = create_app(settings)
+    agents.register(app)
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Block until SIGTERM/SIGINT; Faust then stops agents after the current
+    batch, flushes the producer and commits acked offsets before exiting."""
+    app = build_app(settings)
+    if settings.metrics_port:
+        app.metrics.serve(settings.metrics_port)
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

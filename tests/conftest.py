@@ -1,0 +1,137 @@
+"""Fixtures: a real embedded broker (tansu) and a real Redis, started once per session.
+
+Integration tests never mock Kafka or Redis. Each test gets its own topics,
+consumer group and Redis key prefix, so tests share the servers but not state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.embedded import embedded_stack, free_port
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from streams.up import spawn_worker, stop_process
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    with embedded_stack(tmp_path_factory.mktemp("stack")) as st:
+        yield st
+
+
+@pytest.fixture
+def settings(stack, tmp_path) -> Settings:
+    tag = f"t{os.getpid()}x{next(_counter)}{uuid.uuid4().hex[:4]}"
+    s = Settings.from_env(
+        {},
+        kafka_bootstrap_servers=stack.bootstrap_servers,
+        redis_url=stack.redis_url,
+        app_id=f"app-{tag}",
+        topic_browse=f"{tag}.browse", topic_click=f"{tag}.click", topic_purchase=f"{tag}.purchase",
+        topic_items=f"{tag}.items", topic_recommendations=f"{tag}.recommendations",
+        topic_dead_letter=f"{tag}.dead-letter",
+        redis_prefix=tag, partitions=2,
+        metrics_port=free_port(), web_port=free_port(), data_dir=str(tmp_path / "worker"),
+    )
+    ensure_topics(s)
+    return s
+
+
+@pytest.fixture
+def redis_client(stack) -> redis.Redis:
+    client = redis.Redis.from_url(stack.redis_url)
+    yield client
+    client.close()
+
+
+class WorkerHandle:
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc = spawn_worker(settings, log_path)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        return stop_process(self.proc)
+
+
+@pytest.fixture
+def start_worker(tmp_path) -> Callable[[Settings], WorkerHandle]:
+    handles: list[WorkerHandle] = []
+
+    def start(s: Settings) -> WorkerHandle:
+        h = WorkerHandle(s, tmp_path / f"worker{len(handles)}.log")
+        handles.append(h)
+        return h
+
+    yield start
+    for h in handles:
+        h.stop()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2,
+               worker: WorkerHandle | None = None):
+    """Poll ``predicate`` until truthy; fail with ``what`` (and the worker log) on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if worker is not None and not worker.alive():
+            pytest.fail(f"worker died while waiting for {what}:\n{worker.log()[-4000:]}")
+        time.sleep(interval)
+    tail = f"\nworker log:\n{worker.log()[-4000:]}" if worker is not None else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}{tail}")
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list:
+    """Every message currently in ``topic`` (all partitions, from the beginning)."""
+    c = Consumer({**settings.kafka_client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        meta = c.list_topics(topic, timeout=timeout).topics[topic]
+        tps = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=timeout)[1] for tp in tps}
+        c.assign(tps)
+        out, done = [], {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(tps) and time.monotonic() < deadline:
+            for msg in c.consume(1000, timeout=0.5):
+                if msg.error():
+                    continue
+                out.append(msg)
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    done.add(msg.partition())
+        return out
+    finally:
+        c.close()
+
+
+def scrape_metric(settings: Settings, name: str) -> float:
+    """Sum of every sample of metric ``name`` on the worker's /metrics (0 if not up yet)."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=2).read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[-1]) for line in body.splitlines()
+               if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"))
