@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from streams.checkpoint import Checkpointer
 from streams.metrics import Metrics
 from streams.pipeline import BatchProcessor
 from streams.redis_sink import RedisSink
@@ -12,9 +13,18 @@ def register(app) -> None:
     app.metrics = Metrics()
     app.sink = RedisSink(s.redis_url, s.redis_prefix, s.recs_ttl_s, app.metrics)
     app.processor = BatchProcessor(app, app.metrics, app.sink)
+    app.checkpoints = Checkpointer(app, s.redis_url, app.sink.keys.checkpoint(s.app_id, s.effective_worker_id),
+                                   s.checkpoint_interval_s)
 
     @app.agent(app.input_topic, name="personalise")
     async def personalise(stream):
         """Each micro-batch of shop events updates profiles and models, then refreshes those shoppers' top-N."""
+        await app.checkpoints.restore()
         async for batch in stream.take_events(s.batch_max_events, within=s.batch_max_wait_s):
             await app.processor.process(batch)
+            await app.checkpoints.maybe_save()
+
+    @app.on_before_shutdown.connect
+    async def checkpoint_on_shutdown(app, **kwargs) -> None:
+        """A clean stop checkpoints the models, so the next start loses nothing."""
+        await app.checkpoints.save()

@@ -11,6 +11,20 @@ customer's dedupe window kept IN the profile, so the window is checkpointed
 atomically with the counts it protects), update the profile, let the models
 learn. Then once per touched customer: update and assign the segment, and
 rank the catalogue (one batched, vectorised call for all touched customers).
+
+Exactly-once across crashes. Profiles and models are persisted separately
+(profiles continuously through the table changelog, models by periodic
+checkpoints), so after a crash the redelivered events are new to one and old
+to the other. The engine therefore remembers, per source partition, the next
+offset its models have not learned (``model_offsets``, saved in every
+checkpoint), and the profile remembers the offset of each event id in its
+window. For an event at ``(partition, offset)``:
+
+* id not in the window: new to the profile; the models learn it unless their
+  offset for the partition is already past it;
+* id in the window at the SAME offset: a redelivery; the profile skips it and
+  the models learn it only if the checkpoint they were restored from predates it;
+* id in the window at another offset: a producer's duplicate; skipped by all.
 """
 
 from __future__ import annotations
@@ -19,7 +33,9 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from models.profile import Profile, apply_event, features, new_profile
+import pickle
+
+from models.profile import Profile, apply_event, features, new_profile, seen_offset
 from models.ranker import HybridRanker
 from models.segments import CustomerSegments
 
@@ -102,6 +118,7 @@ class PersonalisationEngine:
         # global popularity top list: the live quality metric compares them.
         self._shown: dict[str, frozenset[str]] = {}
         self._item_counts: dict[str, int] = {}
+        self.model_offsets: dict[str, int] = {}
 
     # ------------------------------------------------------------------
     def upsert_item(self, item_id: str, category: str | None = None, available: bool = True) -> None:
@@ -111,28 +128,43 @@ class PersonalisationEngine:
     def model_version(self) -> int:
         return self.ranker.model_version
 
-    def process(self, events: Iterable[Interaction], profiles: Mapping[str, Profile],
-                *, recommend: bool = True) -> BatchOutcome:
+    def process(self, events: Sequence[Interaction], profiles: Mapping[str, Profile],
+                *, positions: Sequence[tuple[str, int]] | None = None, recommend: bool = True) -> BatchOutcome:
         """Learn from a micro-batch and refresh the touched customers' top-N.
 
         ``profiles`` is only read (customers seen before); the updated profiles
         of every touched customer are in the outcome, for the caller to store.
+        ``positions`` gives each event's source ``(partition key, offset)``
+        (see the module docstring); without it, deduplication is by id only.
         """
         out = BatchOutcome()
         touched: dict[str, Profile] = out.profiles
         pop_top = self._popular(self.hit_k)
         latest_ts = 0.0
-        for ev in events:
+        model_offsets = self.model_offsets
+        for i, ev in enumerate(events):
             user = ev.user_id
             profile = touched.get(user)
             if profile is None:
                 profile = profiles.get(user) or new_profile(user)
-            if not apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
-                               ts=ev.ts, category=ev.category, price=ev.price,
-                               quantity=ev.quantity, order_id=ev.order_id, window=self.dedupe_window):
+            if positions is None:
+                part, offset, model_new = None, -1, True
+            else:
+                part, offset = positions[i]
+                model_new = offset >= model_offsets.get(part, 0)
+            if apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
+                           ts=ev.ts, category=ev.category, price=ev.price, quantity=ev.quantity,
+                           order_id=ev.order_id, window=self.dedupe_window, offset=offset):
+                touched[user] = profile
+            else:
                 out.duplicates += 1
+                if not (model_new and offset >= 0 and seen_offset(profile, ev.event_id) == offset):
+                    continue  # a producer's duplicate, or a redelivery the models already know
+                # A redelivery the restored models have not learned yet: catch up.
+            if not model_new:
                 continue
-            touched[user] = profile
+            if part is not None:
+                model_offsets[part] = offset + 1
             self._score_live(user, ev.item_id, pop_top, out)
             self.ranker.learn_one(user, ev.item_id, ev.type, ev.ts)
             self._item_counts[ev.item_id] = self._item_counts.get(ev.item_id, 0) + 1
@@ -156,8 +188,35 @@ class PersonalisationEngine:
         return self.ranker.recommend(list(user_ids), n=n or self.top_n, exclude=self.exclude)
 
     def forget_user(self, user_id: str) -> None:
+        """Remove every per-customer trace from the models (the profile is the caller's)."""
         self.ranker.forget_user(user_id)
         self._shown.pop(user_id, None)
+
+    # ------------------------------------------------------------------
+    def dumps(self) -> bytes:
+        """Checkpoint of every model and the source offsets they reflect."""
+        return pickle.dumps({
+            "format": 1,
+            "params": {k: getattr(self, k) for k in ("top_n", "exclude", "n_segments", "dedupe_window", "hit_k", "seed")},
+            "ranker": self.ranker.dumps(),
+            "segments": self.segments.dumps(),
+            "shown": self._shown,
+            "item_counts": self._item_counts,
+            "model_offsets": self.model_offsets,
+        }, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def loads(cls, data: bytes) -> "PersonalisationEngine":
+        state = pickle.loads(data)  # noqa: S301 - our own checkpoint, from our own store
+        if state.get("format") != 1:
+            raise ValueError(f"unsupported engine checkpoint format {state.get('format')!r}")
+        engine = cls(**state["params"])
+        engine.ranker = HybridRanker.loads(state["ranker"])
+        engine.segments = CustomerSegments.loads(state["segments"])
+        engine._shown = state["shown"]
+        engine._item_counts = state["item_counts"]
+        engine.model_offsets = state["model_offsets"]
+        return engine
 
     # ------------------------------------------------------------------
     def _popular(self, k: int) -> list[str]:

@@ -40,6 +40,7 @@ __all__ = [
     "Profile",
     "new_profile",
     "apply_event",
+    "seen_offset",
     "rfm",
     "top_categories",
     "features",
@@ -107,6 +108,10 @@ class Profile(msgspec.Struct):
         count it evicted).
     seen_event_ids
         FIFO window of recent event ids used to drop redeliveries.
+    seen_offsets
+        Source offset of each id in ``seen_event_ids`` (-1 when unknown): tells
+        a redelivery of the same message (same offset, after a crash) from a
+        producer's duplicate (same id, another offset).
     recent_order_ids
         FIFO window of recent order keys so multi-line orders count once.
     segment
@@ -123,6 +128,7 @@ class Profile(msgspec.Struct):
     recent_items: list[str] = msgspec.field(default_factory=list)
     category_counts: dict[str, float] = msgspec.field(default_factory=dict)
     seen_event_ids: list[str] = msgspec.field(default_factory=list)
+    seen_offsets: list[int] = msgspec.field(default_factory=list)
     recent_order_ids: list[str] = msgspec.field(default_factory=list)
     segment: int | None = None
 
@@ -133,7 +139,7 @@ def new_profile(user_id: str) -> Profile:
     Examples
     --------
     >>> new_profile("u7")
-    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=[], category_counts={}, seen_event_ids=[], recent_order_ids=[], segment=None)
+    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=[], category_counts={}, seen_event_ids=[], seen_offsets=[], recent_order_ids=[], segment=None)
     """
     return Profile(user_id=user_id)
 
@@ -152,6 +158,7 @@ def apply_event(
     max_recent_items: int = MAX_RECENT_ITEMS,
     max_categories: int = MAX_CATEGORIES,
     window: int = DEDUPE_WINDOW,
+    offset: int = -1,
 ) -> bool:
     """Fold one event into ``profile`` in place.
 
@@ -192,9 +199,14 @@ def apply_event(
     seen = profile.seen_event_ids
     if event_id in seen:
         return False
+    offsets = profile.seen_offsets
+    if len(offsets) != len(seen):  # profiles written before offsets were kept
+        offsets[:] = [-1] * len(seen)
     seen.append(event_id)
+    offsets.append(offset)
     if len(seen) > window:
         del seen[: len(seen) - window]
+        del offsets[: len(offsets) - window]
 
     counts = profile.counts
     counts[event_type] = counts.get(event_type, 0) + 1
@@ -227,6 +239,24 @@ def apply_event(
             if len(recent_orders) > MAX_RECENT_ORDERS:
                 del recent_orders[: len(recent_orders) - MAX_RECENT_ORDERS]
     return True
+
+
+def seen_offset(profile: Profile, event_id: str) -> int | None:
+    """Source offset recorded for ``event_id`` if it is in the dedupe window, else ``None``.
+
+    Examples
+    --------
+    >>> p = new_profile("u1")
+    >>> _ = apply_event(p, event_id="e1", item_id="i1", event_type="click", ts=1.7e9, offset=41)
+    >>> seen_offset(p, "e1"), seen_offset(p, "e2")
+    (41, None)
+    """
+    try:
+        i = profile.seen_event_ids.index(event_id)
+    except ValueError:
+        return None
+    offsets = profile.seen_offsets
+    return offsets[i] if i < len(offsets) else -1
 
 
 def _count_category(table: dict[str, float], category: str, capacity: int) -> None:

@@ -80,8 +80,9 @@ def create_app(settings: Settings) -> RecoApp:
         web_bind="127.0.0.1",
         web_enabled=False,
         autodiscover=False,
-        # Bound the wait on shutdown so SIGTERM exits promptly after the batch.
-        stream_wait_empty=False,
+        # On SIGTERM, finish what was fetched (the current batch and the few
+        # buffered messages) before stopping, so nothing acked lacks outputs.
+        stream_wait_empty=True,
     )
     app.settings_ = settings
     app.engine = PersonalisationEngine(top_n=settings.top_n, exclude=settings.exclude,
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> RecoApp:
     app.input_topic = app.topic(*settings.input_topics, **raw)
     app.recommendations_topic = app.topic(settings.topic_recommendations, **raw)
     app.dead_letter_topic = app.topic(settings.topic_dead_letter, **raw)
+    app.control_topic = app.topic(settings.topic_control, **raw)
     app.profiles = app.tables.add(PartitionedTable(
         app, name="profiles", default=None, beacon=app.tables.beacon, partitions=settings.partitions,
         schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw")))

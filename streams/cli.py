@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import click
 
+from streams.replay import replay
 from streams.settings import Settings, SettingsError, describe
 
 
@@ -94,6 +94,48 @@ def produce(n_events: int, rate: float, users: int, n_items: int, seed: int, csv
 
 
 @cli.command()
+@click.argument("user_id")
+@click.option("--wait", "wait_s", default=30.0, show_default=True,
+              help="Seconds to wait until the customer's Redis keys are gone (0 = don't wait; needs REDIS_URL).")
+def forget(user_id: str, wait_s: float) -> None:
+    """Erase a customer: profile, dedupe state, model factors, Redis keys.
+
+    Publishes a `forget` command on the control topic, keyed by the (pseudonymised,
+    if RECOSTREAM_PSEUDONYMIZE_KEY is set) user id, so the worker owning the
+    customer executes it; then waits until Redis no longer holds the customer.
+    Prints one JSON object.
+    """
+    import time  # noqa: PLC0415
+
+    from streams.privacy import ControlCommand, encode_command, pseudonym  # noqa: PLC0415
+    from streams.produce import make_producer  # noqa: PLC0415
+
+    s = _settings()
+    if not s.kafka_bootstrap_servers:
+        raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS)")
+    uid = pseudonym(user_id, s.pseudonymize_key)
+    producer = make_producer(s)
+    producer.produce(s.topic_control, key=uid.encode(),
+                     value=encode_command(ControlCommand(action="forget", user_id=uid, requested_at=time.time())))
+    if producer.flush(30):
+        raise click.ClickException("the forget command could not be delivered to Kafka")
+    result = {"user_id": uid, "published": True, "erased_from_redis": None}
+    if wait_s and s.redis_url:
+        import redis  # noqa: PLC0415
+
+        from streams.redis_sink import RedisKeys  # noqa: PLC0415
+
+        keys, client = RedisKeys(s.redis_prefix), redis.Redis.from_url(s.redis_url)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and client.exists(keys.recs(uid), keys.profile(uid)):
+            time.sleep(0.2)
+        result["erased_from_redis"] = not client.exists(keys.recs(uid), keys.profile(uid))
+    click.echo(json.dumps(result))
+    if result["erased_from_redis"] is False:
+        sys.exit(1)
+
+
+@cli.command()
 @click.option("--duration", default=0.0, show_default=True, help="Stop after this many seconds (0 = until Ctrl-C).")
 @click.option("--rate", default=200.0, show_default=True, help="Generated events per second.")
 @click.option("--users", default=300, show_default=True, help="Simulated shoppers.")
@@ -117,16 +159,7 @@ def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int
         sys.exit(1)
 
 
-def _register_optional() -> None:
-    try:
-        from streams.replay import replay  # noqa: PLC0415
-    except ImportError as exc:  # pragma: no cover - replay ships with the package
-        logging.getLogger(__name__).debug("replay unavailable: %s", exc)
-        return
-    cli.add_command(replay)
-
-
-_register_optional()
+cli.add_command(replay)
 
 
 def main() -> None:

@@ -503,7 +503,7 @@ def _ts_seconds(ts: str | int | float, min_ts: float, max_ts: float) -> float:
 
 def decode_event(
     raw: bytes | None,
-    topic_type: str,
+    topic_type: str | None,
     limits: Limits = DEFAULT_LIMITS,
     now: float | None = None,
 ) -> Event:
@@ -515,7 +515,9 @@ def decode_event(
         The Kafka message value (``bytes``; ``bytearray``/``memoryview``/``str``
         are tolerated).
     topic_type
-        The event type implied by the topic, one of :data:`EVENT_TYPES`.
+        The event type implied by the topic, one of :data:`EVENT_TYPES`, or
+        ``None`` for a mixed topic carrying every type: then the payload's
+        ``type`` field is required and decides.
     limits
         Bounds to enforce.
     now
@@ -546,9 +548,9 @@ def decode_event(
     ...
     streams.contract.ContractError: type_mismatch: payload type 'click' arrived on the 'browse' topic
     """
-    etype = _CANONICAL_TYPE.get(topic_type)
-    if etype is None:
-        raise ValueError(f"topic_type must be one of {EVENT_TYPES}, got {topic_type!r}")
+    etype = _CANONICAL_TYPE.get(topic_type) if topic_type is not None else None
+    if etype is None and topic_type is not None:
+        raise ValueError(f"topic_type must be one of {EVENT_TYPES} or None, got {topic_type!r}")
     raw = _preflight(raw, limits)
     w: _WireEvent = _parse(_EVENT_DECODER, raw, "ts")
 
@@ -558,7 +560,15 @@ def decode_event(
     _check_id(w.item_id, "item_id", max_id)
 
     t = w.type
-    if t is not None and t != etype:
+    if etype is None:  # mixed topic: the payload says
+        if t is None:
+            raise ContractError("missing_field", "field `type` is required on a topic that carries every event type")
+        if t not in _EVENT_TYPE_SET:
+            raise ContractError(
+                "unknown_type", f"field `type` must be one of {'|'.join(EVENT_TYPES)}, got {_short(t)}"
+            )
+        etype = t
+    elif t is not None and t != etype:
         if t in _EVENT_TYPE_SET:
             raise ContractError(
                 "type_mismatch", f"payload type {t!r} arrived on the {etype!r} topic"

@@ -121,13 +121,18 @@ def start_broker(log_dir: Path, port: int | None = None) -> Server:
                             "--storage-engine", "memory://tansu/"], port, log_dir)
 
 
-def start_redis(log_dir: Path, port: int | None = None) -> Server:
+def start_redis(log_dir: Path, port: int | None = None, password: str | None = None) -> Server:
+    """Start redis-server with an append-only file in ``log_dir``: a restart on the
+    same directory and port comes back with its keys (recommendations, checkpoints)."""
     port = port or free_port()
-    # No persistence: the embedded Redis is a cache of derived data (profiles
-    # are rebuilt from table changelogs, recommendations from the next event).
-    return _spawn("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                            "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"],
-                  port, log_dir)
+    data_dir = log_dir / f"redis-{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+            "--protected-mode", "yes", "--daemonize", "no"]
+    if password:
+        argv += ["--requirepass", password]
+    return _spawn(f"redis-{port}", argv, port, log_dir)
 
 
 @dataclass

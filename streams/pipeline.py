@@ -34,6 +34,7 @@ from models.engine import BatchOutcome
 from models.profile import Profile, decode_profile, encode_profile, profile_summary
 from streams.contract import ContractError, Limits, Recommendation, ScoredItem, dead_letter, decode_event
 from streams.metrics import Metrics
+from streams.privacy import pseudonym
 from streams.redis_sink import RedisSink
 
 _encode = msgspec.json.Encoder().encode
@@ -89,14 +90,18 @@ class BatchProcessor:
     def __init__(self, app: Any, metrics: Metrics, sink: RedisSink) -> None:
         s = self.settings = app.settings_
         self.app = app
-        self.engine = app.engine
         self.table = app.profiles
         self.profiles = TableProfiles(app.profiles)
         self.metrics = metrics
         self.sink = sink
         self.topic_types = s.input_topics
+        self.pseudonymize_key = s.pseudonymize_key
         self.limits = Limits(max_message_bytes=s.max_message_bytes, max_id_length=s.max_id_length,
                              min_ts=s.min_event_ts, max_future_skew_s=s.max_future_skew_s)
+
+    @property
+    def engine(self) -> Any:  # read each time: a checkpoint restore replaces it
+        return self.app.engine
 
     async def process(self, batch: Sequence[Any]) -> None:
         started = time.time()
@@ -106,7 +111,7 @@ class BatchProcessor:
         for event in batch:
             msg = event.message
             etype = self.topic_types[msg.topic]
-            m.consumed_by_type[etype].inc()
+            m.consumed_by_type[etype or "mixed"].inc()
             try:
                 ev = decode_event(msg.value, etype, self.limits, now=started)
                 if msg.key is not None and msg.key != ev.user_id.encode():
@@ -116,7 +121,9 @@ class BatchProcessor:
             except ContractError as err:
                 self.send_dead_letter(err, msg)
                 continue
-            valid.append((ev, msg))
+            if self.pseudonymize_key:
+                ev = msgspec.structs.replace(ev, user_id=pseudonym(ev.user_id, self.pseudonymize_key))
+            valid.append((ev, msg, (f"{msg.topic}:{msg.partition}", msg.offset)))
             partition_of[ev.user_id] = msg.partition
         m.batch_size.observe(len(batch))
         if not valid:
@@ -163,15 +170,15 @@ class BatchProcessor:
         m.model_updated.set(written)
 
     def _learn(self, valid: list) -> tuple[Any, list]:
-        events = [ev for ev, _ in valid]
+        events = [ev for ev, _, _ in valid]
         try:
-            return self.engine.process(events, self.profiles), events
+            return self.engine.process(events, self.profiles, positions=[pos for _, _, pos in valid]), events
         except Exception:
             log.exception("processing a batch of %d events failed; isolating the failing events", len(events))
         merged, kept, profiles = None, [], {}
-        for ev, msg in valid:
+        for ev, msg, pos in valid:
             try:
-                outcome = self.engine.process([ev], _Overlay(profiles, self.profiles))
+                outcome = self.engine.process([ev], _Overlay(profiles, self.profiles), positions=[pos])
             except Exception as exc:  # noqa: BLE001 - parked in the dead-letter topic with the reason
                 self.send_dead_letter(ContractError("processing_error", f"{type(exc).__name__}: {exc}"[:500]), msg)
                 continue
@@ -179,6 +186,17 @@ class BatchProcessor:
             kept.append(ev)
             merged = outcome if merged is None else _merge(merged, outcome)
         return merged or BatchOutcome(), kept
+
+    async def forget(self, user_id: str, partition: int) -> None:
+        """Remove every trace of a customer: profile and dedupe window (table
+        tombstone), model state, Redis keys, and a tombstone on the
+        recommendations topic; then checkpoint so no saved model keeps them."""
+        self.table.del_in_partition(user_id, partition)
+        self.engine.forget_user(user_id)
+        await self.sink.delete_user(user_id)
+        self.app.recommendations_topic.send_soon(key=user_id.encode(), value=None)
+        await self.app.checkpoints.save()
+        log.info("forgot customer %s", user_id[:8] + "…")
 
     def send_dead_letter(self, err: ContractError, msg: Any) -> None:
         self.metrics.dead_letter(err.reason)

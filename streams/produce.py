@@ -59,7 +59,6 @@ def publish_events(
     ``rate`` (events/s) paces publishing; ``live_ts`` stamps each event with the
     wall clock at send time (the live demo), instead of its simulated time.
     """
-    topics = {etype: topic for topic, etype in settings.input_topics.items()}
     start = time.monotonic()
     n = 0
     for etype, payload in events:
@@ -69,9 +68,11 @@ def publish_events(
             ahead = n / rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
+        # `type` is redundant on a per-type topic and required on a mixed one.
+        payload = {**payload, "type": etype}
         if live_ts:
-            payload = {**payload, "ts": int(time.time() * 1000)}
-        _send(producer, topics[etype], payload["user_id"].encode(), _encode(payload))
+            payload["ts"] = int(time.time() * 1000)
+        _send(producer, settings.topic_for(etype), payload["user_id"].encode(), _encode(payload))
         n += 1
         if n % 1000 == 0:
             producer.poll(0)

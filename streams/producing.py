@@ -34,22 +34,25 @@ def produce_generated(settings: Settings, *, n_events: int, rate: float | None, 
 
 
 def produce_csv(settings: Settings, path: Path, *, rate: float | None) -> dict:
-    from streams.replay import read_events_csv  # noqa: PLC0415
+    """Publish a CSV event log (the replay format) to the input topics.
 
-    producer = make_producer(settings)
+    Each row's ``event_id`` is derived from the file name and the row's
+    position in time order, so publishing the same file twice is deduplicated
+    by the workers rather than double-counted.
+    """
+    from streams.replay import read_events  # noqa: PLC0415
+
     bad: list[str] = []
+    events, n_bad = read_events(str(path), on_bad_row=lambda line, why: bad.append(f"line {line}: {why}"))
+    producer = make_producer(settings)
     started = time.monotonic()
 
     def pairs():
-        for row in read_events_csv(path, on_bad_row=lambda line, why: bad.append(f"line {line}: {why}")):
-            payload = {"event_id": f"{path.name}:{row.line}", "user_id": row.user_id, "item_id": row.item_id,
-                       "ts": int(row.ts * 1000)}
-            if row.price is not None:
-                payload["price"] = row.price
-            yield row.event_type, payload
+        for i, (ts, user, item, event_type) in enumerate(events):
+            yield event_type, {"event_id": f"{path.name}:{i}", "user_id": user, "item_id": item, "ts": int(ts * 1000)}
 
     with _progress() as progress:
-        task = progress.add_task(f"producing {path.name}", total=None)
+        task = progress.add_task(f"producing {path.name}", total=len(events))
         n = publish_events(producer, settings, pairs(), rate=rate, on_progress=lambda k: progress.advance(task, k))
     elapsed = time.monotonic() - started
-    return {"events": n, "bad_rows": len(bad), "bad_row_examples": bad[:20], "seconds": round(elapsed, 3)}
+    return {"events": n, "bad_rows": n_bad, "bad_row_examples": bad[:20], "seconds": round(elapsed, 3)}

@@ -10,6 +10,7 @@ key                             value
 ``rs:profile:{user_id}``        JSON profile summary: counts, first/last seen, RFM,
                                 recent items, top categories, segment
 ``rs:model``                    hash: ``version``, ``updated_at``, ``users``, ``items``
+``rs:checkpoint:{app}:{worker}``  model checkpoint of one worker (binary; see streams/checkpoint.py)
 ==============================  =========================================================
 
 Writes go in one pipeline per micro-batch. If Redis is unreachable the write is
@@ -49,6 +50,9 @@ class RedisKeys:
     def model(self) -> str:
         return f"{self.prefix}:model"
 
+    def checkpoint(self, app_id: str, worker_id: str) -> str:
+        return f"{self.prefix}:checkpoint:{app_id}:{worker_id}"
+
 
 class RedisSink:
     def __init__(self, url: str, prefix: str, ttl_s: int, metrics: Metrics,
@@ -60,17 +64,13 @@ class RedisSink:
         self.max_backoff_s = max_backoff_s
         self._outage_since: float | None = None
 
-    async def write(self, recs: Mapping[str, bytes], profiles: Mapping[str, bytes], model: Mapping[str, str | int | float]) -> None:
+    async def _retrying(self, build) -> None:
+        """Run a pipeline built by ``build(pipe)`` until it succeeds (see module doc)."""
         backoff = 0.05
         while True:
             try:
                 pipe = self.client.pipeline(transaction=False)
-                for user, payload in recs.items():
-                    pipe.set(self.keys.recs(user), payload, ex=self.ttl)
-                for user, payload in profiles.items():
-                    pipe.set(self.keys.profile(user), payload, ex=self.ttl)
-                if model:
-                    pipe.hset(self.keys.model, mapping=dict(model))
+                build(pipe)
                 await pipe.execute()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.metrics.redis_errors.inc()
@@ -87,8 +87,19 @@ class RedisSink:
                 self.metrics.redis_up.set(1)
             return
 
+    async def write(self, recs: Mapping[str, bytes], profiles: Mapping[str, bytes], model: Mapping[str, str | int | float]) -> None:
+        def build(pipe) -> None:
+            for user, payload in recs.items():
+                pipe.set(self.keys.recs(user), payload, ex=self.ttl)
+            for user, payload in profiles.items():
+                pipe.set(self.keys.profile(user), payload, ex=self.ttl)
+            if model:
+                pipe.hset(self.keys.model, mapping=dict(model))
+
+        await self._retrying(build)
+
     async def delete_user(self, user_id: str) -> None:
-        await self.client.delete(self.keys.recs(user_id), self.keys.profile(user_id))
+        await self._retrying(lambda pipe: pipe.delete(self.keys.recs(user_id), self.keys.profile(user_id)))
 
     async def close(self) -> None:
         await self.client.aclose()

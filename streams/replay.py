@@ -113,10 +113,16 @@ def read_events(path: str, on_bad_row=None):
     return events, n_bad
 
 
-def build_models() -> dict:
-    """The product ranker (factory defaults) and the baselines."""
+def build_models(seed: int | None = None) -> dict:
+    """The product ranker, built exactly as the workers build it, and the baselines.
+
+    The seed comes from the same settings (``RECOSTREAM_SEED``) the workers read,
+    so a replay and a live worker fed the same events hold the same model.
+    """
+    from streams.settings import Settings
+
     return {
-        MODEL_NAME: HybridRanker(),
+        MODEL_NAME: HybridRanker(seed=Settings.from_env().seed if seed is None else seed),
         "popularity": PopularityBaseline(),
         "cooccurrence": CooccurrenceBaseline(window=20),
         "cooccurrence_decayed": DecayedCooccurrenceBaseline(window=20, decay=0.9),

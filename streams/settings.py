@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -42,12 +43,13 @@ class Settings:
     kafka_ssl_cafile: str = _doc("", "CA bundle for Kafka TLS.")
 
     # --- topics ---
-    topic_browse: str = _doc("browse", "Input topic for browse events.")
+    topic_browse: str = _doc("browse", "Input topic for browse events (set all three to one name for a single mixed topic).")
     topic_click: str = _doc("click", "Input topic for click events.")
     topic_purchase: str = _doc("purchase", "Input topic for purchase events.")
     topic_items: str = _doc("items", "Compacted catalogue topic keyed by item_id.")
     topic_recommendations: str = _doc("recommendations", "Output topic of top-N recommendations, keyed by user_id.")
     topic_dead_letter: str = _doc("dead-letter", "Invalid messages with original bytes, source position and reason.")
+    topic_control: str = _doc("control", "Operator commands keyed by user_id (e.g. forget a customer); partitioned like the inputs.")
     partitions: int = _doc(4, "Partitions of the input topics (upper bound on useful workers).", min=1, max=1024)
     replication_factor: int = _doc(1, "Replication factor for topics the app creates.", min=1, max=16)
 
@@ -56,6 +58,8 @@ class Settings:
     web_port: int = _doc(6066, "Faust web port of the worker.", min=1, max=65535)
     metrics_port: int = _doc(9464, "Prometheus metrics port of the worker (one per worker).", min=0, max=65535)
     data_dir: str = _doc("run/worker", "Directory for the worker's local table state.")
+    worker_id: str = _doc("", "Stable id of this worker (names its model checkpoint). Default: hostname:metrics_port.")
+    checkpoint_interval_s: float = _doc(30.0, "Seconds between model checkpoints (0 = only at shutdown).", min=0.0, max=86400.0)
     batch_max_events: int = _doc(1000, "Upper bound of one micro-batch.", min=1, max=100_000)
     batch_max_wait_s: float = _doc(0.05, "Max seconds a micro-batch waits to fill.", min=0.001, max=10.0)
     # tansu (and slow-joining brokers in general) hold a JoinGroup for about
@@ -71,6 +75,9 @@ class Settings:
     recs_ttl_s: int = _doc(7 * 86400, "TTL of recommendation and profile keys in Redis (0 = none).", min=0)
     n_segments: int = _doc(6, "Number of customer segments (River KMeans clusters).", min=1, max=64)
     seed: int = _doc(42, "Seed for every stochastic model component.")
+
+    # --- privacy ---
+    pseudonymize_key: str = _doc("", "If set, user ids are replaced at ingestion by HMAC-SHA256(key, user_id): nothing downstream sees raw ids.")
 
     # --- input limits (bad input goes to the dead-letter topic) ---
     max_message_bytes: int = _doc(65536, "Largest accepted event message.", min=256, max=10_000_000)
@@ -89,8 +96,11 @@ class Settings:
                 raise SettingsError(f"{env_name(f.name)}={value!r} must be <= {meta['max']}")
             if "choices" in meta and value not in meta["choices"]:
                 raise SettingsError(f"{env_name(f.name)}={value!r} must be one of {', '.join(meta['choices'])}")
-        topics = [self.topic_browse, self.topic_click, self.topic_purchase, self.topic_items,
-                  self.topic_recommendations, self.topic_dead_letter]
+        inputs = {self.topic_browse, self.topic_click, self.topic_purchase}
+        if len(inputs) == 2:
+            raise SettingsError("input topics must be three distinct topics, or one topic for every type "
+                                f"(type then comes from the payload), got {sorted(inputs)}")
+        topics = [*inputs, self.topic_items, self.topic_recommendations, self.topic_dead_letter, self.topic_control]
         if len(set(topics)) != len(topics) or not all(topics):
             raise SettingsError(f"topic names must be distinct and non-empty, got {topics}")
 
@@ -110,13 +120,27 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @property
+    def effective_worker_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}:{self.metrics_port}"
+
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 
     @property
-    def input_topics(self) -> dict[str, str]:
-        """Map topic name -> event type."""
+    def input_topics(self) -> dict[str, str | None]:
+        """Map topic name -> event type; ``None`` for one mixed topic (type in the payload).
+
+        One mixed topic keeps each customer's events in order across types
+        (Kafka orders within a partition, not across topics), which the
+        sequence-aware ranker can use; three topics are the simpler contract.
+        """
+        if self.topic_browse == self.topic_click == self.topic_purchase:
+            return {self.topic_browse: None}
         return {self.topic_browse: "browse", self.topic_click: "click", self.topic_purchase: "purchase"}
+
+    def topic_for(self, event_type: str) -> str:
+        return {"browse": self.topic_browse, "click": self.topic_click, "purchase": self.topic_purchase}[event_type]
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) connection config, security included."""
@@ -132,7 +156,7 @@ class Settings:
     def redacted(self) -> dict[str, Any]:
         """All settings as a dict with secrets masked (safe to log)."""
         out = dataclasses.asdict(self)
-        for k in ("kafka_sasl_password",):
+        for k in ("kafka_sasl_password", "pseudonymize_key"):
             if out[k]:
                 out[k] = "***"
         if "@" in out["redis_url"]:

@@ -17,6 +17,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs.append(NewTopic(settings.topic_items, p, rf, config={"cleanup.policy": "compact"}))
     specs.append(NewTopic(settings.topic_recommendations, p, rf))
     specs.append(NewTopic(settings.topic_dead_letter, p, rf))
+    # Same partition count as the inputs: a user's commands reach the worker owning the user.
+    specs.append(NewTopic(settings.topic_control, p, rf))
     return specs
 
 
