@@ -21,4 +21,6 @@ def register(app) -> None:
                 err = exc if isinstance(exc, ContractError) else ContractError("invalid_value", f"control message: {exc}")
                 app.processor.send_dead_letter(err, event.message)
                 continue
-            await app.processor.forget(command.user_id, event.message.partition)
+            async with app.checkpoints.lock:  # never in the middle of a batch
+                await app.processor.forget(command.user_id, event.message.partition)
+                await app.checkpoints.save_locked()  # no saved model may keep the customer

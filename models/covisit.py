@@ -218,17 +218,35 @@ class CoVisitation:
         if self.clock.rescale_factor != 1.0:
             self.rows.scale(1.0 / self.clock.rescale_factor)
             self._mass /= self.clock.rescale_factor
-        self._mass = grow_to(self._mass, max(row, max(history)) + 1)
+        top = max(row, max(history))
+        self._mass = grow_to(self._mass, top + 1)
+        rows = self.rows
+        rows._ensure(top)
+        slots, vals = rows._slots, rows._vals
+        add = rows.add
+        fw, bw, decay = self.forward, self.backward, self.distance_decay
+        # Fast path of SparseRows.add inlined: most pairs update an existing slot.
+        row_slots, row_vals = slots[row], vals[row]
+        mass = self._mass
         w = inc
         total = 0.0
         for h in history:
             if h != row:
-                self.rows.add(h, row, self.forward * w)
-                self.rows.add(row, h, self.backward * w)
-                self._mass[h] += w
+                s = slots[h].get(row)
+                if s is not None:
+                    vals[h][s] += fw * w
+                else:
+                    add(h, row, fw * w)
+                s = row_slots.get(h)
+                if s is not None:
+                    row_vals[s] += bw * w
+                else:
+                    add(row, h, bw * w)
+                    row_slots, row_vals = slots[row], vals[row]  # add() may have pruned or grown the row
+                mass[h] += w
                 total += w
-            w *= self.distance_decay
-        self._mass[row] += total
+            w *= decay
+        mass[row] += total
 
     def mass(self, n_items: int) -> np.ndarray:
         self._mass = grow_to(self._mass, n_items)
@@ -244,6 +262,44 @@ class CoVisitation:
         scores = self.rows.gather(history, w, n_items)
         scores *= norm
         return scores
+
+    def score_sparse(self, history: Sequence[int], weights: Sequence[float],
+                     mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score` on its support only: ``(rows ascending, scores)``.
+
+        ``mass`` is :meth:`mass` ``(n_items)``. The scores are bit-identical to
+        the dense ones at those rows (same operations, same summation order);
+        every other item scores 0.
+        """
+        if not len(history):
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        alpha = self.alpha
+        hist = np.asarray(history, dtype=np.int64)
+        norm_h = np.power(np.maximum(mass[hist], 1e-300), -alpha) if alpha else np.ones(len(hist))
+        rows_ = self.rows
+        n_rows = len(rows_._slots)
+        cols, vals, lengths = [], [], []
+        for h in history:
+            n = len(rows_._slots[h]) if h < n_rows else 0
+            lengths.append(n)
+            if n:
+                cols.append(rows_._cols[h][:n])
+                vals.append(rows_._vals[h][:n])
+        if not cols:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        cols = np.concatenate(cols)
+        # Each neighbour value times its history item's weight (the same
+        # products as CoVisitation.score, summed in the same order).
+        w = np.asarray(weights, dtype=np.float64) * norm_h
+        vals = np.concatenate(vals) * np.repeat(w, lengths)
+        order = np.argsort(cols, kind="stable")
+        cols = cols[order]
+        starts = np.flatnonzero(np.concatenate(([True], cols[1:] != cols[:-1])))
+        rows = cols[starts]
+        scores = np.add.reduceat(vals[order], starts)
+        if alpha:
+            scores *= np.power(np.maximum(mass[rows], 1e-300), -alpha)
+        return rows.astype(np.int64), scores
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Container
 
 import numpy as np
@@ -10,6 +11,12 @@ from river import optim, reco
 from models.catalog import grow_to
 
 __all__ = ["ImplicitMF"]
+
+# Queued steps are applied before any read, and at the latest after this many.
+_MAX_PENDING = 50_000
+# Below this many queued steps, River's per-step arithmetic inlined is faster
+# than building rounds.
+_VECTOR_MIN = 64
 
 
 class ImplicitMF:
@@ -86,40 +93,148 @@ class ImplicitMF:
             initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=seed),
             seed=seed,
         )
+        self._lr = float(lr)
         self._rng = np.random.default_rng(seed)
-        self._factors = np.zeros((0, n_factors))  # mirror of model.i_latents by row
+        self._F = np.zeros((0, n_factors))  # mirror of model.i_latents by row
+        self._pending: list[tuple[str, int, float]] = []  # queued SGD steps (user, row, target)
         self._row_ids: dict[int, str] = {}
-        self._recent = np.zeros(0, dtype=np.int64)  # ring buffer of recent item rows
+        self._recent: list[int] = []  # ring buffer of recent item rows
+        self._rand: list[float] = []  # uniform draws for negative sampling, drawn in blocks
         self._n_seen = 0
 
     # -- learning ---------------------------------------------------------
 
-    def _fit(self, user: str, item_id: str, row: int, target: float) -> None:
-        self.model.learn_one(user, item_id, target)
-        self._factors = grow_to(self._factors, row + 1)
-        self._factors[row] = self.model.i_latents[item_id]
-        self._row_ids[row] = item_id
-
     def learn_one(self, user: str, item_id: str, row: int, target: float = 1.0, seen: Container[int] = ()) -> None:
-        """Learn one positive and ``n_negatives`` sampled negatives."""
-        self._fit(user, item_id, row, target)
-        n_buf = min(self._n_seen, self.buffer_size)
+        """Learn one positive and ``n_negatives`` sampled negatives.
+
+        The negatives are drawn now (from the stream so far, skipping items in
+        ``seen`` as it is now); the SGD steps themselves are queued and applied
+        in order, in one vectorised pass, before anything reads the model.
+        """
+        if row not in self._row_ids:
+            self._row_ids[row] = item_id
+        pending = self._pending
+        pending.append((user, row, target))
+        n_seen = self._n_seen
+        n_buf = n_seen if n_seen < self.buffer_size else self.buffer_size
+        recent = self._recent
         if n_buf:
-            for neg in self._recent[self._rng.integers(0, n_buf, size=self.n_negatives)]:
-                neg = int(neg)
+            rand = self._rand
+            if len(rand) < self.n_negatives:
+                rand = self._rand = self._rng.random(4096).tolist()
+            for _ in range(self.n_negatives):
+                neg = recent[int(rand.pop() * n_buf)]
                 if neg != row and neg not in seen:
-                    self._fit(user, self._row_ids[neg], neg, 0.0)
-        if len(self._recent) < self.buffer_size:
-            self._recent = grow_to(self._recent, min(self.buffer_size, self._n_seen + 1))
-        self._recent[self._n_seen % self.buffer_size] = row
-        self._n_seen += 1
+                    pending.append((user, neg, 0.0))
+        if len(recent) < self.buffer_size:
+            recent.append(row)
+        else:
+            recent[n_seen % self.buffer_size] = row
+        self._n_seen = n_seen + 1
+        if len(pending) >= _MAX_PENDING:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Apply the queued SGD steps, exactly as River's ``FunkMF.learn_one`` would one after the other."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        model = self.model
+        u_lat, i_lat, ids = model.u_latents, model.i_latents, self._row_ids
+        # Latents are created in River's order (user, then item, per step) by
+        # River's own initialiser, so random draws match a sequential run.
+        new_rows = []
+        for user, row, _ in pending:
+            u_lat[user]
+            item = ids[row]
+            if item not in i_lat:
+                i_lat[item]
+                new_rows.append(row)
+        if new_rows:
+            self._F = grow_to(self._F, max(new_rows) + 1)
+            for row in new_rows:
+                self._F[row] = i_lat[ids[row]]
+        lr, l2 = self._lr, self.l2
+        if len(pending) < _VECTOR_MIN:
+            self._steps_scalar(pending, lr, l2)
+        else:
+            self._steps_vector(pending, lr, l2)
+        n = len(pending)
+        model.u_optimizer.n_iterations += n
+        model.i_optimizer.n_iterations += n
+
+    def _steps_scalar(self, pending, lr: float, l2: float) -> None:
+        # River's FunkMF.learn_one + SGD step, inlined: the same numpy
+        # operations in the same order, so the floats are River's.
+        u_lat, i_lat, ids, F = self.model.u_latents, self.model.i_latents, self._row_ids, self._F
+        clip = self.model.clip_gradient
+        for user, row, y in pending:
+            u = u_lat[user]
+            v = i_lat[ids[row]]
+            g = 2.0 * (np.dot(u, v).item() - y)
+            g = max(-clip, min(clip, g))
+            ug = g * v + l2 * u
+            vg = g * u + l2 * v
+            u -= lr * ug
+            v -= lr * vg
+            F[row] = v
+
+    def _steps_vector(self, pending, lr: float, l2: float) -> None:
+        # Each user's steps stay in order (round k holds every user's k-th
+        # queued step), so a user's vector moves exactly as in River. An item
+        # met by several users in one round takes the sum of their steps, all
+        # computed from its value at the start of the round (Hogwild-style
+        # parallel SGD): hot items would otherwise serialise the whole batch.
+        u_lat, i_lat, ids, F = self.model.u_latents, self.model.i_latents, self._row_ids, self._F
+        clip = self.model.clip_gradient
+        user_index: dict[str, int] = {}
+        counts: list[int] = []
+        n = len(pending)
+        uidx = np.empty(n, dtype=np.int64)
+        rounds = np.empty(n, dtype=np.int64)
+        for k, (user, _, _) in enumerate(pending):
+            ui = user_index.get(user)
+            if ui is None:
+                ui = user_index[user] = len(counts)
+                counts.append(0)
+            rounds[k] = counts[ui]
+            counts[ui] += 1
+            uidx[k] = ui
+        rows = np.fromiter((p[1] for p in pending), dtype=np.int64, count=n)
+        ys = np.fromiter((p[2] for p in pending), dtype=np.float64, count=n)
+        users = list(user_index)
+        U = np.array([u_lat[u] for u in users])
+        order = np.argsort(rounds, kind="stable")
+        bounds = np.flatnonzero(np.diff(rounds[order])) + 1
+        for sel in np.split(order, bounds):
+            ui, ri = uidx[sel], rows[sel]
+            u, v = U[ui], F[ri]
+            g = 2.0 * (np.einsum("ij,ij->i", u, v) - ys[sel])
+            if clip < 1e12:
+                np.clip(g, -clip, clip, out=g)
+            g = g[:, None]
+            U[ui] = u - lr * (g * v + l2 * u)
+            np.add.at(F, ri, -lr * (g * u + l2 * v))
+        for k, user in enumerate(users):
+            u_lat[user][:] = U[k]
+        for row in set(rows.tolist()):
+            i_lat[ids[row]][:] = F[row]
+
+    @property
+    def _factors(self) -> np.ndarray:
+        """Item factors by catalogue row (a mirror of River's ``i_latents``)."""
+        self._flush()
+        return self._F
 
     def forget_user(self, user: str) -> None:
+        self._flush()
         self.model.u_latents.pop(user, None)
 
     # -- reading (never mutates) ------------------------------------------
 
     def user_vector(self, user: str) -> np.ndarray | None:
+        self._flush()
         return self.model.u_latents[user] if user in self.model.u_latents else None
 
     def score(self, user: str, n_items: int) -> np.ndarray | None:
@@ -128,9 +243,14 @@ class ImplicitMF:
         if u is None:
             return None
         out = np.zeros(n_items)
-        m = min(n_items, len(self._factors))
-        out[:m] = self._factors[:m] @ u
+        m = min(n_items, len(self._F))
+        out[:m] = self._F[:m] @ u
         return out
+
+    def scores_of(self, user_vec: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``item_factors[rows] @ user_vec`` (rows must be < ``len(item factors)``): the same
+        arithmetic as :meth:`score`, for a subset of the catalogue."""
+        return self._F[rows] @ user_vec
 
     def predict_one(self, user: str, item_id: str) -> float:
         u = self.user_vector(user)
@@ -139,8 +259,19 @@ class ImplicitMF:
         return float(np.dot(u, self.model.i_latents[item_id]))
 
     def __getstate__(self):
+        self._flush()
         state = self.__dict__.copy()
         n = (max(self._row_ids) + 1) if self._row_ids else 0
-        state["_factors"] = self._factors[:n].copy()
-        state["_recent"] = self._recent[: min(self._n_seen, self.buffer_size)].copy()
+        state["_F"] = self._F[:n].copy()
+        state["_recent"] = np.asarray(self._recent, dtype=np.int64)
         return state
+
+    def __setstate__(self, state):
+        if "_factors" in state:  # checkpoints written before steps were queued
+            state["_F"] = state.pop("_factors")
+        state.setdefault("_pending", [])
+        state.setdefault("_lr", float(state["lr"]))
+        state.setdefault("_rand", [])
+        state["_recent"] = [int(r) for r in state["_recent"]][: state["buffer_size"]]
+        # Interned keys, as pickle's default BUILD does: byte-identical re-dumps.
+        self.__dict__.update({sys.intern(k): v for k, v in state.items()})

@@ -109,9 +109,9 @@ class Profile(msgspec.Struct):
     seen_event_ids
         FIFO window of recent event ids used to drop redeliveries.
     seen_offsets
-        Source offset of each id in ``seen_event_ids`` (-1 when unknown): tells
-        a redelivery of the same message (same offset, after a crash) from a
-        producer's duplicate (same id, another offset).
+        Source position of each id in ``seen_event_ids`` (-1 when unknown; the
+        engine encodes topic-partition and offset in it): tells a redelivery
+        of the same message (after a crash) from a producer's duplicate.
     recent_order_ids
         FIFO window of recent order keys so multi-line orders count once.
     segment

@@ -241,6 +241,124 @@ class StreamingRecommender:
         return f"{type(self).__name__}(n_users={self.n_users}, n_items={self.n_items}, model_version={self.model_version})"
 
 
+class _Candidates:
+    """Per-call state of :meth:`HybridRanker.recommend` (catalogue-wide terms computed once per batch).
+
+    Candidates of a user: the co-visitation neighbours of the history, the
+    ``n_candidates`` most popular available items, and for every category of
+    the history the ``n_candidates`` most popular and ``n_new_candidates``
+    newest available items of that category. Only candidates are scored, so
+    the cost of a user does not grow with the catalogue.
+    """
+
+    def __init__(self, ranker: "HybridRanker", n_items: int):
+        self.r = ranker
+        self.n_items = n_items
+        cat = ranker.catalog
+        self.available = cat.available
+        pop = ranker.items.popularity.scores(n_items)
+        top = pop.max() if n_items else 0.0
+        self.base = pop * (ranker.w_popularity / top) if top > 0 else np.zeros(n_items)
+        self.cats = cat.category
+        self.n_cats = int(self.cats.max()) + 1 if n_items else 0
+        avail = np.flatnonzero(self.available)
+        # Available rows by popularity term (desc, ties to the lower row), and
+        # the same grouped by category; newest (highest row) first per category.
+        self.by_base = avail[np.lexsort((avail, -self.base[avail]))]
+        self.p = ranker.n_candidates
+        self.q = ranker.n_new_candidates
+        self.top_base = self.by_base[: self.p]
+        if ranker.w_category and self.n_cats:
+            by_cat = self.by_base[np.argsort(self.cats[self.by_base], kind="stable")]
+            start = np.searchsorted(self.cats[by_cat], np.arange(-1, self.n_cats + 1))
+            newest = avail[::-1][np.argsort(self.cats[avail[::-1]], kind="stable")]
+            self.cat_cands = [np.concatenate((by_cat[lo:min(hi, lo + self.p)], newest[lo:min(hi, lo + self.q)]))
+                              for lo, hi in zip(start[1:-1], start[2:])]
+        self.covisit = ranker.items.covisit
+        self.mass = self.covisit.mass(n_items)
+        self.mf = ranker.mf
+        self.n_f = min(n_items, len(self.mf._factors)) if self.mf is not None else 0
+
+    def cold(self, n: int):
+        rows = self.by_base[:n]
+        return rows, self.base[rows]
+
+    def terms(self, user_id: str, user):
+        """Candidates and the user's score terms: ``(cand, cv_rows, cv_vals, cv_scale, u, mf_scale, aff)``."""
+        r = self.r
+        rows_h, weights = r._weighted_history(user, r.history_decay)
+        parts = [self.top_base]
+        cv_rows = cv_vals = None
+        cv_scale = 0.0
+        if r.w_covisit:
+            cv_rows, cv_vals = self.covisit.score_sparse(rows_h, weights, self.mass)
+            if len(cv_vals):
+                parts.append(cv_rows)
+                t = cv_vals.max()
+                if t > 0:
+                    cv_scale = r.w_covisit / t
+        aff = None
+        if r.w_category and self.n_cats:
+            hist_cats = self.cats[rows_h]
+            known = hist_cats >= 0
+            if known.any():
+                aff = np.bincount(hist_cats[known], np.asarray(weights)[known], minlength=self.n_cats)
+                aff /= aff.max()
+                parts.extend(self.cat_cands[c] for c in np.flatnonzero(aff > 0).tolist())
+        cand = _sorted_unique(np.concatenate(parts)) if len(parts) > 1 else np.sort(parts[0])
+        # MF re-ranks the candidates: scaled by its largest |score| among them.
+        u = self.mf.user_vector(user_id) if self.mf is not None else None
+        mf_scale = 0.0
+        mf_cand = None
+        if u is not None:
+            mf_cand = self._mf(u, cand)
+            t = np.abs(mf_cand).max() if len(mf_cand) else 0.0
+            if t > 0:
+                mf_scale = r.w_mf / t
+        return cand, cv_rows, cv_vals, cv_scale, u, mf_scale, aff, mf_cand
+
+    def _mf(self, u, rows):
+        mf = np.zeros(len(rows))
+        inside = rows < self.n_f
+        mf[inside] = self.mf.scores_of(u, rows[inside])
+        return mf
+
+    def score(self, rows, terms) -> np.ndarray:
+        """Scores of ``rows`` (any rows, candidates or not) for the user of ``terms``."""
+        cand, cv_rows, cv_vals, cv_scale, u, mf_scale, aff, mf_cand = terms
+        scores = self.base[rows]
+        if cv_scale:
+            pos = np.searchsorted(cv_rows, rows)
+            pos[pos >= len(cv_rows)] = 0
+            scores += np.where(cv_rows[pos] == rows, cv_vals[pos], 0.0) * cv_scale
+        if mf_scale:
+            scores += (mf_cand if rows is cand else self._mf(u, rows)) * mf_scale
+        if aff is not None:
+            c = self.cats[rows]
+            scores += self.r.w_category * np.where(c >= 0, aff[np.maximum(c, 0)], 0.0)
+        return scores
+
+    def top(self, user_id: str, user, n: int, excl):
+        terms = self.terms(user_id, user)
+        cand = terms[0]
+        scores = self.score(cand, terms)
+        scores[~self.available[cand]] = -np.inf
+        if excl is not None and len(excl):
+            pos = np.searchsorted(cand, excl)  # cand is sorted
+            ok = pos < len(cand)
+            pos, ex = pos[ok], excl[ok]
+            scores[pos[cand[pos] == ex]] = -np.inf
+        top = top_n(scores, n)
+        return cand[top], scores[top]
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    a = np.sort(a)
+    if len(a) > 1:
+        a = a[np.concatenate(([True], a[1:] != a[:-1]))]
+    return a
+
+
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     """Rows of the ``n`` best finite scores, best first; ties go to the lower row.
 
@@ -296,7 +414,8 @@ class HybridRanker(StreamingRecommender):
       the strongest, session-aware signal.
     * ``pop``: trending popularity (time-decayed counts): cold start for new
       users and a prior that breaks ties among neighbours towards what is hot.
-    * ``mf``: implicit MF with sampled negatives, a long-term taste signal.
+    * ``mf``: implicit MF with sampled negatives, a long-term taste signal;
+      it re-ranks the user's candidates (its maximum is taken over them).
     * ``aff``: the user's category affinity (share of recent history per
       category); lets items that have no co-visits yet (new items) reach users
       who like their category.
@@ -333,6 +452,12 @@ class HybridRanker(StreamingRecommender):
         Strength per event type.
     seed
         Seeds everything random (MF initialisation and negative sampling).
+    n_candidates, n_new_candidates
+        Items scored per user besides its co-visitation neighbours: the
+        ``n_candidates`` most popular available items, and per category of
+        the user's history its ``n_candidates`` most popular and
+        ``n_new_candidates`` newest ones. MF and category affinity re-rank
+        these candidates; the cost per user does not grow with the catalogue.
 
     Examples
     --------
@@ -374,6 +499,8 @@ class HybridRanker(StreamingRecommender):
         n_negatives: int = 4,
         event_weights: dict[str, float] | None = None,
         seed: int = 0,
+        n_candidates: int = 200,
+        n_new_candidates: int = 50,
     ):
         self.history_decay = history_decay
         self.w_covisit = w_covisit
@@ -393,6 +520,8 @@ class HybridRanker(StreamingRecommender):
         self.mf_lr = mf_lr
         self.mf_l2 = mf_l2
         self.n_negatives = n_negatives
+        self.n_candidates = n_candidates
+        self.n_new_candidates = n_new_candidates
         super().__init__(history_size=history_size, event_weights=event_weights, seed=seed)
 
     def _reset(self) -> None:
@@ -432,34 +561,40 @@ class HybridRanker(StreamingRecommender):
             self.mf.forget_user(user_id)
 
     def _scores(self, user_id, user, n_items):
-        pop = self.items.popularity.scores(n_items)
-        top = pop.max() if n_items else 0.0
-        scores = pop * (self.w_popularity / top) if top > 0 else np.zeros(n_items)
+        # Every item scored with the terms recommend() uses (MF scaled over
+        # the user's candidates): predict_one agrees with recommend.
+        ctx = _Candidates(self, n_items)
         if user is None or not user.history:
-            return scores  # cold start: trending popularity only
-        rows, weights = self._weighted_history(user, self.history_decay)
-        if self.w_covisit:
-            cv = self.items.covisit.score(rows, weights, n_items)
-            top = cv.max()
-            if top > 0:
-                scores += cv * (self.w_covisit / top)
-        if self.mf is not None:
-            mf = self.mf.score(user_id, n_items)
-            if mf is not None:
-                top = np.abs(mf).max()
-                if top > 0:
-                    scores += mf * (self.w_mf / top)
-        if self.w_category:
-            self._add_category_affinity(scores, rows, weights)
-        return scores
+            return ctx.base.copy()  # cold start: trending popularity only
+        return ctx.score(np.arange(n_items), ctx.terms(user_id, user))
 
-    def _add_category_affinity(self, scores, rows, weights):
-        cats = self.catalog.category
-        hist_cats = cats[rows]
-        known = hist_cats >= 0
-        if not known.any():
-            return
-        aff = np.bincount(hist_cats[known], np.asarray(weights)[known], minlength=cats.max() + 1)
-        aff /= aff.max()
-        item_aff = np.where(cats >= 0, aff[np.maximum(cats, 0)], 0.0)
-        scores += self.w_category * item_aff
+    # -- many users at once: exact top-N over candidates ---------------------
+
+    def recommend(self, user_ids: Sequence[str], n: int = 20, exclude: str = "purchased") -> list[list[tuple[str, float]]]:
+        """Top-``n`` ``(item_id, score)`` per user, best first (see :meth:`StreamingRecommender.recommend`).
+
+        Only candidate items are scored (see :class:`_Candidates`): the user's
+        co-visitation neighbours, the most popular available items, and the
+        most popular and newest items of the categories in the user's history.
+        The catalogue-wide terms are computed once per call, so recommending
+        for a batch of users costs little more per user than the size of
+        their candidate set, whatever the size of the catalogue.
+        """
+        if exclude not in EXCLUDE_RULES:
+            raise ValueError(f"exclude must be one of {EXCLUDE_RULES}, got {exclude!r}")
+        if isinstance(user_ids, str):
+            raise TypeError("user_ids must be a sequence of user ids, not a string")
+        n_items = len(self.catalog)
+        if n_items == 0 or n <= 0:
+            return [[] for _ in user_ids]
+        ctx = _Candidates(self, n_items)
+        ids = self.catalog.ids
+        out = []
+        for user_id in user_ids:
+            user = self._users.get(user_id)
+            if user is None or not user.history:
+                rows, scores = ctx.cold(n)
+            else:
+                rows, scores = ctx.top(user_id, user, n, user.excluded(exclude))
+            out.append([(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())])
+        return out

@@ -97,5 +97,7 @@ def create_app(settings: Settings) -> RecoApp:
     app.control_topic = app.topic(settings.topic_control, **raw)
     app.profiles = app.tables.add(PartitionedTable(
         app, name="profiles", default=None, beacon=app.tables.beacon, partitions=settings.partitions,
-        schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw")))
+        # bytes values -> the "raw" codec: profiles are msgspec-encoded by us, and
+        # recovery from the changelog must hand back the same bytes.
+        key_type=str, value_type=bytes))
     return app

@@ -22,6 +22,7 @@ stable across restarts of the same replica).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -41,7 +42,11 @@ class Checkpointer:
         self.key = key
         self.interval_s = interval_s
         self._last = time.monotonic()
+        self._saved_state: tuple | None = None
         self.restored = False
+        # Held for a whole micro-batch by the agent, and by save(): a checkpoint
+        # never sees a batch whose outputs are half written.
+        self.lock = asyncio.Lock()
 
     async def restore(self) -> bool:
         """Replace the app's engine by the last checkpoint, once per process."""
@@ -57,14 +62,26 @@ class Checkpointer:
                  self.app.engine.model_version, self.app.engine.model_offsets)
         return True
 
+    def _state(self) -> tuple:
+        engine = self.app.engine
+        return engine.model_version, tuple(sorted(engine.model_offsets.items())), engine.forgotten
+
     async def maybe_save(self) -> None:
-        if self.interval_s > 0 and time.monotonic() - self._last >= self.interval_s:
+        """Checkpoint if the interval has passed and the models changed since the last one."""
+        if self.interval_s > 0 and time.monotonic() - self._last >= self.interval_s \
+                and self._state() != self._saved_state:
             await self.save()
 
     async def save(self) -> bool:
+        async with self.lock:
+            return await self.save_locked()
+
+    async def save_locked(self) -> bool:
+        """Checkpoint now; the caller holds :attr:`lock`."""
         self._last = time.monotonic()
         started = time.perf_counter()
         await self.app.producer.flush()  # step 2: outputs durable before the checkpoint
+        state = self._state()
         blob = self.app.engine.dumps()
         try:
             await self.client.set(self.key, blob)
@@ -73,6 +90,7 @@ class Checkpointer:
             # is safe: a restart then relearns from the older checkpoint's offsets.
             log.error("model checkpoint to %s failed: %s", self.key, exc)
             return False
+        self._saved_state = state
         log.info("model checkpoint: %d bytes in %.0f ms, offsets %s", len(blob),
                  1000 * (time.perf_counter() - started), self.app.engine.model_offsets)
         return True

@@ -31,14 +31,17 @@ from prometheus_client.registry import Collector
 from streams.contract import REASONS
 
 EVENT_TYPES = ("browse", "click", "purchase")
+# Consumed messages are counted before decoding: on a single mixed input topic
+# (all three RECOSTREAM_TOPIC_* equal) their type is not known yet.
+CONSUMED_TYPES = (*EVENT_TYPES, "mixed")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-MODELS = ("ranker", "popularity")
 
 log = logging.getLogger(__name__)
 
-# (topic, partition, end offset, consumer position); the position is the next
-# offset the group will process (Kafka's committed-offset convention).
-Position = tuple[str, int, int, int]
+# (topic, partition, end offset, consumer position) of one assigned partition;
+# the position is the next offset the group will process (Kafka's committed
+# offset convention). Either may be None while unknown (nothing fetched yet).
+Position = tuple[str, int, "int | None", "int | None"]
 
 
 class ConsumerLagCollector(Collector):
@@ -47,8 +50,17 @@ class ConsumerLagCollector(Collector):
     ``source()`` returns ``(topic, partition, end_offset, position)`` rows for
     the partitions this worker owns. Lag is ``end_offset - position`` (messages
     on the log this worker has not yet processed and committed), never
-    negative. A failing source yields no samples rather than a failed scrape:
-    a worker in the middle of a rebalance simply has no lag to report.
+    negative, and is left out while either offset is unknown; every row counts
+    as an assigned partition. A failing source yields no samples rather than a
+    failed scrape: a worker in the middle of a rebalance has nothing to report.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> r = CollectorRegistry()
+    >>> _ = r.register(ConsumerLagCollector(lambda: [("click", 0, 120, 100), ("click", 1, 7, None)]))
+    >>> r.get_sample_value("recostream_consumer_lag_messages", {"topic": "click", "partition": "0"})
+    20.0
+    >>> r.get_sample_value("recostream_consumer_assigned_partitions", {"topic": "click"})
+    2.0
     """
 
     def __init__(self, source: Callable[[], Iterable[Position]]) -> None:
@@ -75,9 +87,10 @@ class ConsumerLagCollector(Collector):
             log.debug("consumer lag unavailable", exc_info=True)
             rows = []
         per_topic: dict[str, int] = {}
-        for topic, partition, end, position in sorted(rows):
-            lag.add_metric([topic, str(partition)], float(max(0, end - position)))
+        for topic, partition, end, position in sorted(rows, key=lambda row: (row[0], row[1])):
             per_topic[topic] = per_topic.get(topic, 0) + 1
+            if end is not None and position is not None:
+                lag.add_metric([topic, str(partition)], float(max(0, end - position)))
         for topic, n in sorted(per_topic.items()):
             assigned.add_metric([topic], float(n))
         yield lag
@@ -90,19 +103,26 @@ def faust_consumer_positions(app: Any, topics: Collection[str]) -> Callable[[], 
     For each assigned partition of ``topics``: the end offset is the
     high-water mark the consumer last saw in a fetch response (no broker
     round trip on scrape); the position is the offset Faust last committed for
-    it, or, before this worker's first commit on a partition, one past the
-    last offset it read. Partitions with neither (nothing fetched yet) are
-    left out rather than guessed. Runs in the metrics HTTP thread and only
-    reads the consumer's state.
+    it (or the group's committed offset it resumed from), else one past the
+    last offset it read; None while unknown (nothing fetched yet), never a
+    guess. Runs in the metrics HTTP thread and only reads the consumer's
+    state (committed/read offsets and cached high-water marks): no broker
+    round trip per scrape.
     """
     wanted = frozenset(topics)
 
     def read() -> list[Position]:
-        consumer = getattr(app, "_consumer", None)  # never *create* the consumer from the scrape thread
-        if consumer is None:
+        # Never *create* the consumer or monitor from the scrape thread: before
+        # the app has started there is simply nothing to report.
+        consumer = getattr(app, "_consumer", None)
+        monitor = getattr(app, "_monitor", None)
+        if consumer is None or monitor is None:
             return []
-        monitor = app.monitor
-        committed = dict(monitor.tp_committed_offsets)
+        # The consumer's own committed offsets are refreshed from the group on
+        # every assignment (so a partition taken over from another worker is
+        # right before our first commit) and dropped on revocation; the
+        # Monitor's public copy only knows our own commits.
+        committed = dict(getattr(consumer, "_committed_offset", None) or monitor.tp_committed_offsets)
         read_offsets = dict(monitor.tp_read_offsets)
         rows: list[Position] = []
         for tp in consumer.assignment():
@@ -115,9 +135,8 @@ def faust_consumer_positions(app: Any, topics: Collection[str]) -> Callable[[], 
             position = committed.get(tp)
             if position is None and read_offsets.get(tp) is not None:
                 position = read_offsets[tp] + 1
-            if end is None or position is None:
-                continue
-            rows.append((tp.topic, tp.partition, int(end), int(position)))
+            rows.append((tp.topic, tp.partition, None if end is None else int(end),
+                         None if position is None else int(position)))
         return rows
 
     return read
@@ -129,7 +148,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True) -> None:
         r = self.registry = registry or CollectorRegistry()
         ns = "recostream"
-        self.events_consumed = Counter("events_consumed_total", "Messages read from input topics.", ["type"], namespace=ns, registry=r)
+        self.events_consumed = Counter("events_consumed_total", "Messages read from input topics (type: the topic's event type, or mixed).", ["type"], namespace=ns, registry=r)
         self.events_processed = Counter("events_processed_total", "Valid events learned from.", ["type"], namespace=ns, registry=r)
         self.dead_lettered = Counter("events_dead_lettered_total", "Messages sent to the dead-letter topic.", ["reason"], namespace=ns, registry=r)
         self.duplicates = Counter("events_duplicate_total", "Valid events dropped as duplicates of an event_id already counted.", namespace=ns, registry=r)
@@ -155,7 +174,7 @@ class Metrics:
         # Cached children: no label lookups per event. Every label value that
         # can occur exists from the start (at 0), so rate() and alerts see the
         # series before the first occurrence.
-        self.consumed_by_type = {t: self.events_consumed.labels(t) for t in EVENT_TYPES}
+        self.consumed_by_type = {t: self.events_consumed.labels(t) for t in CONSUMED_TYPES}
         self.processed_by_type = {t: self.events_processed.labels(t) for t in EVENT_TYPES}
         self.hits_model = self.live_hits.labels("ranker")
         self.hits_popularity = self.live_hits.labels("popularity")

@@ -136,6 +136,7 @@ class BatchProcessor:
         m.live_evaluated.inc(outcome.evaluated)
         m.hits_model.inc(outcome.hits)
         m.hits_popularity.inc(outcome.popularity_hits)
+        m.observe_segments(outcome.profiles)
         if not outcome.profiles:
             return
 
@@ -190,12 +191,12 @@ class BatchProcessor:
     async def forget(self, user_id: str, partition: int) -> None:
         """Remove every trace of a customer: profile and dedupe window (table
         tombstone), model state, Redis keys, and a tombstone on the
-        recommendations topic; then checkpoint so no saved model keeps them."""
+        recommendations topic. The caller then checkpoints, so no saved model keeps them."""
         self.table.del_in_partition(user_id, partition)
         self.engine.forget_user(user_id)
+        self.metrics.forget_customer(user_id)
         await self.sink.delete_user(user_id)
         self.app.recommendations_topic.send_soon(key=user_id.encode(), value=None)
-        await self.app.checkpoints.save()
         log.info("forgot customer %s", user_id[:8] + "…")
 
     def send_dead_letter(self, err: ContractError, msg: Any) -> None:

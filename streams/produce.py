@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Iterable
 
@@ -23,6 +24,8 @@ def make_producer(settings: Settings, **extra: str) -> Producer:
         "partitioner": "murmur2_random",
     })
     conf.update(extra)
+    # librdkafka logs to stderr by default; route it through logging instead.
+    conf.setdefault("logger", logging.getLogger("librdkafka"))
     return Producer(conf)
 
 

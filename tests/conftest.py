@@ -41,7 +41,7 @@ def settings(stack, tmp_path) -> Settings:
         app_id=f"app-{tag}",
         topic_browse=f"{tag}.browse", topic_click=f"{tag}.click", topic_purchase=f"{tag}.purchase",
         topic_items=f"{tag}.items", topic_recommendations=f"{tag}.recommendations",
-        topic_dead_letter=f"{tag}.dead-letter",
+        topic_dead_letter=f"{tag}.dead-letter", topic_control=f"{tag}.control",
         redis_prefix=tag, partitions=2,
         metrics_port=free_port(), web_port=free_port(), data_dir=str(tmp_path / "worker"),
     )
@@ -135,3 +135,60 @@ def scrape_metric(settings: Settings, name: str) -> float:
         return 0.0
     return sum(float(line.rsplit(" ", 1)[-1]) for line in body.splitlines()
                if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"))
+
+
+class StreamProducer:
+    """Publishes generated events continuously from a thread, remembering each one."""
+
+    def __init__(self, settings: Settings, sim, rate: float) -> None:
+        import threading  # noqa: PLC0415
+
+        from streams.produce import make_producer  # noqa: PLC0415
+
+        self.settings, self.sim, self.rate = settings, sim, rate
+        self.sent: list[tuple[str, dict]] = []
+        self._stop = threading.Event()
+        self._producer = make_producer(settings)
+        self._thread = threading.Thread(target=self._run, name="stream-producer", daemon=True)
+
+    def _events(self):
+        # The stop flag is checked here, not by publish_events, so every event
+        # recorded in `sent` is one that was handed to the producer.
+        for pair in self.sim.events(10**9):
+            if self._stop.is_set():
+                return
+            self.sent.append(pair)
+            yield pair
+
+    def _run(self) -> None:
+        from streams.produce import publish_events  # noqa: PLC0415
+
+        publish_events(self._producer, self.settings, self._events(), rate=self.rate, live_ts=True)
+
+    def __enter__(self) -> "StreamProducer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def expected_totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, payload in self.sent:
+            out[payload["user_id"]] = out.get(payload["user_id"], 0) + 1
+        return out
+
+
+def profile_totals(redis_client, settings: Settings, users) -> dict[str, int]:
+    """Events counted in each user's profile mirror in Redis (0 if none yet)."""
+    import msgspec  # noqa: PLC0415
+
+    from streams.redis_sink import RedisKeys  # noqa: PLC0415
+
+    keys = RedisKeys(settings.redis_prefix)
+    raws = redis_client.mget([keys.profile(u) for u in users])
+    return {u: (sum(msgspec.json.decode(r)["counts"].values()) if r else 0) for u, r in zip(users, raws)}

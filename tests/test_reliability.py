@@ -1,0 +1,129 @@
+"""Crashes, outages and rebalances against the real embedded broker and Redis.
+
+Each test produces a continuous stream, breaks something in the middle, and
+then checks counts: every produced valid event reflected exactly once in the
+profiles, recommendations for every user with events.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from models.engine import PersonalisationEngine
+from streams.contract import decode_recommendation
+from streams.embedded import start_redis
+from streams.generator import ShopperSimulator
+from streams.produce import make_producer, publish_catalogue
+from streams.redis_sink import RedisKeys
+from tests.conftest import StreamProducer, profile_totals, scrape_metric, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def wait_exact_totals(redis_client, settings, stream: StreamProducer, worker, timeout=90.0):
+    expected = stream.expected_totals()
+    users = sorted(expected)
+    last = {}
+
+    def exact():
+        last.update(profile_totals(redis_client, settings, users))
+        return last == expected
+
+    try:
+        wait_until(exact, timeout, "profiles to reflect every produced event exactly once", worker=worker)
+    except BaseException:
+        diff = {u: (last.get(u), expected[u]) for u in users if last.get(u) != expected[u]}
+        print(f"{len(diff)} users differ (got, expected): {dict(list(diff.items())[:10])}")
+        raise
+    return expected
+
+
+def test_kill_minus_9_resumes_from_checkpoint_without_loss_or_double_count(settings, start_worker, redis_client):
+    s = settings.replace(checkpoint_interval_s=1.0, worker_id="w-kill")
+    sim = ShopperSimulator(n_users=80, n_items=300, seed=21)
+    publish_catalogue(make_producer(s), s, sim.catalogue())
+    keys = RedisKeys(s.redis_prefix)
+    checkpoint_key = keys.checkpoint(s.app_id, s.worker_id)
+
+    with StreamProducer(s, sim, rate=300) as stream:
+        first = start_worker(s)
+        wait_until(lambda: redis_client.exists(checkpoint_key) and scrape_metric(s, "recostream_events_processed_total") > 800,
+                   60, "a checkpoint and some processing", worker=first)
+        os.killpg(first.proc.pid, signal.SIGKILL)  # no shutdown hooks, no final checkpoint
+        first.proc.wait(10)
+        killed_at = time.time()
+        second = start_worker(s)
+        wait_until(lambda: scrape_metric(s, "recostream_events_processed_total") > 300, 60,
+                   "the restarted worker to process events", worker=second)
+    expected = wait_exact_totals(redis_client, s, stream, second)
+
+    log = second.log()
+    assert "restored models from" in log, "the restarted worker must resume from the checkpoint"
+    restored = PersonalisationEngine.loads(redis_client.get(checkpoint_key))
+    assert restored.model_offsets and all(o > 0 for o in restored.model_offsets.values())
+    # Models learned every event exactly once across the crash: the restored
+    # checkpoint plus catch-up equals the number of distinct events.
+    assert restored.model_version <= sum(expected.values())
+    fresh = [u for u in expected if decode_recommendation(redis_client.get(keys.recs(u))).generated_at > killed_at]
+    assert fresh, "recommendations must resume after the restart"
+
+
+def test_redis_outage_pauses_then_catches_up(settings, start_worker, redis_client, tmp_path):
+    own = start_redis(tmp_path / "redis")  # this test stops its Redis; the others keep theirs
+    s = settings.replace(redis_url=f"redis://127.0.0.1:{own.port}/0", checkpoint_interval_s=2.0)
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(s.redis_url)
+    sim = ShopperSimulator(n_users=60, n_items=300, seed=22)
+    publish_catalogue(make_producer(s), s, sim.catalogue())
+    try:
+        with StreamProducer(s, sim, rate=200) as stream:
+            worker = start_worker(s)
+            wait_until(lambda: scrape_metric(s, "recostream_recommendations_written_total") > 50, 60,
+                       "recommendations before the outage", worker=worker)
+            own.stop()  # SIGTERM: Redis writes its append-only file and exits
+            time.sleep(30)
+            assert worker.alive(), "the worker must survive a Redis outage"
+            assert scrape_metric(s, "recostream_redis_up") == 0
+            assert scrape_metric(s, "recostream_redis_errors_total") > 0
+            own = start_redis(tmp_path / "redis", port=own.port)
+            time.sleep(3)
+        expected = wait_exact_totals(client, s, stream, worker, timeout=120)
+        keys = RedisKeys(s.redis_prefix)
+        missing = [u for u in expected if not client.exists(keys.recs(u))]
+        assert not missing, f"users with events but no recommendations after the outage: {missing[:5]}"
+        assert scrape_metric(s, "recostream_redis_up") == 1
+        assert worker.log().count("Redis unreachable") == 1, "one error line per outage"
+    finally:
+        client.close()
+        own.stop()
+
+
+def test_rebalance_when_one_of_two_workers_stops(settings, start_worker, redis_client):
+    s = settings.replace(partitions=4, app_id=settings.app_id + "-rb")
+    from streams.topics import ensure_topics
+
+    s = s.replace(**{f"topic_{t}": f"{s.redis_prefix}.rb.{t}" for t in
+                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control")})
+    ensure_topics(s)
+    sim = ShopperSimulator(n_users=120, n_items=300, seed=23)
+    publish_catalogue(make_producer(s), s, sim.catalogue())
+    from streams.embedded import free_port
+
+    s_a = s.replace(worker_id="a", metrics_port=free_port())
+    s_b = s.replace(worker_id="b", metrics_port=free_port())
+    with StreamProducer(s, sim, rate=300) as stream:
+        a = start_worker(s_a)
+        b = start_worker(s_b)
+        wait_until(lambda: scrape_metric(s_a, "recostream_events_processed_total") > 200
+                   and scrape_metric(s_b, "recostream_events_processed_total") > 200,
+                   60, "both workers processing", worker=b)
+        assert a.stop() == 0, "SIGTERM must stop a worker cleanly"
+        processed_b = scrape_metric(s_b, "recostream_events_processed_total")
+        wait_until(lambda: scrape_metric(s_b, "recostream_events_processed_total") > processed_b + 600, 60,
+                   "the remaining worker to take over", worker=b)
+    wait_exact_totals(redis_client, s, stream, b)
