@@ -85,6 +85,10 @@ def create_app(settings: Settings) -> RecoApp:
         stream_wait_empty=True,
     )
     app.settings_ = settings
+    # Faust's producer buffer waits (and warns) once it holds 100 messages,
+    # fewer than one micro-batch queues (a changelog record and a
+    # recommendation per touched customer); let a whole batch fit.
+    app.producer.buffer.max_messages = 4 * settings.batch_max_events
     app.engine = PersonalisationEngine(top_n=settings.top_n, exclude=settings.exclude,
                                        n_segments=settings.n_segments,
                                        dedupe_window=settings.dedupe_window, seed=settings.seed)

@@ -36,9 +36,10 @@ def cli() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the effective settings as JSON (secrets masked).")
 def settings(as_json: bool) -> None:
-    """List every setting: environment variable, default and meaning."""
+    """List every setting: environment variable, default and meaning (validates the current ones)."""
+    current = _settings()  # a bad value fails here, naming the variable
     if as_json:
-        click.echo(json.dumps(_settings().redacted(), indent=2))
+        click.echo(json.dumps(current.redacted(), indent=2))
     else:
         click.echo(_env_help())
 

@@ -162,7 +162,8 @@ def _summary(r: redis.Redis, keys: RedisKeys, sim: ShopperSimulator, settings: S
             "events": best,
             "segment": sample.get("segment"),
             "top_categories": sample.get("top_categories"),
-            "recommended": [i["item_id"] for i in rec["items"][:10]],
+            "recommended": [{"item_id": i["item_id"], "category": category.get(i["item_id"], "?"),
+                             "score": round(i["score"], 3)} for i in rec["items"][:10]],
             "recommended_categories": dict(cats.most_common()),
             "redis_key": keys.recs(user),
         }
@@ -190,8 +191,9 @@ def _print_summary(console: Console, s: dict) -> None:
         u = s["sample_user"]
         console.print(f"sample user {u['user_id']} ({u['events']} events, segment {u['segment']}): "
                       f"hidden preferences {u['hidden_preferences']}")
+        console.print("  top-5: " + ", ".join(f"{r['item_id']} ({r['category']}, {r['score']})" for r in u["recommended"][:5]))
         console.print(f"  top-10 recommended categories: {u['recommended_categories']}")
-        console.print(f"  read it: redis-cli GET {u['redis_key']}")
+        console.print(f"  while running, read it with: .venv/bin/redis-cli -u <redis url> GET {u['redis_key']}")
     if s.get("metrics_url"):
         console.print(f"metrics were at {s['metrics_url']}")
     if s.get("error"):
