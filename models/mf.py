@@ -12,11 +12,6 @@ from models.catalog import grow_to
 
 __all__ = ["ImplicitMF"]
 
-# Queued steps are applied before any read, and at the latest after this many.
-_MAX_PENDING = 50_000
-# Below this many queued steps, River's per-step arithmetic inlined is faster
-# than building rounds.
-_VECTOR_MIN = 64
 
 
 class ImplicitMF:
@@ -52,12 +47,15 @@ class ImplicitMF:
         Negatives sampled per positive.
     buffer_size
         Size of the ring buffer of recent event items negatives are drawn from.
+    block_size
+        SGD steps are applied every ``block_size`` events (one vectorised
+        pass); until then reads see the factors of the last block.
     seed
         Seeds factor initialisation and negative sampling.
 
     Examples
     --------
-    >>> mf = ImplicitMF(n_factors=4, seed=1)
+    >>> mf = ImplicitMF(n_factors=4, seed=1, block_size=1)
     >>> for _ in range(30):
     ...     mf.learn_one("ann", "a", 0, 1.0)
     ...     mf.learn_one("bob", "b", 1, 1.0)
@@ -78,6 +76,7 @@ class ImplicitMF:
         n_negatives: int = 4,
         buffer_size: int = 2000,
         seed: int = 0,
+        block_size: int = 256,
     ):
         self.n_factors = n_factors
         self.lr = lr
@@ -85,6 +84,7 @@ class ImplicitMF:
         self.n_negatives = n_negatives
         self.buffer_size = buffer_size
         self.seed = seed
+        self.block_size = max(1, int(block_size))
         self.model = reco.FunkMF(
             n_factors=n_factors,
             optimizer=optim.SGD(lr),
@@ -109,7 +109,10 @@ class ImplicitMF:
 
         The negatives are drawn now (from the stream so far, skipping items in
         ``seen`` as it is now); the SGD steps themselves are queued and applied
-        in order, in one vectorised pass, before anything reads the model.
+        every ``block_size`` events, in one vectorised pass. Reads never
+        apply them early, so what is learned does not depend on when (or how
+        often) the model is read: a replay that reads after every event and a
+        worker that reads after every micro-batch hold the same model.
         """
         if row not in self._row_ids:
             self._row_ids[row] = item_id
@@ -131,7 +134,7 @@ class ImplicitMF:
         else:
             recent[n_seen % self.buffer_size] = row
         self._n_seen = n_seen + 1
-        if len(pending) >= _MAX_PENDING:
+        if self._n_seen % self.block_size == 0:
             self._flush()
 
     def _flush(self) -> None:
@@ -155,30 +158,10 @@ class ImplicitMF:
             self._F = grow_to(self._F, max(new_rows) + 1)
             for row in new_rows:
                 self._F[row] = i_lat[ids[row]]
-        lr, l2 = self._lr, self.l2
-        if len(pending) < _VECTOR_MIN:
-            self._steps_scalar(pending, lr, l2)
-        else:
-            self._steps_vector(pending, lr, l2)
+        self._steps_vector(pending, self._lr, self.l2)
         n = len(pending)
         model.u_optimizer.n_iterations += n
         model.i_optimizer.n_iterations += n
-
-    def _steps_scalar(self, pending, lr: float, l2: float) -> None:
-        # River's FunkMF.learn_one + SGD step, inlined: the same numpy
-        # operations in the same order, so the floats are River's.
-        u_lat, i_lat, ids, F = self.model.u_latents, self.model.i_latents, self._row_ids, self._F
-        clip = self.model.clip_gradient
-        for user, row, y in pending:
-            u = u_lat[user]
-            v = i_lat[ids[row]]
-            g = 2.0 * (np.dot(u, v).item() - y)
-            g = max(-clip, min(clip, g))
-            ug = g * v + l2 * u
-            vg = g * u + l2 * v
-            u -= lr * ug
-            v -= lr * vg
-            F[row] = v
 
     def _steps_vector(self, pending, lr: float, l2: float) -> None:
         # Each user's steps stay in order (round k holds every user's k-th
@@ -224,17 +207,15 @@ class ImplicitMF:
     @property
     def _factors(self) -> np.ndarray:
         """Item factors by catalogue row (a mirror of River's ``i_latents``)."""
-        self._flush()
         return self._F
 
     def forget_user(self, user: str) -> None:
-        self._flush()
+        self._pending = [step for step in self._pending if step[0] != user]
         self.model.u_latents.pop(user, None)
 
     # -- reading (never mutates) ------------------------------------------
 
     def user_vector(self, user: str) -> np.ndarray | None:
-        self._flush()
         return self.model.u_latents[user] if user in self.model.u_latents else None
 
     def score(self, user: str, n_items: int) -> np.ndarray | None:
@@ -259,8 +240,8 @@ class ImplicitMF:
         return float(np.dot(u, self.model.i_latents[item_id]))
 
     def __getstate__(self):
-        self._flush()
         state = self.__dict__.copy()
+        state["_pending"] = list(self._pending)
         n = (max(self._row_ids) + 1) if self._row_ids else 0
         state["_F"] = self._F[:n].copy()
         state["_recent"] = np.asarray(self._recent, dtype=np.int64)
@@ -270,6 +251,7 @@ class ImplicitMF:
         if "_factors" in state:  # checkpoints written before steps were queued
             state["_F"] = state.pop("_factors")
         state.setdefault("_pending", [])
+        state.setdefault("block_size", 1)
         state.setdefault("_lr", float(state["lr"]))
         state.setdefault("_rand", [])
         state["_recent"] = [int(r) for r in state["_recent"]][: state["buffer_size"]]

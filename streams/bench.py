@@ -27,9 +27,10 @@ on loopback) or the services named by ``RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS`` /
    ``recostream_freshness_seconds`` histogram (event time -> Redis write,
    equal to produce -> write here) is reported next to it.
 
-Rates of the references count the events after the first delivered batch,
-divided by the time from that batch to the last event, so group joins and
-connection set-up are not counted; the worker's rate starts at the metrics
+Rates of the Faust references count the events after the first delivered
+batch, divided by the time from that batch to the last event, so group joins
+and connection set-up are not counted (the raw consumer is timed from its
+first fetch after assignment); the worker's rate starts at the metrics
 poll that first sees a consumed event (polls every 50 ms, the midpoint of the
 poll interval is used) and ends at the ``recostream_model_last_update``
 timestamp the worker sets after each batch's Redis write.
@@ -45,6 +46,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import sys
 import threading
 import time
@@ -156,19 +158,38 @@ def current_rss_mb(pid: int) -> float | None:
 
 
 def generate_events(n: int, users: int, items: int, seed: int, on_progress: Callable[[int], None] | None = None):
-    """``(simulator, [(event_type, payload), ...])`` with ``n`` generated events."""
+    """``(simulator, [(event_type, payload), ...])`` with ``n`` generated events, in time order.
+
+    One :class:`ShopperSimulator` staggers its shoppers' first sessions over
+    ``users / 50`` minutes, so a short stream would only ever see a few
+    thousand of them. The shoppers are therefore split over several
+    simulators of at most 2,500 each (distinct seeds and user-id prefixes,
+    same catalogue ids and categories), whose streams are merged by time:
+    many shoppers are active from the start, as in a real shop.
+    """
+    import heapq  # noqa: PLC0415
+
     from streams.generator import ShopperSimulator  # noqa: PLC0415
 
-    sim = ShopperSimulator(n_users=users, n_items=items, n_categories=16, seed=seed)
+    n_sims = max(1, -(-users // 2500))
+    sims = [ShopperSimulator(n_users=-(-users // n_sims), n_items=items, n_categories=16, seed=seed + k,
+                             user_prefix=f"u{k}-" if n_sims > 1 else "u") for k in range(n_sims)]
+    per_sim = -(-n // n_sims)
+    def keyed(k: int, sim: ShopperSimulator):
+        for etype, ev in sim.events(per_sim):
+            yield ev["ts"], k, etype, ev
+
+    streams = [keyed(k, sim) for k, sim in enumerate(sims)]
     events = []
-    for pair in sim.events(n):
-        events.append(pair)
+    for _, _, etype, ev in heapq.merge(*streams):
+        events.append((etype, ev))
         if on_progress and len(events) % 10_000 == 0:
             on_progress(10_000)
+        if len(events) >= n:
+            break
     if on_progress and len(events) % 10_000:
         on_progress(len(events) % 10_000)
-    return sim, events
-
+    return sims[0], events
 
 def stamp_now(events: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
     """Keep the simulated order but stamp events with the current wall clock (ms, increasing)."""
@@ -194,20 +215,18 @@ async def _raw_consume(settings: Settings, topics: list[str], expect: int, timeo
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        n = first_n = 0
-        t_first = t_last = None
+        # Assigned and positioned: time every fetch from here.
+        n = 0
+        t_first = time.perf_counter()
+        t_last = None
         deadline = time.monotonic() + timeout
         while n < expect and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
             got = sum(len(v) for v in batches.values())
-            if not got:
-                continue
-            n += got
-            now = time.perf_counter()
-            if t_first is None:
-                t_first, first_n = now, got
-            t_last = now
-        eps = (n - first_n) / (t_last - t_first) if t_first is not None and t_last > t_first else None
+            if got:
+                n += got
+                t_last = time.perf_counter()
+        eps = n / (t_last - t_first) if t_last is not None and t_last > t_first else None
         return {"events": n, "eps": eps}
     finally:
         await consumer.stop()
@@ -271,15 +290,32 @@ def _faust_reference_child(spec: dict) -> None:
     mode, expect = spec["mode"], int(spec["expect"])
     transport = spec.get("transport", "kafka")
     overrides = dict(spec.get("overrides") or {})
+    # Experiment knobs that are not Faust settings (prefixed with "_").
+    no_sensors = overrides.pop("_no_sensors", False)
+    no_acks = overrides.pop("_no_acks", False)
+    take = int(overrides.pop("_take", settings.batch_max_events))
     if mode == "product":
         from streams.app import create_app  # noqa: PLC0415
 
-        app = create_app(settings)
         if transport != "kafka" or overrides:
-            app.conf.broker = [f"{transport}://{hp.strip()}" for hp in settings.kafka_bootstrap_servers.split(",")]
-            for k, v in overrides.items():
-                setattr(app.conf, k, v)
+            # Rebuild the product app with the overrides on top of its own settings.
+            import streams.app as product  # noqa: PLC0415
+
+            base_init = product.RecoApp.__init__
+
+            def patched(self, *args, **kwargs):
+                kwargs.update(overrides)
+                if transport != "kafka":
+                    kwargs["broker"] = [f"{transport}://{hp.strip()}"
+                                        for hp in settings.kafka_bootstrap_servers.split(",")]
+                base_init(self, *args, **kwargs)
+
+            product.RecoApp.__init__ = patched
+        app = create_app(settings)
         topic = app.input_topic
+        if no_acks:
+            topic = app.topic(*settings.input_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
+                              value_serializer="raw", acks=False)
     else:
         # Faust's defaults, except what is needed to run here at all: where to
         # connect, reading the pre-produced topic from the beginning, no web
@@ -294,13 +330,15 @@ def _faust_reference_child(spec: dict) -> None:
                         broker=[f"{transport}://{hp.strip()}" for hp in settings.kafka_bootstrap_servers.split(",")],
                         **conf)
         topic = app.topic(*settings.input_topics, key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw")
+                          key_serializer="raw", value_serializer="raw", acks=not no_acks)
+    if no_sensors:
+        app.sensors._sensors.clear()
     state = {"n": 0, "first_n": 0, "t_first": None, "t_last": None, "written": False}
     progress = Path(spec["progress"])
 
     @app.agent(topic, name="bare")
     async def bare(stream):
-        async for batch in stream.take_events(settings.batch_max_events, within=settings.batch_max_wait_s):
+        async for batch in stream.take_events(take, within=settings.batch_max_wait_s):
             now = time.perf_counter()
             state["n"] += len(batch)
             if state["t_first"] is None:
@@ -312,13 +350,21 @@ def _faust_reference_child(spec: dict) -> None:
             if state["n"] >= expect and not state["written"]:
                 state["written"] = True
                 span = state["t_last"] - state["t_first"]
-                result = {"mode": mode, "transport": transport, "overrides": overrides, "events": state["n"],
+                result = {"mode": mode, "transport": transport, "overrides": spec.get("overrides") or {},
+                          "events": state["n"],
                           "seconds": span, "eps": (state["n"] - state["first_n"]) / span if span > 0 else None}
                 tmp = Path(spec["out"] + ".tmp")
                 tmp.write_text(json.dumps(result))
                 tmp.rename(spec["out"])
 
-    Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    parent = os.getppid()
+
+    @app.timer(1.0)
+    async def orphaned() -> None:  # the bench died without stopping us: do not linger
+        if os.getppid() != parent:
+            os._exit(1)
+
+    Worker(app, loglevel="info", quiet=True).execute_from_commandline()
 
 
 # ---------------------------------------------------------------------------
@@ -338,7 +384,9 @@ class Workers:
             s = settings.replace(metrics_port=free_port(), web_port=free_port(),
                                  data_dir=str(run_dir / f"worker{k}"))
             log = run_dir / f"worker{k}.log"
-            self.procs.append(spawn_worker(s, log, loglevel="warning"))
+            # "info", the worker's default: at "warning" Faust's progress spinner
+            # lowers the root logger to DEBUG, which costs ~4% of the worker.
+            self.procs.append(spawn_worker(s, log, loglevel="info"))
             self.ports.append(s.metrics_port)
             self.logs.append(log)
         self.peak_rss: list[float] = [0.0] * n
@@ -768,6 +816,8 @@ def bench(n_events: int, rate: float, workers: int, users: int, n_items: int, fr
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     err = Console(stderr=True)
+    # SIGTERM unwinds like Ctrl-C, so the servers and workers started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run_bench(settings, n_events=n_events, rate=rate, workers=workers, users=users, items=n_items,
                        freshness_seconds=freshness_seconds, references=references, seed=seed,
                        py_spy_dir=py_spy_dir, say=lambda m: err.print(m, highlight=False))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from streams.bench import bench
 from streams.replay import replay
 from streams.settings import Settings, SettingsError, describe
 
@@ -161,6 +162,7 @@ def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int
 
 
 cli.add_command(replay)
+cli.add_command(bench)
 
 
 def main() -> None:

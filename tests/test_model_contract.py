@@ -97,6 +97,26 @@ def test_reading_never_changes_the_model(make):
     assert model.n_users == 25 and "ghost-item" not in model.catalog
 
 
+def test_when_reads_happen_never_changes_what_is_learned(make):
+    """Replay reads after every event, a worker after every micro-batch: both
+    must end with the same model. (A snapshot comparison alone can miss state
+    that a read flushes or caches.)"""
+    events = list(stream())
+
+    def run(read_every):
+        model = make()
+        for i, (user, item, event_type, ts) in enumerate(events):
+            model.learn_one(user, item, event_type, ts)
+            if read_every and i % read_every == 0:
+                model.recommend([user], n=10)
+                model.predict_one(user, item)
+        return all_recs(model, USERS), model.dumps()
+
+    never = run(0)
+    assert run(1) == never
+    assert run(37) == never
+
+
 def test_recommendations_are_valid(make):
     model = train(make(), stream())
     model.upsert_item("i1", available=False)

@@ -101,29 +101,3 @@ def test_redis_outage_pauses_then_catches_up(settings, start_worker, redis_clien
     finally:
         client.close()
         own.stop()
-
-
-def test_rebalance_when_one_of_two_workers_stops(settings, start_worker, redis_client):
-    s = settings.replace(partitions=4, app_id=settings.app_id + "-rb")
-    from streams.topics import ensure_topics
-
-    s = s.replace(**{f"topic_{t}": f"{s.redis_prefix}.rb.{t}" for t in
-                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control")})
-    ensure_topics(s)
-    sim = ShopperSimulator(n_users=120, n_items=300, seed=23)
-    publish_catalogue(make_producer(s), s, sim.catalogue())
-    from streams.embedded import free_port
-
-    s_a = s.replace(worker_id="a", metrics_port=free_port())
-    s_b = s.replace(worker_id="b", metrics_port=free_port())
-    with StreamProducer(s, sim, rate=300) as stream:
-        a = start_worker(s_a)
-        b = start_worker(s_b)
-        wait_until(lambda: scrape_metric(s_a, "recostream_events_processed_total") > 200
-                   and scrape_metric(s_b, "recostream_events_processed_total") > 200,
-                   60, "both workers processing", worker=b)
-        assert a.stop() == 0, "SIGTERM must stop a worker cleanly"
-        processed_b = scrape_metric(s_b, "recostream_events_processed_total")
-        wait_until(lambda: scrape_metric(s_b, "recostream_events_processed_total") > processed_b + 600, 60,
-                   "the remaining worker to take over", worker=b)
-    wait_exact_totals(redis_client, s, stream, b)
