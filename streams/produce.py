@@ -29,10 +29,48 @@ def make_producer(settings: Settings, **extra: str) -> Producer:
     return Producer(conf)
 
 
-def _send(producer: Producer, topic: str, key: bytes | None, value: bytes | None) -> None:
+class DeliveryFailed(KafkaException):
+    """Some messages were not acknowledged by the broker."""
+
+
+class DeliveryReport:
+    """Counts broker acknowledgements; librdkafka reports each message once.
+
+    Without it a producer loses messages silently: ``produce()`` only queues,
+    and a message the broker rejects or that times out is reported here only.
+    """
+
+    def __init__(self, on_delivered: Callable[[object], None] | None = None) -> None:
+        self.delivered = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self.on_delivered = on_delivered
+
+    def callback(self, token: object = None) -> Callable:
+        def report(err, msg) -> None:
+            if err is not None:
+                self.failed += 1
+                if len(self.errors) < 10:
+                    self.errors.append(f"{msg.topic()}: {err}")
+                return
+            self.delivered += 1
+            if self.on_delivered is not None and token is not None:
+                self.on_delivered(token)
+        return report
+
+    def check(self) -> None:
+        if self.failed:
+            raise DeliveryFailed(f"{self.failed} messages were not delivered, e.g. {self.errors[:3]}")
+
+
+def _send(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
+          on_delivery: Callable | None = None) -> None:
     while True:
         try:
-            producer.produce(topic, value=value, key=key)
+            if on_delivery is None:
+                producer.produce(topic, value=value, key=key)
+            else:
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
             return
         except BufferError:  # local queue full: let librdkafka drain, then retry
             producer.poll(0.05)
@@ -56,12 +94,16 @@ def publish_events(
     live_ts: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int], None] | None = None,
+    on_delivered: Callable[[tuple[str, dict]], None] | None = None,
 ) -> int:
     """Publish ``(event_type, payload)`` pairs to the type's topic, keyed by user.
 
     ``rate`` (events/s) paces publishing; ``live_ts`` stamps each event with the
     wall clock at send time (the live demo), instead of its simulated time.
+    ``on_delivered`` is called with each pair the broker acknowledged. Raises
+    :class:`DeliveryFailed` if any message was not acknowledged.
     """
+    report = DeliveryReport(on_delivered)
     start = time.monotonic()
     n = 0
     for etype, payload in events:
@@ -75,7 +117,8 @@ def publish_events(
         payload = {**payload, "type": etype}
         if live_ts:
             payload["ts"] = int(time.time() * 1000)
-        _send(producer, settings.topic_for(etype), payload["user_id"].encode(), _encode(payload))
+        _send(producer, settings.topic_for(etype), payload["user_id"].encode(), _encode(payload),
+              report.callback((etype, payload)))
         n += 1
         if n % 1000 == 0:
             producer.poll(0)
@@ -83,7 +126,8 @@ def publish_events(
                 on_progress(1000)
     remaining = producer.flush(30)
     if remaining:
-        raise KafkaException(f"{remaining} events were not delivered within 30 s")
+        raise DeliveryFailed(f"{remaining} events were not delivered within 30 s")
+    report.check()
     if on_progress and n % 1000:
         on_progress(n % 1000)
     return n
