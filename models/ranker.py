@@ -8,6 +8,7 @@ production use the same code and configuration.
 
 from __future__ import annotations
 
+import abc
 import io
 import pickle
 from collections import deque
@@ -108,7 +109,7 @@ class _CanonicalPickler(pickle.Pickler):
         return NotImplemented
 
 
-class StreamingRecommender:
+class StreamingRecommender(abc.ABC):
     """Shared machinery: catalogue, bounded user state, exclusion rules, top-N.
 
     Subclasses implement ``_learn(user_id, user, row, weight, ts)`` (called
@@ -231,11 +232,13 @@ class StreamingRecommender:
             f *= decay
         return rows, weights
 
+    @abc.abstractmethod
     def _learn(self, user_id: str, user: _User, row: int, weight: float, ts: float | None) -> None:
-        raise NotImplementedError
+        """Fold one interaction into the model's item-side state (subclass hook)."""
 
+    @abc.abstractmethod
     def _scores(self, user_id: str, user: _User | None, n_items: int) -> np.ndarray:
-        raise NotImplementedError
+        """Scores of every catalogue row for one user (subclass hook)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_users={self.n_users}, n_items={self.n_items}, model_version={self.model_version})"
