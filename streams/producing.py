@@ -43,13 +43,17 @@ def produce_csv(settings: Settings, path: Path, *, rate: float | None) -> dict:
     from streams.replay import read_events  # noqa: PLC0415
 
     bad: list[str] = []
-    events, n_bad = read_events(str(path), on_bad_row=lambda line, why: bad.append(f"line {line}: {why}"))
+    events, n_bad = read_events(str(path), on_bad_row=lambda line, why: bad.append(f"line {line}: {why}"),
+                                with_price=True)
     producer = make_producer(settings)
     started = time.monotonic()
 
     def pairs():
-        for i, (ts, user, item, event_type) in enumerate(events):
-            yield event_type, {"event_id": f"{path.name}:{i}", "user_id": user, "item_id": item, "ts": int(ts * 1000)}
+        for i, (ts, user, item, event_type, price) in enumerate(events):
+            payload = {"event_id": f"{path.name}:{i}", "user_id": user, "item_id": item, "ts": int(ts * 1000)}
+            if price is not None:
+                payload["price"] = price
+            yield event_type, payload
 
     with _progress() as progress:
         task = progress.add_task(f"producing {path.name}", total=len(events))

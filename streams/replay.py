@@ -44,10 +44,11 @@ def parse_timestamp(value: str) -> float:
     return dt.timestamp()
 
 
-def read_events(path: str, on_bad_row=None):
+def read_events(path: str, on_bad_row=None, with_price: bool = False):
     """Read and validate an event CSV.
 
     Returns ``(events, n_bad)`` with events ``(ts, user, item, event_type)``
+    (``with_price``: ``(ts, user, item, event_type, price or None)``)
     stably sorted by timestamp. Every rejected row is passed to
     ``on_bad_row(line_number, reason)``; none is dropped silently.
     """
@@ -99,6 +100,7 @@ def read_events(path: str, on_bad_row=None):
             if event_type not in EVENT_WEIGHTS:
                 bad(line, f"unknown event_type {row[i_type]!r} (expected {'|'.join(EVENT_WEIGHTS)})")
                 continue
+            price = None
             if i_price is not None and row[i_price].strip():
                 try:
                     price = float(row[i_price])
@@ -107,7 +109,7 @@ def read_events(path: str, on_bad_row=None):
                 if not math.isfinite(price) or price < 0:
                     bad(line, f"bad price {row[i_price]!r}")
                     continue
-            events.append((ts, user, item, event_type))
+            events.append((ts, user, item, event_type, price) if with_price else (ts, user, item, event_type))
     events.sort(key=lambda e: e[0])  # stable: ties keep file order
     return events, n_bad
 

@@ -64,3 +64,4 @@ def test_produce_csv_publishes_rows_and_reports_bad_ones(settings, tmp_path):
     assert counts == {settings.topic_browse: 1, settings.topic_click: 1, settings.topic_purchase: 1}
     purchase = json.loads(read_topic(settings, settings.topic_purchase)[0].value())
     assert purchase["user_id"] == "u1" and purchase["type"] == "purchase" and purchase["ts"] == 1714557660000
+    assert purchase["price"] == 9.5
