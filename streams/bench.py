@@ -536,16 +536,16 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
                       on_progress: Callable[[int], None] | None = None) -> dict:
     import msgspec  # noqa: PLC0415
 
-    from streams.produce import _send, make_producer  # noqa: PLC0415
+    from streams.produce import DeliveryReport, _send, make_producer  # noqa: PLC0415
 
     encode = msgspec.json.Encoder().encode
     n_events = int(rate * seconds)
     pending = list(sim.events(n_events))
-    topics = {etype: topic for topic, etype in settings.input_topics.items()}
     watcher = RecsWatcher(settings.redis_url, settings.redis_prefix)
     watcher.start()
     before = [s for s in workers.scrape_all()]
     producer = make_producer(settings, **{"linger.ms": 1})
+    report = DeliveryReport()
     produced: list[tuple[str, float, float]] = []
     start = time.monotonic()
     for k, (etype, payload) in enumerate(pending):
@@ -554,14 +554,15 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
             time.sleep(ahead)
         t = time.time()
         ts_ms = int(t * 1000)
-        _send(producer, topics[etype], payload["user_id"].encode(), encode({**payload, "ts": ts_ms}))
+        _send(producer, settings.topic_for(etype), payload["user_id"].encode(),
+              encode({**payload, "type": etype, "ts": ts_ms}), report)
         produced.append((payload["user_id"], t, ts_ms / 1000))
         producer.poll(0)
         if on_progress and (k + 1) % 100 == 0:
             on_progress(100)
         if k % 1000 == 0:
             workers.check_alive()
-    producer.flush(30)
+    report.flush(producer)
     achieved = len(produced) / (time.monotonic() - start)
     # Let the tail drain (bounded), then match produce -> first later write.
     deadline = time.monotonic() + 10

@@ -46,42 +46,49 @@ class DeliveryReport:
         self.errors: list[str] = []
         self.on_delivered = on_delivered
 
-    def callback(self, token: object = None) -> Callable:
-        def report(err, msg) -> None:
-            if err is not None:
-                self.failed += 1
-                if len(self.errors) < 10:
-                    self.errors.append(f"{msg.topic()}: {err}")
-                return
+    def __call__(self, err, msg) -> None:
+        if err is not None:
+            self.failed += 1
+            if len(self.errors) < 10:
+                self.errors.append(f"{msg.topic()}: {err}")
+        else:
             self.delivered += 1
-            if self.on_delivered is not None and token is not None:
+
+    def callback(self, token: object) -> Callable:
+        """A per-message callback that also hands ``token`` to ``on_delivered``
+        (only needed when the caller tracks which messages were acknowledged)."""
+        def report(err, msg) -> None:
+            self(err, msg)
+            if err is None and self.on_delivered is not None:
                 self.on_delivered(token)
         return report
 
-    def check(self) -> None:
+    def flush(self, producer: Producer, timeout: float = 30.0) -> None:
+        """Wait for every queued message; raise if any was not acknowledged."""
+        remaining = producer.flush(timeout)
+        if remaining:
+            raise DeliveryFailed(f"{remaining} messages were not delivered within {timeout:.0f} s")
         if self.failed:
             raise DeliveryFailed(f"{self.failed} messages were not delivered, e.g. {self.errors[:3]}")
 
 
 def _send(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
-          on_delivery: Callable | None = None) -> None:
+          on_delivery: Callable) -> None:
     while True:
         try:
-            if on_delivery is None:
-                producer.produce(topic, value=value, key=key)
-            else:
-                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
             return
         except BufferError:  # local queue full: let librdkafka drain, then retry
             producer.poll(0.05)
 
 
 def publish_catalogue(producer: Producer, settings: Settings, items: Iterable[dict]) -> int:
+    report = DeliveryReport()
     n = 0
     for item in items:
-        _send(producer, settings.topic_items, item["item_id"].encode(), _encode(item))
+        _send(producer, settings.topic_items, item["item_id"].encode(), _encode(item), report)
         n += 1
-    producer.flush(30)
+    report.flush(producer)
     return n
 
 
@@ -118,16 +125,13 @@ def publish_events(
         if live_ts:
             payload["ts"] = int(time.time() * 1000)
         _send(producer, settings.topic_for(etype), payload["user_id"].encode(), _encode(payload),
-              report.callback((etype, payload)))
+              report if on_delivered is None else report.callback((etype, payload)))
         n += 1
         if n % 1000 == 0:
             producer.poll(0)
             if on_progress:
                 on_progress(1000)
-    remaining = producer.flush(30)
-    if remaining:
-        raise DeliveryFailed(f"{remaining} events were not delivered within 30 s")
-    report.check()
+    report.flush(producer)
     if on_progress and n % 1000:
         on_progress(n % 1000)
     return n
@@ -135,9 +139,10 @@ def publish_events(
 
 def publish_raw(producer: Producer, messages: Iterable[tuple[str, bytes | None, bytes | None]]) -> int:
     """Publish ``(topic, key, value)`` exactly as given: used to test bad input."""
+    report = DeliveryReport()
     n = 0
     for topic, key, value in messages:
-        _send(producer, topic, key, value)
+        _send(producer, topic, key, value, report)
         n += 1
-    producer.flush(30)
+    report.flush(producer)
     return n
