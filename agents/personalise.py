@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from streams.checkpoint import Checkpointer
+from streams.kafka_sink import KafkaSink
 from streams.metrics import Metrics
 from streams.pipeline import BatchProcessor
 from streams.redis_sink import RedisSink
@@ -30,7 +31,8 @@ def register(app) -> None:
     app.metrics = Metrics()
     app.metrics.watch_consumer(app, [*s.input_topics, s.topic_items])
     app.sink = RedisSink(s.redis_url, s.redis_prefix, s.recs_ttl_s, app.metrics)
-    app.processor = BatchProcessor(app, app.metrics, app.sink)
+    app.outputs = KafkaSink(s, app.metrics)
+    app.processor = BatchProcessor(app, app.metrics, app.sink, app.outputs)
     app.checkpoints = Checkpointer(app, s.redis_url, app.sink.keys.checkpoint(s.app_id, s.effective_worker_id),
                                    s.checkpoint_interval_s)
 
@@ -44,6 +46,11 @@ def register(app) -> None:
     async def process(batch) -> None:
         async with app.checkpoints.lock:
             await app.processor.process(batch)
+
+    @app.on_partitions_revoked.connect
+    async def forget_expected_offsets(app, revoked, **kwargs) -> None:
+        """Partitions move on a rebalance: their next offsets are the committed ones again."""
+        app.processor.guard.reset()
 
     @app.timer(interval=1.0)
     async def checkpoint_models() -> None:

@@ -25,20 +25,27 @@ class PartitionedTable(faust.Table):
     Faust picks a changelog partition from the *current* event, which inside a
     batch is merely the last one consumed. Each key's changelog record must go
     to the partition its source events came from, or a worker recovering that
-    partition after a rebalance would miss it. So batch code says where.
+    partition after a rebalance would miss it. So batch code says where, and
+    produces the changelog records itself, in bulk, through the worker's
+    :class:`~streams.kafka_sink.KafkaSink` (flushed before the batch is acked).
+    These methods only change the local copy.
     """
 
-    def set_in_partition(self, key: Any, value: Any, partition: int) -> None:
+    def put_local(self, key: Any, value: Any, partition: int) -> None:
         self.data[key] = value
-        self.send_changelog(partition, key, value)
-        self._maybe_set_key_ttl(key, partition)
-        self._sensor_on_set(self, key, value)
+        self._remember_partition(key, partition)
 
-    def del_in_partition(self, key: Any, partition: int) -> None:
+    def delete_local(self, key: Any) -> None:
         self.data.pop(key, None)
-        self.send_changelog(partition, key, None, value_serializer="raw")
-        self._maybe_del_key_ttl(key, partition)
-        self._sensor_on_del(self, key)
+        getattr(self.data, "_key_partition", {}).pop(key, None)
+
+    def _remember_partition(self, key: Any, partition: int) -> None:
+        # The memory store drops keys of partitions this worker lost after a
+        # rebalance using the partitions it saw in the changelog; keys written
+        # here must be known too, or they would linger as stale copies.
+        key_partition = getattr(self.data, "_key_partition", None)
+        if key_partition is not None:
+            key_partition[key] = partition
 
 
 def _credentials(settings: Settings) -> Any:
@@ -85,10 +92,6 @@ def create_app(settings: Settings) -> RecoApp:
         stream_wait_empty=True,
     )
     app.settings_ = settings
-    # Faust's producer buffer waits (and warns) once it holds 100 messages,
-    # fewer than one micro-batch queues (a changelog record and a
-    # recommendation per touched customer); let a whole batch fit.
-    app.producer.buffer.max_messages = 4 * settings.batch_max_events
     app.engine = PersonalisationEngine(top_n=settings.top_n, exclude=settings.exclude,
                                        n_segments=settings.n_segments,
                                        dedupe_window=settings.dedupe_window, seed=settings.seed)
@@ -96,8 +99,8 @@ def create_app(settings: Settings) -> RecoApp:
     # We decode bytes ourselves: Faust would ack undecodable messages silently,
     # and the dead-letter topic needs the original bytes.
     app.input_topic = app.topic(*settings.input_topics, **raw)
-    app.recommendations_topic = app.topic(settings.topic_recommendations, **raw)
-    app.dead_letter_topic = app.topic(settings.topic_dead_letter, **raw)
+    # The recommendations, dead-letter and changelog records are produced by
+    # streams.kafka_sink.KafkaSink, not through Faust topics.
     app.control_topic = app.topic(settings.topic_control, **raw)
     app.profiles = app.tables.add(PartitionedTable(
         app, name="profiles", default=None, beacon=app.tables.beacon, partitions=settings.partitions,

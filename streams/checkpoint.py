@@ -4,12 +4,12 @@ A checkpoint is the engine's full state (ranker, segments, live-quality state)
 plus ``model_offsets``: per source partition, the next offset the models have
 not learned. Order of operations, each step only after the previous one:
 
-1. a micro-batch is processed and its outputs are queued (table changelog,
-   recommendations topic) and written (Redis, awaited);
-2. the producer is flushed, so every queued output is on the broker;
-3. the checkpoint is written (one ``SET``), reflecting exactly the events whose
-   outputs are durable;
-4. Faust commits the acked offsets later (its commit also flushes first).
+1. a micro-batch is processed and its outputs are written: table changelog,
+   recommendations and dead letters acknowledged by the broker
+   (``streams.kafka_sink.KafkaSink.flush``), Redis written, both awaited;
+2. the checkpoint is written (one ``SET``) between batches (it holds the batch
+   lock), so it reflects exactly the events whose outputs are durable;
+3. Faust commits the acked offsets later.
 
 A crash anywhere replays from the last committed offset: profiles drop the
 redelivered events (dedupe window with offsets) and the models relearn only
@@ -80,7 +80,7 @@ class Checkpointer:
         """Checkpoint now; the caller holds :attr:`lock`."""
         self._last = time.monotonic()
         started = time.perf_counter()
-        await self.app.producer.flush()  # step 2: outputs durable before the checkpoint
+        await self.app.outputs.flush()  # nothing queued between batches; kept as a guard
         state = self._state()
         blob = self.app.engine.dumps()
         try:

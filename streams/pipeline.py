@@ -11,19 +11,24 @@ Error policy per stage:
   Instead the batch is retried event by event and only the events that still
   fail are dead-lettered (reason ``processing_error``, with their bytes): the
   worker stays up and no valid event is lost, only parked for replay.
-* sink: Redis writes are retried until they succeed (backpressure); topic
-  sends are buffered and Faust flushes the producer before committing offsets.
+* sink: Redis writes are retried until they succeed (backpressure); Kafka
+  outputs (table changelog, recommendations, dead letters) are produced in
+  bulk and flushed, re-producing anything the broker did not acknowledge,
+  before the batch returns (``streams/kafka_sink.py``).
 
-Order of operations per batch: table changelog records and output messages are
-queued, Redis is written (awaited), then the batch returns and its events are
-acked; offsets are committed later by Faust's commit timer, which first flushes
-the producer. So an offset is only committed after every output of the events
-before it was written; a crash in between replays the batch, which the
-per-customer dedupe window makes harmless for profiles.
+Order of operations per batch: the dead letters, the table changelog records
+and the recommendation messages are queued on the Kafka producer; then Redis
+is written and the producer flushed, concurrently, and both awaited; only then
+does the batch return and Faust ack its events. Offsets are committed later by
+Faust's commit timer, and only for acked events. So an offset is committed
+only after every output of the events before it is on the broker and in
+Redis; a crash in between replays the batch, which the per-customer dedupe
+window makes harmless for profiles (a redelivery rewrites the outputs).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Iterator, Mapping, Sequence
@@ -32,6 +37,8 @@ import msgspec
 
 from models.engine import BatchOutcome
 from models.profile import Profile, decode_profile, encode_profile, profile_summary
+from streams.kafka_sink import KafkaSink
+from streams.offset_guard import OffsetGuard, faust_committed, fetch_range
 from streams.contract import ContractError, Limits, Recommendation, ScoredItem, dead_letter, decode_event
 from streams.metrics import Metrics
 from streams.privacy import pseudonym
@@ -87,10 +94,13 @@ def _merge(a: BatchOutcome, b: BatchOutcome) -> BatchOutcome:
 
 
 class BatchProcessor:
-    def __init__(self, app: Any, metrics: Metrics, sink: RedisSink) -> None:
+    def __init__(self, app: Any, metrics: Metrics, sink: RedisSink, outputs: KafkaSink) -> None:
         s = self.settings = app.settings_
         self.app = app
         self.table = app.profiles
+        self.outputs = outputs
+        self.changelog_topic = app.profiles.changelog_topic_name
+        self.guard = OffsetGuard(faust_committed(app))
         self.profiles = TableProfiles(app.profiles)
         self.metrics = metrics
         self.sink = sink
@@ -104,7 +114,28 @@ class BatchProcessor:
         return self.app.engine
 
     async def process(self, batch: Sequence[Any]) -> None:
+        """Learn from one micro-batch and write every output (see the module doc)."""
         started = time.time()
+        gaps = self.guard.observe((event.message.tp, event.message.offset) for event in batch)
+        if gaps:
+            batch = await self._with_skipped(gaps) + list(batch)
+        written = await self._process(batch, started)
+        if written is None:  # dead letters only, or nothing new: still delivered before the ack
+            await self.outputs.flush()
+
+    async def _with_skipped(self, gaps: Mapping[Any, tuple[int, int]]) -> list:
+        """The messages Faust skipped (see streams/offset_guard.py), read from the broker."""
+        loop = asyncio.get_running_loop()
+        skipped: list = []
+        for (topic, partition), (start, end) in gaps.items():
+            log.warning("%s:%d: offsets %d..%d were never delivered to this worker's stream; "
+                        "reading them from the broker", topic, partition, start, end - 1)
+            events = await loop.run_in_executor(None, fetch_range, self.settings, topic, partition, start, end)
+            self.metrics.input_refetched.inc(len(events))
+            skipped += events
+        return skipped
+
+    async def _process(self, batch: Sequence[Any], started: float) -> float | None:
         m = self.metrics
         valid = []
         partition_of: dict[str, int] = {}
@@ -127,7 +158,7 @@ class BatchProcessor:
             partition_of[ev.user_id] = msg.partition
         m.batch_size.observe(len(batch))
         if not valid:
-            return
+            return None
 
         outcome, valid = self._learn(valid)
         for etype, n in outcome.learned_by_type.items():
@@ -138,25 +169,26 @@ class BatchProcessor:
         m.hits_popularity.inc(outcome.popularity_hits)
         m.observe_segments(outcome.profiles)
         if not outcome.profiles:
-            return
+            return None
 
         now = time.time()
+        produce, changelog, recs_topic = self.outputs.produce, self.changelog_topic, self.settings.topic_recommendations
         profile_docs: dict[str, bytes] = {}
         for user, profile in outcome.profiles.items():
-            self.table.set_in_partition(user, encode_profile(profile), partition_of[user])
+            raw, partition = encode_profile(profile), partition_of[user]
+            self.table.put_local(user, raw, partition)
+            self.outputs.produce_sealed(changelog, _encode(user), raw, partition)  # the table's key codec is JSON
             profile_docs[user] = _encode(profile_summary(profile, now))
         version = self.engine.model_version
         rec_docs: dict[str, bytes] = {}
         for user, recs in outcome.recommendations.items():
-            rec_docs[user] = _encode(Recommendation(
+            doc = rec_docs[user] = _encode(Recommendation(
                 user_id=user, items=[ScoredItem(item_id=i, score=round(float(s), 6)) for i, s in recs],
                 model_version=version, generated_at=now, segment=outcome.profiles[user].segment))
-        await self.sink.write(rec_docs, profile_docs, {
-            "version": version, "updated_at": now, "users": len(self.table), "items": self.engine.ranker.n_items})
+            produce(recs_topic, user.encode(), doc)
+        await asyncio.gather(self.outputs.flush(), self.sink.write(rec_docs, profile_docs, {
+            "version": version, "updated_at": now, "users": len(self.table), "items": self.engine.ranker.n_items}))
         written = time.time()
-        send = self.app.recommendations_topic.send_soon
-        for user, doc in rec_docs.items():
-            send(key=user.encode(), value=doc)
         m.recommendations_written.inc(len(rec_docs))
         # Freshness: from each event's own time to its recommendations being readable.
         latest: dict[str, float] = {}
@@ -169,6 +201,7 @@ class BatchProcessor:
         m.items.set(self.engine.ranker.n_items)
         m.model_version.set(version)
         m.model_updated.set(written)
+        return written
 
     def _learn(self, valid: list) -> tuple[Any, list]:
         events = [ev for ev, _, _ in valid]
@@ -192,15 +225,17 @@ class BatchProcessor:
         """Remove every trace of a customer: profile and dedupe window (table
         tombstone), model state, Redis keys, and a tombstone on the
         recommendations topic. The caller then checkpoints, so no saved model keeps them."""
-        self.table.del_in_partition(user_id, partition)
+        self.table.delete_local(user_id)
+        self.outputs.produce_sealed(self.changelog_topic, _encode(user_id), None, partition)
         self.engine.forget_user(user_id)
         self.metrics.forget_customer(user_id)
-        await self.sink.delete_user(user_id)
-        self.app.recommendations_topic.send_soon(key=user_id.encode(), value=None)
+        self.outputs.produce(self.settings.topic_recommendations, user_id.encode(), None)
+        await asyncio.gather(self.outputs.flush(), self.sink.delete_user(user_id))
         log.info("forgot customer %s", user_id[:8] + "…")
 
     def send_dead_letter(self, err: ContractError, msg: Any) -> None:
+        """Queue ``msg`` for the dead-letter topic; the caller awaits ``outputs.flush()`` before acking it."""
         self.metrics.dead_letter(err.reason)
         record = dead_letter(err, topic=msg.topic, partition=msg.partition, offset=msg.offset,
                              key=msg.key, value=msg.value)
-        self.app.dead_letter_topic.send_soon(key=msg.key, value=_encode(record))
+        self.outputs.produce(self.settings.topic_dead_letter, msg.key, _encode(record))
