@@ -22,9 +22,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-# Not part of `make test`: scenarios that do not pass reliably yet (docs/RELIABILITY.md).
+# Not part of `make test`: the rebalance test of tests/test_reliability.py, ten times over.
 soak: install
-	for i in 1 2 3 4 5; do $(BIN)/python -m pytest -q tests/soak_rebalance.py || exit 1; done
+	for i in 1 2 3 4 5 6 7 8 9 10; do $(BIN)/python -m pytest -q tests/soak_rebalance.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

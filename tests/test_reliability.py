@@ -15,10 +15,11 @@ import pytest
 
 from models.engine import PersonalisationEngine
 from streams.contract import decode_recommendation
-from streams.embedded import start_redis
+from streams.embedded import free_port, start_redis
 from streams.generator import ShopperSimulator
 from streams.produce import make_producer, publish_catalogue
 from streams.redis_sink import RedisKeys
+from streams.topics import ensure_topics
 from tests.conftest import StreamProducer, profile_totals, scrape_metric, wait_until
 
 pytestmark = pytest.mark.integration
@@ -101,3 +102,30 @@ def test_redis_outage_pauses_then_catches_up(settings, start_worker, redis_clien
     finally:
         client.close()
         own.stop()
+
+
+def test_rebalance_when_one_of_two_workers_stops(settings, start_worker, redis_client):
+    """Two workers share a continuous stream over 4 partitions; one is stopped
+    with SIGTERM mid-stream and the other takes over its partitions: every
+    event counted exactly once. `make soak` repeats this test (it caught
+    three different ways of losing an event, see docs/RELIABILITY.md)."""
+    s = settings.replace(partitions=4, app_id=settings.app_id + "-rb")
+    s = s.replace(**{f"topic_{t}": f"{s.redis_prefix}.rb.{t}" for t in
+                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control")})
+    ensure_topics(s)
+    sim = ShopperSimulator(n_users=120, n_items=300, seed=23)
+    publish_catalogue(make_producer(s), s, sim.catalogue())
+    s_a = s.replace(worker_id="a", metrics_port=free_port())
+    s_b = s.replace(worker_id="b", metrics_port=free_port())
+    with StreamProducer(s, sim, rate=300) as stream:
+        a = start_worker(s_a)
+        b = start_worker(s_b)
+        wait_until(lambda: scrape_metric(s_a, "recostream_events_processed_total") > 200
+                   and scrape_metric(s_b, "recostream_events_processed_total") > 200,
+                   60, "both workers processing", worker=b)
+        assert a.stop() == 0, "SIGTERM must stop a worker cleanly"
+        processed_b = scrape_metric(s_b, "recostream_events_processed_total")
+        wait_until(lambda: scrape_metric(s_b, "recostream_events_processed_total") > processed_b + 600, 60,
+                   "the remaining worker to take over", worker=b)
+    expected = wait_exact_totals(redis_client, s, stream, b)
+    assert sum(expected.values()) >= 1000  # both workers' 200+ events and the survivor's 600 more
