@@ -16,6 +16,7 @@ from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import SASLMechanism
 
 from models.engine import PersonalisationEngine
+from streams.faust_consumer import HandOffConsumer, skip_empty_producer_buffer
 from streams.settings import Settings
 
 
@@ -92,6 +93,10 @@ def create_app(settings: Settings) -> RecoApp:
         stream_wait_empty=True,
     )
     app.settings_ = settings
+    # Faust's consumer with a plain hand-off per message: cheaper, and no
+    # message is marked read without being delivered (streams/faust_consumer.py).
+    app.transport.Consumer = HandOffConsumer
+    skip_empty_producer_buffer(app.producer.buffer)
     app.engine = PersonalisationEngine(top_n=settings.top_n, exclude=settings.exclude,
                                        n_segments=settings.n_segments,
                                        dedupe_window=settings.dedupe_window, seed=settings.seed)
