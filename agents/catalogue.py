@@ -30,4 +30,3 @@ def register(app) -> None:
                 decode_item(event.message.value)
             except ContractError as err:
                 app.processor.send_dead_letter(err, event.message)
-                await app.outputs.flush()

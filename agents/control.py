@@ -20,7 +20,6 @@ def register(app) -> None:
             except (msgspec.DecodeError, ContractError) as exc:
                 err = exc if isinstance(exc, ContractError) else ContractError("invalid_value", f"control message: {exc}")
                 app.processor.send_dead_letter(err, event.message)
-                await app.outputs.flush()
                 continue
             async with app.checkpoints.lock:  # never in the middle of a batch
                 await app.processor.forget(command.user_id, event.message.partition)

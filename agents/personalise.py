@@ -36,6 +36,16 @@ def register(app) -> None:
     app.checkpoints = Checkpointer(app, s.redis_url, app.sink.keys.checkpoint(s.app_id, s.effective_worker_id),
                                    s.checkpoint_interval_s)
 
+    # Faust flushes its producer before every commit, on rebalance and on stop:
+    # exactly where the worker's own outputs must be durable too.
+    flush_faust_producer = app.producer.flush
+
+    async def flush_every_output() -> None:
+        await app.processor.drain()
+        await flush_faust_producer()
+
+    app.producer.flush = flush_every_output
+
     @app.agent(app.input_topic, name="personalise")
     async def personalise(stream):
         """Each micro-batch of shop events updates profiles and models, then refreshes those shoppers' top-N."""

@@ -4,12 +4,13 @@ A checkpoint is the engine's full state (ranker, segments, live-quality state)
 plus ``model_offsets``: per source partition, the next offset the models have
 not learned. Order of operations, each step only after the previous one:
 
-1. a micro-batch is processed and its outputs are written: table changelog,
-   recommendations and dead letters acknowledged by the broker
-   (``streams.kafka_sink.KafkaSink.flush``), Redis written, both awaited;
-2. the checkpoint is written (one ``SET``) between batches (it holds the batch
-   lock), so it reflects exactly the events whose outputs are durable;
-3. Faust commits the acked offsets later.
+1. micro-batches are processed; their outputs are queued and written in the
+   background (``streams.pipeline``);
+2. between batches (the checkpoint holds the batch lock) every output is
+   drained: on the broker and in Redis (``BatchProcessor.drain``);
+3. the checkpoint is written (one ``SET``), reflecting exactly the events whose
+   outputs are durable;
+4. Faust commits acked offsets, each commit after draining the outputs again.
 
 A crash anywhere replays from the last committed offset: profiles drop the
 redelivered events (dedupe window with offsets) and the models relearn only
@@ -80,7 +81,7 @@ class Checkpointer:
         """Checkpoint now; the caller holds :attr:`lock`."""
         self._last = time.monotonic()
         started = time.perf_counter()
-        await self.app.outputs.flush()  # nothing queued between batches; kept as a guard
+        await self.app.processor.drain()  # outputs durable before the checkpoint that reflects them
         state = self._state()
         blob = self.app.engine.dumps()
         try:

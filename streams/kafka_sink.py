@@ -13,9 +13,10 @@ during a rebalance) gives up after 0.1 s without progress
 for example behind a metadata fetch right after an assignment, could miss
 the flush and an offset be committed before the changelog record of the
 events below it: another worker recovering the table then starts from a
-profile that lacks them. Here the batch body awaits the flush, and Faust acks
-a batch's messages only when its body returns, so an offset can only be
-committed after every output of the events before it is on the broker.
+profile that lacks them. This sink's :meth:`KafkaSink.flush` is awaited
+before every commit (``streams.pipeline.BatchProcessor.drain``), so an offset
+can only be committed after every output of the events before it is on the
+broker.
 
 Changelog records are *sealed*: the last record of each changelog partition
 in a batch is held back and produced alone after the others are acknowledged,
@@ -66,6 +67,7 @@ class KafkaSink:
         self._held: dict[tuple[str, int], tuple[bytes | None, bytes | None]] = {}
         self._failed: list[tuple[str, int | None, bytes | None, bytes | None]] = []
         self._outage_since: float | None = None
+        self._flushing = asyncio.Lock()  # commits, checkpoints and batches may flush at once
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """Queue one record (``value=None`` is a tombstone); :meth:`flush` delivers it."""
@@ -98,12 +100,13 @@ class KafkaSink:
 
     async def flush(self) -> None:
         """Return once every queued record is acknowledged (see the module doc)."""
-        await self._deliver()
-        if self._held:
-            held, self._held = self._held, {}
-            for (topic, partition), (key, value) in held.items():
-                self.produce(topic, key, value, partition)
+        async with self._flushing:
             await self._deliver()
+            if self._held:
+                held, self._held = self._held, {}
+                for (topic, partition), (key, value) in held.items():
+                    self.produce(topic, key, value, partition)
+                await self._deliver()
 
     async def _deliver(self) -> None:
         loop = asyncio.get_running_loop()

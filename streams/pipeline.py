@@ -13,17 +13,28 @@ Error policy per stage:
   worker stays up and no valid event is lost, only parked for replay.
 * sink: Redis writes are retried until they succeed (backpressure); Kafka
   outputs (table changelog, recommendations, dead letters) are produced in
-  bulk and flushed, re-producing anything the broker did not acknowledge,
-  before the batch returns (``streams/kafka_sink.py``).
+  bulk and re-produced until the broker acknowledges them
+  (``streams/kafka_sink.py``).
 
-Order of operations per batch: the dead letters, the table changelog records
-and the recommendation messages are queued on the Kafka producer; then Redis
-is written and the producer flushed, concurrently, and both awaited; only then
-does the batch return and Faust ack its events. Offsets are committed later by
-Faust's commit timer, and only for acked events. So an offset is committed
-only after every output of the events before it is on the broker and in
-Redis; a crash in between replays the batch, which the per-customer dedupe
-window makes harmless for profiles (a redelivery rewrites the outputs).
+Order of operations. A batch queues its dead letters, changelog records and
+recommendation messages on the Kafka producer and starts its Redis write,
+then returns, and Faust acks its events: the next batch is computed while
+the broker and Redis take the outputs (on this 2-core machine they run on the
+other core). Outputs are awaited where it matters, by :meth:`BatchProcessor.drain`:
+
+* before every offset commit, rebalance and shutdown: Faust calls its
+  producer's ``flush()`` there, and the worker makes that call drain its own
+  outputs first (``agents/personalise.py``); the offsets of a commit are
+  chosen before that flush, so every event they cover has its outputs on the
+  broker and in Redis before the offset is committed;
+* before the next batch's Redis write (at most one in flight, so writes of
+  one key stay in order and a Redis outage stops consumption after one
+  batch), and when the producer holds more than a few batches of records;
+* before a model checkpoint and before a forget.
+
+A crash therefore replays from an offset whose outputs were all durable; the
+events after it are replayed, and the per-customer dedupe window makes that
+harmless for profiles (a redelivery rewrites the outputs).
 """
 
 from __future__ import annotations
@@ -108,6 +119,8 @@ class BatchProcessor:
         self.pseudonymize_key = s.pseudonymize_key
         self.limits = Limits(max_message_bytes=s.max_message_bytes, max_id_length=s.max_id_length,
                              min_ts=s.min_event_ts, max_future_skew_s=s.max_future_skew_s)
+        self._redis_write: asyncio.Future | None = None  # the last batch's Redis write, if still running
+        self._max_queued_records = 8 * s.batch_max_events
 
     @property
     def engine(self) -> Any:  # read each time: a checkpoint restore replaces it
@@ -119,9 +132,15 @@ class BatchProcessor:
         gaps = self.guard.observe((event.message.tp, event.message.offset) for event in batch)
         if gaps:
             batch = await self._with_skipped(gaps) + list(batch)
-        written = await self._process(batch, started)
-        if written is None:  # dead letters only, or nothing new: still delivered before the ack
+        await self._process(batch, started)
+        if self.outputs.pending() > self._max_queued_records:  # the broker is slow: wait for it
             await self.outputs.flush()
+
+    async def drain(self) -> None:
+        """Return once every output of every batch processed so far is on the broker and in Redis."""
+        while self._redis_write is not None and not self._redis_write.done():
+            await asyncio.shield(self._redis_write)
+        await self.outputs.flush()
 
     async def _with_skipped(self, gaps: Mapping[Any, tuple[int, int]]) -> list:
         """The messages Faust skipped (see streams/offset_guard.py), read from the broker."""
@@ -135,7 +154,7 @@ class BatchProcessor:
             skipped += events
         return skipped
 
-    async def _process(self, batch: Sequence[Any], started: float) -> float | None:
+    async def _process(self, batch: Sequence[Any], started: float) -> None:
         m = self.metrics
         valid = []
         partition_of: dict[str, int] = {}
@@ -158,7 +177,7 @@ class BatchProcessor:
             partition_of[ev.user_id] = msg.partition
         m.batch_size.observe(len(batch))
         if not valid:
-            return None
+            return
 
         outcome, valid = self._learn(valid)
         for etype, n in outcome.learned_by_type.items():
@@ -169,7 +188,7 @@ class BatchProcessor:
         m.hits_popularity.inc(outcome.popularity_hits)
         m.observe_segments(outcome.profiles)
         if not outcome.profiles:
-            return None
+            return
 
         now = time.time()
         produce, changelog, recs_topic = self.outputs.produce, self.changelog_topic, self.settings.topic_recommendations
@@ -186,22 +205,28 @@ class BatchProcessor:
                 user_id=user, items=[ScoredItem(item_id=i, score=round(float(s), 6)) for i, s in recs],
                 model_version=version, generated_at=now, segment=outcome.profiles[user].segment))
             produce(recs_topic, user.encode(), doc)
-        await asyncio.gather(self.outputs.flush(), self.sink.write(rec_docs, profile_docs, {
-            "version": version, "updated_at": now, "users": len(self.table), "items": self.engine.ranker.n_items}))
-        written = time.time()
-        m.recommendations_written.inc(len(rec_docs))
-        # Freshness: from each event's own time to its recommendations being readable.
+        meta = {"version": version, "updated_at": now, "users": len(self.table), "items": self.engine.ranker.n_items}
         latest: dict[str, float] = {}
         for ev in valid:
             latest[ev.user_id] = max(latest.get(ev.user_id, 0.0), ev.ts)
+        if self._redis_write is not None:
+            await asyncio.shield(self._redis_write)  # one write in flight: keys stay in order
+        self._redis_write = asyncio.ensure_future(self._write_redis(rec_docs, profile_docs, meta, latest, started))
+
+    async def _write_redis(self, rec_docs: dict[str, bytes], profile_docs: dict[str, bytes], meta: dict,
+                           latest: dict[str, float], started: float) -> None:
+        m = self.metrics
+        await self.sink.write(rec_docs, profile_docs, meta)
+        written = time.time()
+        m.recommendations_written.inc(len(rec_docs))
+        # Freshness: from each event's own time to its recommendations being readable.
         for user in rec_docs:
             m.freshness.observe(max(0.0, written - latest[user]))
         m.batch_seconds.observe(written - started)
-        m.users.set(len(self.table))
-        m.items.set(self.engine.ranker.n_items)
-        m.model_version.set(version)
+        m.users.set(meta["users"])
+        m.items.set(meta["items"])
+        m.model_version.set(meta["version"])
         m.model_updated.set(written)
-        return written
 
     def _learn(self, valid: list) -> tuple[Any, list]:
         events = [ev for ev, _, _ in valid]
@@ -225,6 +250,7 @@ class BatchProcessor:
         """Remove every trace of a customer: profile and dedupe window (table
         tombstone), model state, Redis keys, and a tombstone on the
         recommendations topic. The caller then checkpoints, so no saved model keeps them."""
+        await self.drain()  # no earlier write of this customer may land after the deletion
         self.table.delete_local(user_id)
         self.outputs.produce_sealed(self.changelog_topic, _encode(user_id), None, partition)
         self.engine.forget_user(user_id)
@@ -234,7 +260,7 @@ class BatchProcessor:
         log.info("forgot customer %s", user_id[:8] + "…")
 
     def send_dead_letter(self, err: ContractError, msg: Any) -> None:
-        """Queue ``msg`` for the dead-letter topic; the caller awaits ``outputs.flush()`` before acking it."""
+        """Queue ``msg`` for the dead-letter topic (delivered before its offset is committed: see the module doc)."""
         self.metrics.dead_letter(err.reason)
         record = dead_letter(err, topic=msg.topic, partition=msg.partition, offset=msg.offset,
                              key=msg.key, value=msg.value)

@@ -20,9 +20,10 @@ command of a pipeline (1,720 SETs for a 1,000-event batch: ~35 ms), the
 script ~1.5 ms of packing plus Redis' own time. The price: every key of a
 batch must live on one Redis node (no Redis Cluster; a single primary, with
 Sentinel or replicas, is fine). If Redis is unreachable the write is
-retried with capped exponential backoff until it succeeds: the agent awaits
-it, so consumption pauses (backpressure) instead of buffering without bound or
-committing offsets for outputs that were never written. One error is logged
+retried with capped exponential backoff until it succeeds; the next batch
+waits for it before writing, and every commit drains it first
+(``streams.pipeline``), so consumption pauses (backpressure) instead of
+buffering without bound or committing offsets for outputs never written. One error is logged
 per outage, and one line when it ends.
 """
 
