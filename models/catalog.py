@@ -54,6 +54,9 @@ class Catalog:
         capacity = max(int(capacity), 1)
         self._category = np.full(capacity, UNKNOWN_CATEGORY, dtype=np.int32)
         self._available = np.zeros(capacity, dtype=bool)
+        #: Bumped whenever a known row changes category or availability (new rows
+        #: do not bump it): lets readers keep derived structures incrementally.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -105,11 +108,23 @@ class Catalog:
             self._rows[item_id] = row
             self._ids.append(item_id)
             self._available[row] = True if available is None else bool(available)
-        elif available is not None:
+            if category is not None:
+                self._category[row] = self.category_code(category)
+            return row
+        if available is not None and self._available[row] != bool(available):
             self._available[row] = bool(available)
+            self.version += 1
         if category is not None:
-            self._category[row] = self.category_code(category)
+            code = self.category_code(category)
+            if self._category[row] != code:
+                self._category[row] = code
+                self.version += 1
         return row
+
+    @property
+    def n_categories(self) -> int:
+        """Number of category codes handed out (codes are ``0 .. n_categories - 1``)."""
+        return len(self._categories)
 
     def _grow(self) -> None:
         # Doubling keeps appends amortised O(1).
@@ -141,6 +156,7 @@ class Catalog:
         self._category[:n] = state["category"]
         self._available = np.zeros(capacity, dtype=bool)
         self._available[:n] = state["available"]
+        self.version = 0
 
 
 def grow_to(array: np.ndarray, n: int, fill=0) -> np.ndarray:

@@ -12,12 +12,30 @@ from models.popularity import DecayClock
 __all__ = ["SparseRows", "CoVisitation"]
 
 
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, s + l)`` over ``zip(starts, lengths)``, without a Python loop.
+
+    >>> _ranges(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist()
+    [5, 6, 9, 10, 11]
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - offsets, lengths) + np.arange(total)
+
+
 class SparseRows:
     """One sparse row of float weights per item, optionally bounded.
 
-    Each row keeps its neighbours in two numpy arrays (columns, values) plus a
-    dict from column to slot, so that updates are O(1) and scoring can gather
-    whole rows without converting dicts to arrays.
+    Every row keeps its neighbours in its own region of two shared numpy
+    arrays (a *slab* of columns and one of values), plus a dict from column
+    to slot. Updates are O(1); gathering the neighbours of many rows at once
+    is one vectorised index (:meth:`regions`: one Python step per distinct
+    row, none per neighbour). A row that
+    outgrows its region moves to the end of the slab with twice the room;
+    the holes it leaves are compacted away once they make up half of it.
 
     Parameters
     ----------
@@ -39,10 +57,19 @@ class SparseRows:
 
     """
 
+    _INITIAL = 4  # room of a new row
+
     def __init__(self, max_neighbors: int | None = None):
         self.max_neighbors = max_neighbors
-        self._cols: list[np.ndarray] = []
-        self._vals: list[np.ndarray] = []
+        self._init_slab(1024)
+
+    def _init_slab(self, size: int) -> None:
+        self._C = np.empty(size, dtype=np.int32)  # columns of every row, in the rows' regions
+        self._V = np.empty(size, dtype=np.float64)  # values, same layout
+        self._used = 0  # slab positions handed out
+        self._garbage = 0  # positions of regions left behind by rows that moved
+        self._start: list[int] = []  # region of each row: start ...
+        self._cap: list[int] = []  # ... and room
         self._slots: list[dict[int, int]] = []
 
     def __len__(self) -> int:
@@ -50,27 +77,76 @@ class SparseRows:
 
     @property
     def nnz(self) -> int:
-        return sum(len(s) for s in self._slots)
+        return sum(map(len, self._slots))
+
+    def _reserve(self, size: int) -> None:
+        """Make room for ``size`` more slab positions (may compact: region starts can change)."""
+        if self._used + size <= len(self._C):
+            return
+        if 2 * self._garbage > self._used:
+            self._compact()
+        if self._used + size > len(self._C):
+            n = max(2 * len(self._C), self._used + size)
+            C = np.empty(n, dtype=np.int32)
+            V = np.empty(n, dtype=np.float64)
+            C[: self._used] = self._C[: self._used]
+            V[: self._used] = self._V[: self._used]
+            self._C, self._V = C, V
+
+    def _compact(self) -> None:
+        n_rows = len(self._slots)
+        caps = np.array(self._cap, dtype=np.int64)
+        starts = np.cumsum(caps) - caps
+        lens = np.fromiter(map(len, self._slots), dtype=np.int64, count=n_rows)
+        src = _ranges(np.array(self._start, dtype=np.int64), lens)
+        dst = _ranges(starts, lens)
+        C = np.empty(len(self._C), dtype=np.int32)
+        V = np.empty(len(self._V), dtype=np.float64)
+        C[dst] = self._C[src]
+        V[dst] = self._V[src]
+        self._C, self._V = C, V
+        self._start[:] = starts.tolist()  # in place: callers may hold the list
+        self._used = int(caps.sum())
+        self._garbage = 0
 
     def _ensure(self, row: int) -> None:
-        while len(self._slots) <= row:
-            self._cols.append(np.empty(4, dtype=np.int32))
-            self._vals.append(np.empty(4, dtype=np.float64))
-            self._slots.append({})
+        n0 = len(self._slots)
+        if row < n0:
+            return
+        k = row + 1 - n0
+        room = self._INITIAL
+        self._reserve(room * k)
+        first = self._used
+        self._used += room * k
+        self._start.extend(range(first, first + room * k, room))
+        self._cap.extend([room] * k)
+        self._slots.extend({} for _ in range(k))
+
+    def _relocate(self, row: int, room: int) -> None:
+        self._reserve(room)
+        old, n = self._start[row], len(self._slots[row])
+        new = self._used
+        self._used += room
+        self._C[new:new + n] = self._C[old:old + n]
+        self._V[new:new + n] = self._V[old:old + n]
+        self._garbage += self._cap[row]
+        self._start[row] = new
+        self._cap[row] = room
 
     def add(self, row: int, col: int, weight: float) -> None:
-        self._ensure(row)
+        if row >= len(self._slots):
+            self._ensure(row)
         slots = self._slots[row]
         slot = slots.get(col)
         if slot is not None:
-            self._vals[row][slot] += weight
+            self._V[self._start[row] + slot] += weight
             return
         slot = len(slots)
-        if slot == len(self._cols[row]):
-            self._cols[row] = grow_to(self._cols[row], slot + 1)
-            self._vals[row] = grow_to(self._vals[row], slot + 1)
-        self._cols[row][slot] = col
-        self._vals[row][slot] = weight
+        if slot == self._cap[row]:
+            self._relocate(row, max(slot + 1, 2 * slot, 16))
+        p = self._start[row] + slot
+        self._C[p] = col
+        self._V[p] = weight
         slots[col] = slot
         if self.max_neighbors is not None and slot + 1 > 2 * self.max_neighbors:
             self._prune(row)
@@ -79,33 +155,48 @@ class SparseRows:
         # Pruning only at 2M (not at M+1) amortises the argpartition and gives
         # newcomers some room to accumulate weight before they compete.
         n = len(self._slots[row])
-        vals = self._vals[row][:n]
+        s = self._start[row]
+        cols, vals = self._C[s:s + n], self._V[s:s + n]
         # Stable ordering (value desc, column asc) keeps pruning deterministic.
-        keep = np.lexsort((self._cols[row][:n], -vals))[: self.max_neighbors]
+        keep = np.lexsort((cols, -vals))[: self.max_neighbors]
         keep.sort()
-        cols = self._cols[row][keep].copy()
-        vals = vals[keep].copy()
-        self._cols[row] = grow_to(cols, 2 * self.max_neighbors + 1)
-        self._vals[row] = grow_to(vals, 2 * self.max_neighbors + 1)
-        self._slots[row] = {int(c): s for s, c in enumerate(cols)}
+        cols, vals = cols[keep], vals[keep]
+        m = len(keep)
+        self._C[s:s + m] = cols
+        self._V[s:s + m] = vals
+        self._slots[row] = {int(c): i for i, c in enumerate(cols.tolist())}
 
     def row(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """Columns and values of ``row`` (views; empty when unknown)."""
+        """Columns and values of ``row`` (views, valid until the next update; empty when unknown)."""
         if row >= len(self._slots):
             return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float64)
         n = len(self._slots[row])
-        return self._cols[row][:n], self._vals[row][:n]
+        s = self._start[row]
+        return self._C[s:s + n], self._V[s:s + n]
+
+    def regions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slab start and length of each of ``rows`` (length 0 for unknown rows), for vectorised gathers
+        from :attr:`_C` and :attr:`_V` (valid until the next update)."""
+        n_rows, slots, start = len(self._slots), self._slots, self._start
+        if len(rows) <= 64:  # a few rows: no need to find the distinct ones first
+            rows = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
+            lens = np.array([len(slots[r]) if r < n_rows else 0 for r in rows], dtype=np.int64)
+            return np.array([start[r] if r < n_rows else 0 for r in rows], dtype=np.int64), lens
+        uniq, inv = np.unique(rows, return_inverse=True)
+        rows_u = uniq.tolist()
+        lens = np.array([len(slots[r]) if r < n_rows else 0 for r in rows_u], dtype=np.int64)
+        starts = np.array([start[r] if r < n_rows else 0 for r in rows_u], dtype=np.int64)
+        return starts[inv], lens[inv]
 
     def get(self, row: int, col: int) -> float:
         if row >= len(self._slots):
             return 0.0
         slot = self._slots[row].get(col)
-        return 0.0 if slot is None else float(self._vals[row][slot])
+        return 0.0 if slot is None else float(self._V[self._start[row] + slot])
 
     def scale(self, factor: float) -> None:
         """Multiply every value by ``factor`` (used to rescale decayed weights)."""
-        for vals in self._vals:
-            vals *= factor
+        self._V[: self._used] *= factor
 
     def gather(self, rows: Sequence[int], weights: Sequence[float], n_cols: int) -> np.ndarray:
         """``sum_r weights[r] * row_r`` as a dense vector of length ``n_cols``."""
@@ -120,31 +211,36 @@ class SparseRows:
         return np.bincount(np.concatenate(cols), np.concatenate(vals), minlength=n_cols)[:n_cols]
 
     def __getstate__(self):
-        # Only the used prefix of each row is state (the slot dicts are
-        # derived); concatenating the rows keeps checkpoints compact and
-        # byte-identical for equal models.
-        lengths = np.array([len(s) for s in self._slots], dtype=np.int64)
-        cols = [c[:n] for c, n in zip(self._cols, lengths)]
-        vals = [v[:n] for v, n in zip(self._vals, lengths)]
+        # Only the used prefix of each row is state (the slot dicts and the
+        # slab layout are derived); concatenating the rows keeps checkpoints
+        # compact and byte-identical for equal models.
+        n_rows = len(self._slots)
+        lengths = np.fromiter(map(len, self._slots), dtype=np.int64, count=n_rows)
+        idx = _ranges(np.array(self._start, dtype=np.int64), lengths)
         return {
             "max_neighbors": self.max_neighbors,
             "lengths": lengths,
-            "cols": np.concatenate(cols) if cols else np.empty(0, dtype=np.int32),
-            "vals": np.concatenate(vals) if vals else np.empty(0, dtype=np.float64),
+            "cols": self._C[idx],
+            "vals": self._V[idx],
         }
 
     def __setstate__(self, state):
         self.max_neighbors = state["max_neighbors"]
-        self._cols, self._vals, self._slots = [], [], []
-        bounds = np.concatenate([[0], np.cumsum(state["lengths"])])
-        all_cols = state["cols"].astype(np.int32)
-        all_vals = state["vals"].astype(np.float64)
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            cols = all_cols[start:stop].copy()
-            size = max(4, len(cols))
-            self._cols.append(grow_to(cols, size))
-            self._vals.append(grow_to(all_vals[start:stop].copy(), size))
-            self._slots.append({int(c): s for s, c in enumerate(cols)})
+        lengths = np.asarray(state["lengths"], dtype=np.int64)
+        caps = np.maximum(lengths, self._INITIAL)
+        starts = np.cumsum(caps) - caps
+        total = int(caps.sum())
+        self._init_slab(max(1024, total + total // 2))
+        dst = _ranges(starts, lengths)
+        cols = state["cols"].astype(np.int32)
+        self._C[dst] = cols
+        self._V[dst] = state["vals"].astype(np.float64)
+        self._used = total
+        self._start = starts.tolist()
+        self._cap = caps.tolist()
+        bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        cols = cols.tolist()
+        self._slots = [{c: s for s, c in enumerate(cols[a:b])} for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class CoVisitation:
@@ -219,30 +315,49 @@ class CoVisitation:
             self.rows.scale(1.0 / self.clock.rescale_factor)
             self._mass /= self.clock.rescale_factor
         top = max(row, max(history))
-        self._mass = grow_to(self._mass, top + 1)
+        if top >= len(self._mass):
+            self._mass = grow_to(self._mass, top + 1)
         rows = self.rows
-        rows._ensure(top)
-        slots, vals = rows._slots, rows._vals
+        if top >= len(rows._slots):
+            rows._ensure(top)
+        slots, start, cap = rows._slots, rows._start, rows._cap
         add = rows.add
         fw, bw, decay = self.forward, self.backward, self.distance_decay
-        # Fast path of SparseRows.add inlined: most pairs update an existing slot.
-        row_slots, row_vals = slots[row], vals[row]
+        full = 2 * rows.max_neighbors if rows.max_neighbors is not None else None
+        # Fast paths of SparseRows.add inlined: most pairs update an existing
+        # slot, most new pairs fit in their row's region.
+        V, C = rows._V, rows._C
+        row_slots = slots[row]
         mass = self._mass
         w = inc
         total = 0.0
         for h in history:
             if h != row:
-                s = slots[h].get(row)
+                h_slots = slots[h]
+                s = h_slots.get(row)
                 if s is not None:
-                    vals[h][s] += fw * w
+                    V[start[h] + s] += fw * w
                 else:
-                    add(h, row, fw * w)
+                    s = len(h_slots)
+                    if s < cap[h] and (full is None or s < full):
+                        C[start[h] + s] = row
+                        V[start[h] + s] = fw * w
+                        h_slots[row] = s
+                    else:
+                        add(h, row, fw * w)
+                        V, C = rows._V, rows._C  # add() may have grown or compacted the slab
                 s = row_slots.get(h)
                 if s is not None:
-                    row_vals[s] += bw * w
+                    V[start[row] + s] += bw * w
                 else:
-                    add(row, h, bw * w)
-                    row_slots, row_vals = slots[row], vals[row]  # add() may have pruned or grown the row
+                    s = len(row_slots)
+                    if s < cap[row] and (full is None or s < full):
+                        C[start[row] + s] = h
+                        V[start[row] + s] = bw * w
+                        row_slots[h] = s
+                    else:
+                        add(row, h, bw * w)
+                        V, C, row_slots = rows._V, rows._C, slots[row]  # ... or pruned the row
                 mass[h] += w
                 total += w
             w *= decay
@@ -276,22 +391,15 @@ class CoVisitation:
         alpha = self.alpha
         hist = np.asarray(history, dtype=np.int64)
         norm_h = np.power(np.maximum(mass[hist], 1e-300), -alpha) if alpha else np.ones(len(hist))
-        rows_ = self.rows
-        n_rows = len(rows_._slots)
-        cols, vals, lengths = [], [], []
-        for h in history:
-            n = len(rows_._slots[h]) if h < n_rows else 0
-            lengths.append(n)
-            if n:
-                cols.append(rows_._cols[h][:n])
-                vals.append(rows_._vals[h][:n])
-        if not cols:
+        starts, lengths = self.rows.regions(hist)
+        if not lengths.sum():
             return np.empty(0, dtype=np.int64), np.empty(0)
-        cols = np.concatenate(cols)
+        idx = _ranges(starts, lengths)
+        cols = self.rows._C[idx]
         # Each neighbour value times its history item's weight (the same
         # products as CoVisitation.score, summed in the same order).
         w = np.asarray(weights, dtype=np.float64) * norm_h
-        vals = np.concatenate(vals) * np.repeat(w, lengths)
+        vals = self.rows._V[idx] * np.repeat(w, lengths)
         order = np.argsort(cols, kind="stable")
         cols = cols[order]
         starts = np.flatnonzero(np.concatenate(([True], cols[1:] != cols[:-1])))

@@ -32,13 +32,14 @@ window. For an event at ``(partition, offset)``:
 from __future__ import annotations
 
 import heapq
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence
 
 import pickle
 
-from models.profile import Profile, apply_event, features, new_profile, seen_offset
+from models.profile import FEATURE_KEYS, Profile, apply_event, feature_matrix, new_profile, seen_offset
 from models.ranker import HybridRanker
 from models.segments import CustomerSegments
 
@@ -133,10 +134,20 @@ class PersonalisationEngine:
         self.segments = CustomerSegments(n_segments=n_segments, seed=seed)
         # Last top-K shown per customer (bounded by customers x K) and the
         # global popularity top list: the live quality metric compares them.
-        self._shown: dict[str, frozenset[str]] = {}
+        self._shown: dict[str, tuple[str, ...]] = {}
         self._item_counts: dict[str, int] = {}
         self.model_offsets: dict[str, int] = {}
         self.forgotten = 0  # customers forgotten so far: a change worth checkpointing
+        #: Seconds spent per phase of :meth:`process` since creation (not model state).
+        self.timings: dict[str, float] = dict.fromkeys(("learn", "segments", "recommend"), 0.0)
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        # Derived from the state above, never saved.
+        self._part_hash: dict[str, int] = {}  # source_position(part, 0) per topic-partition
+        self._pop_top: list[str] | None = None  # popularity top list as of the last batch ...
+        self._pop_pending: list[str] = []  # ... and the items learned since
+        self._item_seq: dict[str, int] = {}  # first-seen rank of each item (ties of the top list)
 
     # ------------------------------------------------------------------
     def upsert_item(self, item_id: str, category: str | None = None, available: bool = True) -> None:
@@ -155,11 +166,20 @@ class PersonalisationEngine:
         ``positions`` gives each event's source ``(partition key, offset)``
         (see the module docstring); without it, deduplication is by id only.
         """
+        clock = time.perf_counter
+        t0 = clock()
         out = BatchOutcome()
         touched: dict[str, Profile] = out.profiles
         pop_top = self._popular(self.hit_k)
         latest_ts = 0.0
         model_offsets = self.model_offsets
+        part_hash = self._part_hash
+        learn_one = self.ranker.learn_one
+        counts = self._item_counts
+        learned_items = self._pop_pending
+        learned_by_type = out.learned_by_type
+        shown_of = self._shown.get
+        window = self.dedupe_window
         for i, ev in enumerate(events):
             user = ev.user_id
             profile = touched.get(user)
@@ -169,11 +189,14 @@ class PersonalisationEngine:
                 part, offset, position, model_new = None, -1, -1, True
             else:
                 part, offset = positions[i]
-                position = source_position(part, offset)
+                h = part_hash.get(part)
+                if h is None:
+                    h = part_hash[part] = source_position(part, 0)
+                position = h | offset
                 model_new = offset >= model_offsets.get(part, 0)
             if apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
                            ts=ev.ts, category=ev.category, price=ev.price, quantity=ev.quantity,
-                           order_id=ev.order_id, window=self.dedupe_window, offset=position):
+                           order_id=ev.order_id, window=window, offset=position):
                 touched[user] = profile
             else:
                 out.duplicates += 1
@@ -189,23 +212,40 @@ class PersonalisationEngine:
                 continue
             if part is not None:
                 model_offsets[part] = offset + 1
-            self._score_live(user, ev.item_id, pop_top, out)
-            self.ranker.learn_one(user, ev.item_id, ev.type, ev.ts)
-            self._item_counts[ev.item_id] = self._item_counts.get(ev.item_id, 0) + 1
+            item, etype, ts = ev.item_id, ev.type, ev.ts
+            # Live (prequential) quality: judged against what was shown before learning.
+            shown = shown_of(user)
+            if shown is not None:
+                out.evaluated += 1
+                out.hits += item in shown
+                out.popularity_hits += item in pop_top
+            learn_one(user, item, etype, ts)
+            counts[item] = counts.get(item, 0) + 1
+            learned_items.append(item)
             out.learned += 1
-            out.learned_by_type[ev.type] = out.learned_by_type.get(ev.type, 0) + 1
-            latest_ts = max(latest_ts, ev.ts)
+            learned_by_type[etype] = learned_by_type.get(etype, 0) + 1
+            if ts > latest_ts:
+                latest_ts = ts
 
-        for user, profile in touched.items():
-            x = features(profile, latest_ts or profile.last_seen)
-            self.segments.learn_one(x)
-            profile.segment = self.segments.predict_one(x)
+        t1 = clock()
+        if touched:
+            profs = list(touched.values())
+            now = latest_ts or [p.last_seen for p in profs]
+            for profile, segment in zip(profs, self.segments.learn_predict_many(feature_matrix(profs, now),
+                                                                              FEATURE_KEYS)):
+                profile.segment = segment
 
+        t2 = clock()
         if recommend and touched:
             users = list(touched)
             for user, recs in zip(users, self.ranker.recommend(users, n=self.top_n, exclude=self.exclude)):
                 out.recommendations[user] = recs
-                self._shown[user] = frozenset(item for item, _ in recs[: self.hit_k])
+                self._shown[user] = tuple([item for item, _ in recs[: self.hit_k]])
+        t3 = clock()
+        timings = self.timings
+        timings["learn"] += t1 - t0
+        timings["segments"] += t2 - t1
+        timings["recommend"] += t3 - t2
         return out
 
     def recommend(self, user_ids: Sequence[str], n: int | None = None) -> list[list[tuple[str, float]]]:
@@ -241,17 +281,27 @@ class PersonalisationEngine:
         engine._shown = state["shown"]
         engine._item_counts = state["item_counts"]
         engine.model_offsets = state["model_offsets"]
+        engine._init_caches()
         return engine
 
     # ------------------------------------------------------------------
     def _popular(self, k: int) -> list[str]:
-        counts = self._item_counts
-        return heapq.nlargest(k, counts, key=counts.__getitem__)
-
-    def _score_live(self, user: str, item: str, pop_top: list[str], out: BatchOutcome) -> None:
-        shown = self._shown.get(user)
-        if shown is None:  # nothing shown yet: no prequential judgement possible
-            return
-        out.evaluated += 1
-        out.hits += item in shown
-        out.popularity_hits += item in pop_top
+        """The ``k`` most learned items, ties to the item learned first (``heapq.nlargest`` over
+        ``_item_counts``), kept incrementally: counts only grow, so the new top list is among
+        the previous one and the items learned since."""
+        counts, seq = self._item_counts, self._item_seq
+        pending = self._pop_pending
+        if self._pop_top is None or len(seq) > len(counts):
+            seq.clear()
+            seq.update((item, i) for i, item in enumerate(counts))
+            top = heapq.nlargest(k, counts, key=counts.__getitem__)
+        else:
+            for item in pending:
+                if item not in seq:
+                    seq[item] = len(seq)
+            candidates = set(self._pop_top)
+            candidates.update(pending)
+            top = sorted(candidates, key=lambda item: (-counts[item], seq[item]))[:k]
+        pending.clear()
+        self._pop_top = top
+        return top

@@ -27,9 +27,10 @@ class ImplicitMF:
     which the ranker already has as a separate signal. Negatives the user has
     interacted with are skipped (they are not unseen).
 
-    Item factors are mirrored in a numpy matrix indexed by catalogue row, so
-    that scoring a user against the whole catalogue is one matrix-vector
-    product; only rows touched by an update are copied.
+    Item factors live in a numpy matrix indexed by catalogue row and user
+    factors in another one; River's latent dicts hold views of their rows, so
+    scoring a user against the whole catalogue is one matrix-vector product
+    and an SGD pass updates the matrices without copying anything back.
 
     River's ``predict_one`` inserts a random vector for unknown users/items
     (its latents are defaultdicts): every read here checks membership first,
@@ -96,11 +97,17 @@ class ImplicitMF:
         self._lr = float(lr)
         self._rng = np.random.default_rng(seed)
         self._F = np.zeros((0, n_factors))  # mirror of model.i_latents by row
-        self._pending: list[tuple[str, int, float]] = []  # queued SGD steps (user, row, target)
+        # Queued SGD steps, as three parallel lists (user, row, target): no
+        # tuple per step for the garbage collector to track.
+        self._pend_u: list[str] = []
+        self._pend_r: list[int] = []
+        self._pend_y: list[float] = []
         self._row_ids: dict[int, str] = {}
         self._recent: list[int] = []  # ring buffer of recent item rows
         self._rand: list[float] = []  # uniform draws for negative sampling, drawn in blocks
         self._n_seen = 0
+        self._changed: list[np.ndarray] | None = None  # item rows updated since a reader last looked
+        self._link()
 
     # -- learning ---------------------------------------------------------
 
@@ -116,8 +123,10 @@ class ImplicitMF:
         """
         if row not in self._row_ids:
             self._row_ids[row] = item_id
-        pending = self._pending
-        pending.append((user, row, target))
+        pu, pr, py = self._pend_u, self._pend_r, self._pend_y
+        pu.append(user)
+        pr.append(row)
+        py.append(target)
         n_seen = self._n_seen
         n_buf = n_seen if n_seen < self.buffer_size else self.buffer_size
         recent = self._recent
@@ -128,7 +137,9 @@ class ImplicitMF:
             for _ in range(self.n_negatives):
                 neg = recent[int(rand.pop() * n_buf)]
                 if neg != row and neg not in seen:
-                    pending.append((user, neg, 0.0))
+                    pu.append(user)
+                    pr.append(neg)
+                    py.append(0.0)
         if len(recent) < self.buffer_size:
             recent.append(row)
         else:
@@ -139,57 +150,109 @@ class ImplicitMF:
 
     def _flush(self) -> None:
         """Apply the queued SGD steps, exactly as River's ``FunkMF.learn_one`` would one after the other."""
-        pending = self._pending
-        if not pending:
+        users, rows, ys = self._pend_u, self._pend_r, self._pend_y
+        if not users:
             return
-        self._pending = []
+        self._pend_u, self._pend_r, self._pend_y = [], [], []
         model = self.model
-        u_lat, i_lat, ids = model.u_latents, model.i_latents, self._row_ids
+        u_lat, i_lat, ids, uix = model.u_latents, model.i_latents, self._row_ids, self._uix
         # Latents are created in River's order (user, then item, per step) by
-        # River's own initialiser, so random draws match a sequential run.
-        new_rows = []
-        for user, row, _ in pending:
-            u_lat[user]
+        # River's own initialiser, so random draws match a sequential run;
+        # then they move into the factor matrices, River keeping views.
+        new_users, new_rows = [], []
+        uidx = []
+        next_user = self._n_users
+        for user, row in zip(users, rows):
+            ui = uix.get(user)
+            if ui is None:
+                u_lat[user]
+                ui = uix[user] = next_user  # the row _add_users gives it
+                next_user += 1
+                new_users.append(user)
+            uidx.append(ui)
             item = ids[row]
             if item not in i_lat:
                 i_lat[item]
                 new_rows.append(row)
         if new_rows:
-            self._F = grow_to(self._F, max(new_rows) + 1)
-            for row in new_rows:
-                self._F[row] = i_lat[ids[row]]
-        self._steps_vector(pending, self._lr, self.l2)
-        n = len(pending)
+            vectors = [i_lat[ids[row]] for row in new_rows]
+            self._grow_items(max(new_rows) + 1)
+            F = self._F
+            for row, vector in zip(new_rows, vectors):
+                F[row] = vector
+                i_lat[ids[row]] = F[row]
+        if new_users:
+            self._add_users(new_users)
+        rows = np.array(rows, dtype=np.int64)
+        self._steps_vector(np.array(uidx, dtype=np.int64), rows, np.array(ys, dtype=np.float64), self._lr, self.l2)
+        changed = self._changed
+        if changed is not None:
+            changed.append(rows)
+            if len(changed) > 4096:  # nobody is reading: stop tracking
+                self._changed = None
+        n = len(users)
         model.u_optimizer.n_iterations += n
         model.i_optimizer.n_iterations += n
 
-    def _steps_vector(self, pending, lr: float, l2: float) -> None:
+    def _grow_items(self, n: int) -> None:
+        if len(self._F) >= n:
+            return
+        self._F = F = grow_to(self._F, n)
+        i_lat = self.model.i_latents
+        for row, item in self._row_ids.items():
+            if item in i_lat:
+                i_lat[item] = F[row]
+
+    def _add_users(self, users: list) -> None:
+        """Give ``users`` (fresh latents) the next rows of the user matrix."""
+        u_lat, uix = self.model.u_latents, self._uix
+        vectors = [u_lat[user] for user in users]
+        first = self._n_users
+        self._n_users += len(users)
+        if len(self._U) < self._n_users:
+            self._U = U = grow_to(self._U, self._n_users)
+            for user, i in uix.items():
+                if i < first:
+                    u_lat[user] = U[i]
+        U = self._U
+        for i, (user, vector) in enumerate(zip(users, vectors), first):
+            U[i] = vector
+            u_lat[user] = U[i]
+            uix[user] = i
+
+    def _link(self) -> None:
+        """Factor matrices from River's latents, which then become views into them."""
+        u_lat, i_lat = self.model.u_latents, self.model.i_latents
+        self._U = np.zeros((0, self.n_factors))
+        self._uix: dict = {}
+        self._n_users = 0
+        self._add_users(list(u_lat))
+        F = self._F
+        for row, item in self._row_ids.items():
+            if item in i_lat and row < len(F):
+                F[row] = i_lat[item]
+                i_lat[item] = F[row]
+
+    def _steps_vector(self, uidx: np.ndarray, rows: np.ndarray, ys: np.ndarray, lr: float, l2: float) -> None:
         # Each user's steps stay in order (round k holds every user's k-th
         # queued step), so a user's vector moves exactly as in River. An item
         # met by several users in one round takes the sum of their steps, all
         # computed from its value at the start of the round (Hogwild-style
         # parallel SGD): hot items would otherwise serialise the whole batch.
-        u_lat, i_lat, ids, F = self.model.u_latents, self.model.i_latents, self._row_ids, self._F
+        U, F = self._U, self._F
         clip = self.model.clip_gradient
-        user_index: dict[str, int] = {}
-        counts: list[int] = []
-        n = len(pending)
-        uidx = np.empty(n, dtype=np.int64)
+        n = len(uidx)
+        # Round of each step: how many steps of the same user precede it.
+        by_user = np.argsort(uidx, kind="stable")
+        su = uidx[by_user]
+        first = np.flatnonzero(np.concatenate(([True], su[1:] != su[:-1])))
         rounds = np.empty(n, dtype=np.int64)
-        for k, (user, _, _) in enumerate(pending):
-            ui = user_index.get(user)
-            if ui is None:
-                ui = user_index[user] = len(counts)
-                counts.append(0)
-            rounds[k] = counts[ui]
-            counts[ui] += 1
-            uidx[k] = ui
-        rows = np.fromiter((p[1] for p in pending), dtype=np.int64, count=n)
-        ys = np.fromiter((p[2] for p in pending), dtype=np.float64, count=n)
-        users = list(user_index)
-        U = np.array([u_lat[u] for u in users])
+        rounds[by_user] = np.arange(n) - np.repeat(first, np.diff(np.append(first, n)))
         order = np.argsort(rounds, kind="stable")
         bounds = np.flatnonzero(np.diff(rounds[order])) + 1
+        # np.add.at on the flat view: the same additions, in the same order, as on rows.
+        flat, k = F.reshape(-1), F.shape[1]
+        cols = np.arange(k)
         for sel in np.split(order, bounds):
             ui, ri = uidx[sel], rows[sel]
             u, v = U[ui], F[ri]
@@ -198,11 +261,19 @@ class ImplicitMF:
                 np.clip(g, -clip, clip, out=g)
             g = g[:, None]
             U[ui] = u - lr * (g * v + l2 * u)
-            np.add.at(F, ri, -lr * (g * u + l2 * v))
-        for k, user in enumerate(users):
-            u_lat[user][:] = U[k]
-        for row in set(rows.tolist()):
-            i_lat[ids[row]][:] = F[row]
+            if len(ri) < 32:
+                np.add.at(F, ri, -lr * (g * u + l2 * v))
+            else:
+                np.add.at(flat, (ri[:, None] * k + cols).ravel(), (-lr * (g * u + l2 * v)).ravel())
+
+    def changed_rows(self) -> np.ndarray | None:
+        """Item rows whose factors changed since the previous call (``None`` the first time, or
+        when too much changed: the caller must reread every row). Transient, never serialised."""
+        changed = self._changed
+        self._changed = []
+        if changed is None:
+            return None
+        return np.unique(np.concatenate(changed)) if changed else np.zeros(0, dtype=np.int64)
 
     @property
     def _factors(self) -> np.ndarray:
@@ -210,8 +281,15 @@ class ImplicitMF:
         return self._F
 
     def forget_user(self, user: str) -> None:
-        self._pending = [step for step in self._pending if step[0] != user]
+        keep = [i for i, u in enumerate(self._pend_u) if u != user]
+        if len(keep) < len(self._pend_u):
+            self._pend_u = [self._pend_u[i] for i in keep]
+            self._pend_r = [self._pend_r[i] for i in keep]
+            self._pend_y = [self._pend_y[i] for i in keep]
         self.model.u_latents.pop(user, None)
+        i = self._uix.pop(user, None)
+        if i is not None:
+            self._U[i] = 0.0  # the row stays unused
 
     # -- reading (never mutates) ------------------------------------------
 
@@ -240,8 +318,13 @@ class ImplicitMF:
         return float(np.dot(u, self.model.i_latents[item_id]))
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_pending"] = list(self._pending)
+        state = {}
+        for key, value in self.__dict__.items():
+            if key in ("_changed", "_U", "_uix", "_n_users", "_pend_r", "_pend_y"):
+                continue  # derived (River's latents are the state), or ...
+            if key == "_pend_u":  # ... saved as the list of (user, row, target) steps it always was
+                key, value = "_pending", list(zip(self._pend_u, self._pend_r, self._pend_y))
+            state[key] = value
         n = (max(self._row_ids) + 1) if self._row_ids else 0
         state["_F"] = self._F[:n].copy()
         state["_recent"] = np.asarray(self._recent, dtype=np.int64)
@@ -254,6 +337,15 @@ class ImplicitMF:
         state.setdefault("block_size", 1)
         state.setdefault("_lr", float(state["lr"]))
         state.setdefault("_rand", [])
+        state["_changed"] = None
         state["_recent"] = [int(r) for r in state["_recent"]][: state["buffer_size"]]
-        # Interned keys, as pickle's default BUILD does: byte-identical re-dumps.
-        self.__dict__.update({sys.intern(k): v for k, v in state.items()})
+        # Interned keys, as pickle's default BUILD does, in the order of a
+        # live object's attributes: byte-identical re-dumps.
+        for key, value in state.items():
+            if key == "_pending":
+                self._pend_u = [step[0] for step in value]
+                self._pend_r = [int(step[1]) for step in value]
+                self._pend_y = [float(step[2]) for step in value]
+            else:
+                self.__dict__[sys.intern(key)] = value
+        self._link()

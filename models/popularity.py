@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -100,13 +101,52 @@ class TrendingPopularity:
         self.half_life = half_life
         self.clock = DecayClock(half_life)
         self._values = np.zeros(0, dtype=np.float64)
+        self._init_tracking()
+
+    def _init_tracking(self) -> None:
+        # Change tracking for readers that keep derived structures (rankings)
+        # up to date incrementally; not model state, never serialised.
+        self._changed: list[int] | None = None  # rows updated since the reader last looked
+        self._max = 0.0  # largest stored value, while tracking
+
+    def track_changes(self) -> list[int] | None:
+        """Rows updated since the previous call (with repeats), and the largest value in :attr:`max_value`.
+
+        The first call, and any call after the values were rescaled or too
+        many updates piled up, returns ``None``: the caller must rebuild
+        whatever it derives from :meth:`scores`. Reading never changes the
+        model (the log is transient and not serialised).
+        """
+        changed = self._changed
+        self._changed = []
+        if changed is None:
+            self._max = float(self._values.max()) if len(self._values) else 0.0
+        return changed
+
+    @property
+    def max_value(self) -> float:
+        """Largest stored value (tracked after :meth:`track_changes`, else computed)."""
+        if self._changed is None:
+            return float(self._values.max()) if len(self._values) else 0.0
+        return self._max
 
     def update(self, row: int, weight: float = 1.0, t: float | None = None) -> None:
         inc = self.clock.increment(t)
         if self.clock.rescale_factor != 1.0:
             self._values /= self.clock.rescale_factor
-        self._values = grow_to(self._values, row + 1)
-        self._values[row] += weight * inc
+            self._changed = None  # every value moved: readers rebuild
+        values = self._values
+        if row >= len(values):
+            values = self._values = grow_to(values, row + 1)
+        v = float(values[row]) + weight * inc  # the same IEEE addition as `values[row] += ...`
+        values[row] = v
+        changed = self._changed
+        if changed is not None:
+            changed.append(row)
+            if v > self._max:
+                self._max = v
+            if len(changed) > 1_000_000:  # nobody is reading: stop tracking
+                self._changed = None
 
     def scores(self, n_items: int) -> np.ndarray:
         """Scaled counts for the first ``n_items`` rows (ranking-equivalent to
@@ -120,7 +160,14 @@ class TrendingPopularity:
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_changed", None)
+        state.pop("_max", None)
         # Trim spare capacity so equal models serialise to equal bytes.
         nz = np.flatnonzero(self._values)
         state["_values"] = self._values[: (nz[-1] + 1) if len(nz) else 0].copy()
         return state
+
+    def __setstate__(self, state):
+        # Interned keys, as pickle's default BUILD does: byte-identical re-dumps.
+        self.__dict__.update({sys.intern(k): v for k, v in state.items()})
+        self._init_tracking()

@@ -27,8 +27,12 @@ False
 from __future__ import annotations
 
 import math
+import re
+import struct
+from collections.abc import Sequence
 
 import msgspec
+import numpy as np
 
 __all__ = [
     "EVENT_TYPES",
@@ -44,6 +48,7 @@ __all__ = [
     "rfm",
     "top_categories",
     "features",
+    "feature_matrix",
     "encode_profile",
     "decode_profile",
     "profile_summary",
@@ -82,7 +87,7 @@ def _zero_counts() -> dict[str, int]:
     return {t: 0 for t in EVENT_TYPES}
 
 
-class Profile(msgspec.Struct):
+class Profile(msgspec.Struct, omit_defaults=True, gc=False):
     """What we know about one customer.
 
     Attributes
@@ -101,21 +106,31 @@ class Profile(msgspec.Struct):
         Number of distinct purchase orders (``order_id``, or ``event_id`` when
         a purchase has no order id).
     recent_items
-        Most recently touched items, most recent last, no duplicates, bounded.
+        Most recently touched items, most recent last, no duplicates, bounded
+        (a tuple, like ``recent_order_ids``: profiles then hold no container
+        the garbage collector has to track).
     category_counts
         Events per category for the heaviest :data:`MAX_CATEGORIES` categories
         (Space-Saving counts: an entry may be over-estimated by at most the
         count it evicted).
-    seen_event_ids
-        FIFO window of recent event ids used to drop redeliveries.
-    seen_offsets
-        Source position of each id in ``seen_event_ids`` (-1 when unknown; the
-        engine encodes topic-partition and offset in it): tells a redelivery
-        of the same message (after a crash) from a producer's duplicate.
+    seen_window
+        FIFO window of recent event ids used to drop redeliveries, as one
+        string: each id preceded and followed by a newline (ids holding a
+        newline or carriage return are escaped), so that a membership test is
+        one substring search and a profile decodes into a handful of objects
+        whatever the window size. Read it through :attr:`seen_event_ids`.
+    seen_window_offsets
+        Source position of each id of the window, 8 bytes each (signed,
+        little-endian; -1 when unknown; the engine encodes topic-partition
+        and offset in it): tells a redelivery of the same message (after a
+        crash) from a producer's duplicate. Read it through :attr:`seen_offsets`.
     recent_order_ids
         FIFO window of recent order keys so multi-line orders count once.
     segment
         Latest customer segment assigned by the clustering model.
+
+    Payloads written before the window was compacted (``seen_event_ids`` and
+    ``seen_offsets`` lists) are converted by :func:`decode_profile`.
     """
 
     user_id: str
@@ -125,12 +140,51 @@ class Profile(msgspec.Struct):
     last_purchase: float | None = None
     monetary: float = 0.0
     orders: int = 0
-    recent_items: list[str] = msgspec.field(default_factory=list)
+    recent_items: tuple[str, ...] = ()
     category_counts: dict[str, float] = msgspec.field(default_factory=dict)
-    seen_event_ids: list[str] = msgspec.field(default_factory=list)
-    seen_offsets: list[int] = msgspec.field(default_factory=list)
-    recent_order_ids: list[str] = msgspec.field(default_factory=list)
+    seen_window: str = ""
+    seen_window_offsets: bytes = b""
+    recent_order_ids: tuple[str, ...] = ()
     segment: int | None = None
+    # The window as older payloads carried it (None once converted).
+    legacy_event_ids: list[str] | None = msgspec.field(default=None, name="seen_event_ids")
+    legacy_offsets: list[int] | None = msgspec.field(default=None, name="seen_offsets")
+
+    @property
+    def seen_event_ids(self) -> list[str]:
+        """The event ids of the dedupe window, oldest first (a copy)."""
+        w = self.seen_window
+        return [_unescape(i) for i in w[1:-1].split(_SEP)] if w else []
+
+    @property
+    def seen_offsets(self) -> list[int]:
+        """The source position of each id of :attr:`seen_event_ids` (a copy)."""
+        b = self.seen_window_offsets
+        return list(_OFFSETS.unpack(b)) if len(b) == _OFFSETS.size else np.frombuffer(b, "<i8").tolist()
+
+
+_SEP = "\n"  # ends every id of the window (contract-valid ids hold no control characters)
+_ESC = "\r"
+_ESCAPED = re.compile("\r(.)", re.DOTALL)
+_OFFSETS = struct.Struct("<q")
+
+
+def _window_key(event_id: str) -> str:
+    """How ``event_id`` appears in :attr:`Profile.seen_window` (with its separators)."""
+    if _SEP in event_id or _ESC in event_id:
+        event_id = event_id.replace(_ESC, _ESC + _ESC).replace(_SEP, _ESC + "n")
+    return _SEP + event_id + _SEP
+
+
+def _unescape(text: str) -> str:
+    return _ESCAPED.sub(lambda m: _ESC if m.group(1) == _ESC else _SEP, text) if _ESC in text else text
+
+
+def _set_window(profile: Profile, ids: list[str], offsets: list[int]) -> None:
+    if len(offsets) != len(ids):  # payloads written before offsets were kept
+        offsets = [-1] * len(ids)
+    profile.seen_window = "".join(_window_key(i)[:-1] for i in ids) + _SEP if ids else ""
+    profile.seen_window_offsets = np.asarray(offsets, dtype="<i8").tobytes()
 
 
 def new_profile(user_id: str) -> Profile:
@@ -139,7 +193,7 @@ def new_profile(user_id: str) -> Profile:
     Examples
     --------
     >>> new_profile("u7")
-    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=[], category_counts={}, seen_event_ids=[], seen_offsets=[], recent_order_ids=[], segment=None)
+    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=(), category_counts={}, seen_window='', seen_window_offsets=b'', recent_order_ids=(), segment=None, legacy_event_ids=None, legacy_offsets=None)
     """
     return Profile(user_id=user_id)
 
@@ -192,21 +246,29 @@ def apply_event(
     ...     _ = apply_event(p, event_id=f"e{i}", item_id=item, event_type="click",
     ...                     ts=1_700_000_000.0 - i)
     >>> p.recent_items, p.first_seen, p.last_seen
-    (['b', 'a'], 1699999998.0, 1700000000.0)
+    (('b', 'a'), 1699999998.0, 1700000000.0)
     """
     if event_type not in _EVENT_TYPE_SET:
         raise ValueError(f"event_type must be one of {EVENT_TYPES}, got {event_type!r}")
-    seen = profile.seen_event_ids
-    if event_id in seen:
+    if profile.legacy_event_ids is not None:
+        _migrate(profile)
+    key = _window_key(event_id)
+    seen = profile.seen_window
+    if key in seen:
         return False
-    offsets = profile.seen_offsets
-    if len(offsets) != len(seen):  # profiles written before offsets were kept
-        offsets[:] = [-1] * len(seen)
-    seen.append(event_id)
-    offsets.append(offset)
-    if len(seen) > window:
-        del seen[: len(seen) - window]
-        del offsets[: len(offsets) - window]
+    offsets = profile.seen_window_offsets + _OFFSETS.pack(offset)
+    seen = seen + key[1:] if seen else key
+    drop = len(offsets) // 8 - window
+    if drop > 0:
+        if drop * 8 >= len(offsets):
+            seen, offsets = "", b""
+        else:
+            pos = 0
+            for _ in range(drop):
+                pos = seen.index(_SEP, pos + 1)
+            seen, offsets = seen[pos:], offsets[8 * drop:]
+    profile.seen_window = seen
+    profile.seen_window_offsets = offsets
 
     counts = profile.counts
     counts[event_type] = counts.get(event_type, 0) + 1
@@ -218,10 +280,12 @@ def apply_event(
 
     recent = profile.recent_items
     if item_id in recent:
-        recent.remove(item_id)
-    recent.append(item_id)
+        i = recent.index(item_id)
+        recent = recent[:i] + recent[i + 1:]
+    recent += (item_id,)
     if len(recent) > max_recent_items:
-        del recent[: len(recent) - max_recent_items]
+        recent = recent[len(recent) - max_recent_items:]
+    profile.recent_items = recent
 
     if category is not None:
         _count_category(profile.category_counts, category, max_categories)
@@ -235,9 +299,10 @@ def apply_event(
         recent_orders = profile.recent_order_ids
         if order_key not in recent_orders:
             profile.orders += 1
-            recent_orders.append(order_key)
+            recent_orders += (order_key,)
             if len(recent_orders) > MAX_RECENT_ORDERS:
-                del recent_orders[: len(recent_orders) - MAX_RECENT_ORDERS]
+                recent_orders = recent_orders[len(recent_orders) - MAX_RECENT_ORDERS:]
+            profile.recent_order_ids = recent_orders
     return True
 
 
@@ -251,12 +316,21 @@ def seen_offset(profile: Profile, event_id: str) -> int | None:
     >>> seen_offset(p, "e1"), seen_offset(p, "e2")
     (41, None)
     """
-    try:
-        i = profile.seen_event_ids.index(event_id)
-    except ValueError:
+    if profile.legacy_event_ids is not None:
+        _migrate(profile)
+    window = profile.seen_window
+    pos = window.find(_window_key(event_id))
+    if pos < 0:
         return None
-    offsets = profile.seen_offsets
-    return offsets[i] if i < len(offsets) else -1
+    i = window.count(_SEP, 0, pos)
+    offsets = profile.seen_window_offsets
+    return _OFFSETS.unpack_from(offsets, 8 * i)[0] if 8 * i + 8 <= len(offsets) else -1
+
+
+def _migrate(profile: Profile) -> None:
+    """Move a window decoded from an older payload into the compact fields."""
+    _set_window(profile, profile.legacy_event_ids or [], profile.legacy_offsets or [])
+    profile.legacy_event_ids = profile.legacy_offsets = None
 
 
 def _count_category(table: dict[str, float], category: str, capacity: int) -> None:
@@ -355,6 +429,52 @@ def features(profile: Profile, now: float) -> dict[str, float]:
     }
 
 
+def feature_matrix(profiles: Sequence[Profile], now) -> np.ndarray:
+    """:func:`features` of many profiles at once: one row per profile, columns in :data:`FEATURE_KEYS` order.
+
+    ``now`` is one time for all, or one per profile. The values equal
+    :func:`features`' up to rounding (numpy's ``log1p`` instead of ``math``'s).
+
+    Examples
+    --------
+    >>> p = new_profile("u1")
+    >>> _ = apply_event(p, event_id="e1", item_id="i1", event_type="purchase", ts=1_700_000_000.0,
+    ...                 category="toys", price=5.0)
+    >>> X = feature_matrix([p, new_profile("u2")], now=1_700_000_000.0 + 86400)
+    >>> X.shape, np.allclose(X[0], list(features(p, 1_700_000_000.0 + 86400).values()))
+    ((2, 12), True)
+    >>> X[1].tolist() == [0.0] * 12
+    True
+    """
+    nan = math.nan
+    rows = []
+    for p in profiles:
+        c = p.counts
+        rows.append((c.get("browse", 0), c.get("click", 0), c.get("purchase", 0),
+                     nan if p.first_seen is None else p.first_seen,
+                     nan if p.last_seen is None else p.last_seen,
+                     nan if p.last_purchase is None else p.last_purchase,
+                     p.orders, p.monetary, _entropy(p.category_counts)))
+    if not rows:
+        return np.zeros((0, len(FEATURE_KEYS)))
+    browse, click, purchase, first, last, last_purchase, orders, monetary, entropy = np.array(rows, dtype=np.float64).T
+    now = np.asarray(now, dtype=np.float64)
+    ref = np.where(np.isnan(last_purchase), first, last_purchase)
+    with np.errstate(invalid="ignore"):
+        recency = np.where(np.isnan(ref), 0.0, np.maximum(0.0, (now - ref) / _DAY))
+        inactive = np.where(np.isnan(last), 0.0, np.maximum(0.0, (now - last) / _DAY))
+        tenure = np.where(np.isnan(first) | np.isnan(last), 0.0, (last - first) / _DAY)
+    monetary = np.maximum(monetary, 0.0)
+    has_orders = orders > 0
+    aov = np.zeros_like(monetary)
+    aov[has_orders] = np.log1p(monetary[has_orders] / orders[has_orders])
+    return np.stack([
+        np.log1p(browse), np.log1p(click), np.log1p(purchase), np.log1p(recency), np.log1p(inactive),
+        np.log1p(tenure), np.log1p(orders), np.log1p(monetary), aov, entropy,
+        np.log1p(purchase / (browse + 1.0)), np.log1p(click / (browse + 1.0)),
+    ], axis=1)
+
+
 def _entropy(weights: dict[str, float]) -> float:
     """Shannon entropy (nats) of the category mix: 0 for a single-category
     shopper, ln(k) for an even spread over k categories."""
@@ -369,12 +489,13 @@ def _entropy(weights: dict[str, float]) -> float:
     return max(h, 0.0)  # rounding can give -0.0 for one category
 
 
-_PROFILE_ENCODER = msgspec.json.Encoder()
-_PROFILE_DECODER = msgspec.json.Decoder(Profile)
+_PROFILE_ENCODER = msgspec.msgpack.Encoder()
+_PROFILE_DECODER = msgspec.msgpack.Decoder(Profile)
+_PROFILE_JSON_DECODER = msgspec.json.Decoder(Profile)  # payloads of earlier versions
 
 
 def encode_profile(p: Profile) -> bytes:
-    """Serialise a profile (msgspec JSON).
+    """Serialise a profile (msgspec MessagePack: a map of the non-default fields).
 
     Examples
     --------
@@ -386,15 +507,25 @@ def encode_profile(p: Profile) -> bytes:
 
 
 def decode_profile(b: bytes) -> Profile:
-    """Inverse of :func:`encode_profile`; fields missing from older payloads
-    take their defaults, unknown fields are ignored.
+    """Inverse of :func:`encode_profile`, which also reads the JSON payloads of
+    earlier versions: fields missing from older payloads take their defaults,
+    unknown fields are ignored, and a dedupe window in the older list form is
+    converted.
 
     Examples
     --------
     >>> decode_profile(b'{"user_id": "u1", "orders": 2}').orders
     2
+    >>> old = decode_profile(b'{"user_id": "u1", "seen_event_ids": ["e1", "e2"], "seen_offsets": [7, 9]}')
+    >>> old.seen_event_ids, old.seen_offsets, old.legacy_event_ids
+    (['e1', 'e2'], [7, 9], None)
     """
-    return _PROFILE_DECODER.decode(b)
+    first = b[0] if len(b) else 0
+    # A MessagePack map starts with 0x80-0x8f, 0xde or 0xdf, JSON text never does.
+    p = (_PROFILE_DECODER if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF) else _PROFILE_JSON_DECODER).decode(b)
+    if p.legacy_event_ids is not None or p.legacy_offsets is not None:
+        _migrate(p)
+    return p
 
 
 def profile_summary(p: Profile, now: float, n_categories: int = 5) -> dict:

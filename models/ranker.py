@@ -4,20 +4,35 @@ The ranker is what the Faust workers and ``recostream replay`` run, both built
 through the defaults of :class:`HybridRanker` so that offline evaluation and
 production use the same code and configuration.
 
+How :meth:`HybridRanker.recommend` stays cheap per user (none of this changes
+what is recommended):
+
+* catalogue-wide terms (candidate pools, quantised MF item factors) live in a
+  cache (:class:`_Context`) kept up to date incrementally between calls;
+* users are scored in chunks, all users of a chunk at once (:class:`_Terms`,
+  :class:`_Batch`): neighbourhoods are gathered from the co-visitation slab in
+  one index and summed per (user, item) with two radix sorts, pool items are
+  scored as dense ``users x items`` blocks (one matrix product for MF), and
+  a pool block is skipped for users whose ``n``-th best neighbour it cannot
+  beat;
+* MF scores are exact integer dot products of quantised factors (24 bits),
+  so a user's scores do not depend on the batch it is scored in; ties at a
+  cut-off go to the lower row. Batched and one-user calls (the replay, which
+  takes a leaner path) give identical lists.
 """
 
 from __future__ import annotations
 
 import abc
 import io
+import math
 import pickle
-from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
 
-from models.catalog import Catalog
-from models.covisit import CoVisitation
+from models.catalog import Catalog, grow_to
+from models.covisit import CoVisitation, _ranges
 from models.mf import ImplicitMF
 from models.popularity import TrendingPopularity
 
@@ -31,31 +46,38 @@ EVENT_WEIGHTS = {"browse": 1.0, "click": 1.0, "purchase": 1.5}
 EXCLUDE_RULES = ("purchased", "interacted", "none")
 
 class _User:
-    """Bounded recent history plus the user's own interacted/purchased items."""
+    """Bounded recent history plus the user's own interacted/purchased items.
 
-    __slots__ = ("history", "weights", "interacted", "purchased", "_excl")
+    The history is kept in tuples (rebuilt on each push, at most
+    ``maxlen`` long): tuples of numbers, like the dicts of int keys here,
+    are not tracked by Python's cyclic garbage collector, which keeps its
+    full collections cheap with millions of users.
+    """
+
+    __slots__ = ("maxlen", "history", "weights", "interacted", "purchased", "_excl")
 
     def __init__(self, history_size: int):
-        self.history: deque[int] = deque(maxlen=history_size)  # rows, most recent last
-        self.weights: deque[float] = deque(maxlen=history_size)
+        self.maxlen = history_size
+        self.history: tuple[int, ...] = ()  # rows, most recent last
+        self.weights: tuple[float, ...] = ()
         self.interacted: dict[int, None] = {}  # ordered set (deterministic pickles)
         self.purchased: dict[int, None] = {}
         self._excl: dict[str, np.ndarray] = {}  # cached exclusion arrays
 
     def push(self, row: int, weight: float, purchase: bool) -> None:
+        history, weights = self.history, self.weights
         # A revisit moves the item to the front instead of duplicating it, so
         # a shopper flicking between two products does not flood the history.
-        if row in self.interacted:
-            try:
-                i = self.history.index(row)
-            except ValueError:
-                i = -1
-            if i >= 0:
-                weight = max(weight, self.weights[i])
-                del self.history[i]
-                del self.weights[i]
-        self.history.append(row)
-        self.weights.append(weight)
+        if row in self.interacted and row in history:
+            i = history.index(row)
+            weight = max(weight, weights[i])
+            history = history[:i] + history[i + 1:]
+            weights = weights[:i] + weights[i + 1:]
+        history, weights = history + (row,), weights + (weight,)
+        drop = len(history) - self.maxlen
+        if drop > 0:
+            history, weights = history[drop:], weights[drop:]
+        self.history, self.weights = history, weights
         if row not in self.interacted:
             self.interacted[row] = None
             self._excl.pop("interacted", None)
@@ -69,16 +91,17 @@ class _User:
         arr = self._excl.get(rule)
         if arr is None:
             rows = self.interacted if rule == "interacted" else self.purchased
-            arr = self._excl[rule] = np.fromiter(rows, dtype=np.int64, count=len(rows))
+            arr = self._excl[rule] = np.sort(np.fromiter(rows, dtype=np.int64, count=len(rows)))
         return arr
 
     def __getstate__(self):
-        return (self.history.maxlen, list(self.history), list(self.weights), list(self.interacted), list(self.purchased))
+        return (self.maxlen, list(self.history), list(self.weights), list(self.interacted), list(self.purchased))
 
     def __setstate__(self, state):
         maxlen, history, weights, interacted, purchased = state
-        self.history = deque(history, maxlen=maxlen)
-        self.weights = deque(weights, maxlen=maxlen)
+        self.maxlen = maxlen
+        self.history = tuple(history[len(history) - maxlen:] if maxlen is not None and len(history) > maxlen else history)
+        self.weights = tuple(weights[len(weights) - maxlen:] if maxlen is not None and len(weights) > maxlen else weights)
         self.interacted = dict.fromkeys(interacted)
         self.purchased = dict.fromkeys(purchased)
         self._excl = {}
@@ -155,7 +178,9 @@ class StreamingRecommender(abc.ABC):
             weight = self.event_weights[event_type]
         except KeyError:
             raise ValueError(f"unknown event_type {event_type!r}; expected one of {sorted(self.event_weights)}") from None
-        row = self.catalog.upsert(item_id)
+        row = self.catalog._rows.get(item_id)
+        if row is None:
+            row = self.catalog.upsert(item_id)
         user = self._users.get(user_id)
         if user is None:
             user = self._users[user_id] = _User(self.history_size)
@@ -244,122 +269,767 @@ class StreamingRecommender(abc.ABC):
         return f"{type(self).__name__}(n_users={self.n_users}, n_items={self.n_items}, model_version={self.model_version})"
 
 
-class _Candidates:
-    """Per-call state of :meth:`HybridRanker.recommend` (catalogue-wide terms computed once per batch).
+_CHUNK_USERS = 256  # users scored together by recommend, at most ...
+_CHUNK_ENTRIES = 65_536  # ... and about this many neighbourhood entries (keeps temporaries cache-sized)
+_GEMM_ROWS = 128  # rows per matrix product (larger ones make OpenBLAS start threads that then spin)
+_RADIX_BOUND = 1 << 16  # keys below this are sorted by numpy's O(n) radix sort (kind="stable" on uint16)
 
-    Candidates of a user: the co-visitation neighbours of the history, the
-    ``n_candidates`` most popular available items, and for every category of
-    the history the ``n_candidates`` most popular and ``n_new_candidates``
-    newest available items of that category. Only candidates are scored, so
-    the cost of a user does not grow with the catalogue.
+
+def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative ints below ``bound`` (radix sort when they fit 16 bits)."""
+    if bound <= _RADIX_BOUND:
+        keys = keys.astype(np.uint16)
+    return np.argsort(keys, kind="stable")
+
+
+def _best_k(V: np.ndarray, k: int, ids) -> np.ndarray:
+    """Column indices of the ``k`` best values of each row of ``V``; of values tied at the cut,
+    those with the lowest ids (``ids(row_indices, column_indices)``) are kept.
+
+    ``np.argpartition`` alone keeps an arbitrary subset of such ties, which
+    could depend on a row's padding; this makes the choice a function of the
+    candidates only (``-inf`` ties are left alone: they are never returned).
+
+    >>> V = np.array([[1.0, 3.0, 2.0, 2.0, 2.0]])
+    >>> sorted(_best_k(V, 3, lambda i, j: -j)[0].tolist())  # ids favour the last columns
+    [1, 3, 4]
+    """
+    m, w = V.shape
+    if w <= k:
+        return np.broadcast_to(np.arange(w), (m, w))
+    idx = np.argpartition(V, w - k, axis=1)[:, w - k:]
+    vals = np.take_along_axis(V, idx, axis=1)
+    T = vals.min(axis=1)
+    tied = ((V == T[:, None]).sum(axis=1) > (vals == T[:, None]).sum(axis=1)) & (T > -np.inf)
+    for i in np.flatnonzero(tied).tolist():
+        row = V[i]
+        above = np.flatnonzero(row > T[i])
+        at = np.flatnonzero(row == T[i])
+        at = at[np.argsort(ids(np.full(len(at), i), at), kind="stable")[: k - len(above)]]
+        idx[i] = np.concatenate((above, at))
+    return idx
+
+
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal values in ``sorted_keys``."""
+    if not len(sorted_keys):
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+
+
+def _exact_bits(n_factors: int) -> int:
+    """Bits of the quantised MF factors: a dot product of two such vectors is an exact float64 sum."""
+    return max(1, (52 - max(1, int(n_factors) - 1).bit_length()) // 2)
+
+
+class _Context:
+    """Catalogue-wide state of :meth:`HybridRanker.recommend`, kept up to date between calls.
+
+    A cache, never model state (not serialised): everything in it is a
+    function of the model, rebuilt from scratch after a restore and kept
+    incrementally otherwise, so a restored model and the live one recommend
+    exactly alike.
+
+    * Candidate pools: the ``n_candidates`` most popular available items
+      (block 0) and, per category, its ``n_candidates`` most popular and
+      ``n_new_candidates`` newest available items minus block 0 (block
+      ``1 + c``). Popularity values only grow between rescales, so the new
+      top lists are found among the old ones and the rows updated since the
+      previous call (:meth:`TrendingPopularity.track_changes`); a change of
+      availability or category, or a rescale, rebuilds them.
+    * MF item factors quantised to integers times a power of two (cached per
+      factor update), so that every dot product is exact: scores do not
+      depend on how users are batched or on the BLAS kernel used.
     """
 
-    def __init__(self, ranker: "HybridRanker", n_items: int):
+    def __init__(self, ranker: "HybridRanker"):
         self.r = ranker
-        self.n_items = n_items
-        cat = ranker.catalog
-        self.available = cat.available
-        pop = ranker.items.popularity.scores(n_items)
-        top = pop.max() if n_items else 0.0
-        self.base = pop * (ranker.w_popularity / top) if top > 0 else np.zeros(n_items)
-        self.cats = cat.category
-        self.n_cats = int(self.cats.max()) + 1 if n_items else 0
-        avail = np.flatnonzero(self.available)
-        # Available rows by popularity term (desc, ties to the lower row), and
-        # the same grouped by category; newest (highest row) first per category.
-        self.by_base = avail[np.lexsort((avail, -self.base[avail]))]
-        self.p = ranker.n_candidates
-        self.q = ranker.n_new_candidates
-        self.top_base = self.by_base[: self.p]
-        if ranker.w_category and self.n_cats:
-            by_cat = self.by_base[np.argsort(self.cats[self.by_base], kind="stable")]
-            start = np.searchsorted(self.cats[by_cat], np.arange(-1, self.n_cats + 1))
-            newest = avail[::-1][np.argsort(self.cats[avail[::-1]], kind="stable")]
-            self.cat_cands = [np.concatenate((by_cat[lo:min(hi, lo + self.p)], newest[lo:min(hi, lo + self.q)]))
-                              for lo, hi in zip(start[1:-1], start[2:])]
-        self.covisit = ranker.items.covisit
-        self.mass = self.covisit.mass(n_items)
-        self.mf = ranker.mf
-        self.n_f = min(n_items, len(self.mf._factors)) if self.mf is not None else 0
+        self.catalog = None
+        self.popularity = None
+        self.n_items = 0
+        self.cat_version = -1
+        self.top = np.zeros(0, dtype=np.int64)  # rows of block 0, ascending
+        self.in_cat_top = np.zeros(0, dtype=bool)  # rows in their category's top list
+        self.cat_top: list[np.ndarray] = []
+        self.cat_new: list[np.ndarray] = []
+        self.blocks: list[np.ndarray] = []  # rows of each block, ascending
+        self.block_of = np.zeros(0, dtype=np.int64)  # block of each row (-1: none)
+        self.block_pos = np.zeros(0, dtype=np.int64)  # position of each row in its block
+        self.n_cats = 0
+        self.order = None  # every available row by popularity, when a cold list longer than block 0 was asked
+        self.ids = np.zeros(0, dtype=object)  # item ids by row, as an object array (fast gathers)
+        self.ids_n = 0
+        self.mf = None
+        self.rowmax = np.zeros(0)  # largest |factor| of each item row
+        self.Fq = np.zeros((1, 0))
+        self.f_exp = 0
+        self.bits = 24
+        pows = [1.0]
+        for _ in range(max(1, ranker.history_size)):
+            pows.append(pows[-1] * ranker.history_decay)  # same products as _weighted_history
+        self.decay_pows = np.array(pows)
 
-    def cold(self, n: int):
-        rows = self.by_base[:n]
-        return rows, self.base[rows]
+    # -- pools ----------------------------------------------------------------
 
-    def terms(self, user_id: str, user):
-        """Candidates and the user's score terms: ``(cand, cv_rows, cv_vals, cv_scale, u, mf_scale, aff)``."""
+    def refresh(self, n_items: int, many: bool = False) -> None:
+        """Bring the cache up to date; ``many``: the call scores many users, so catalogue-wide
+        arrays computed once for the call pay off."""
+        self.many = many
         r = self.r
-        rows_h, weights = r._weighted_history(user, r.history_decay)
-        parts = [self.top_base]
-        cv_rows = cv_vals = None
-        cv_scale = 0.0
+        cat, pop = r.catalog, r.items.popularity
+        changed = pop.track_changes()
+        self.pop = pop.scores(n_items)
+        self.base_scale = r.w_popularity / pop.max_value if pop.max_value > 0 else 0.0
+        if cat is not self.catalog:
+            self.ids_n = 0
+        if (changed is None or cat is not self.catalog or pop is not self.popularity
+                or cat.version != self.cat_version or n_items < self.n_items):
+            self._build(n_items)
+        else:
+            self._update(n_items, changed)
+        self.available = cat.available
+        self.cats = cat.category
+        self.norm, self.norm_entries = None, 0  # covisit_norm() of this call
+        self.call_cache: dict = {}
+        self._refresh_mf()
+
+    def _key_order(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` by popularity, descending, ties to the lower row."""
+        return rows[np.lexsort((rows, -self.pop[rows]))]
+
+    def _build(self, n_items: int) -> None:
+        r = self.r
+        cat = r.catalog
+        self.catalog, self.popularity = cat, r.items.popularity
+        self.cat_version, self.n_items = cat.version, n_items
+        p, q = r.n_candidates, r.n_new_candidates
+        avail = np.flatnonzero(cat.available)
+        order = self._key_order(avail)
+        self.order = order
+        self.top = np.sort(order[:p])
+        self.n_cats = cat.n_categories if r.w_category else 0
+        self.cat_top, self.cat_new = [], []
+        self.in_cat_top = np.zeros(n_items, dtype=bool)
+        if self.n_cats:
+            cats = cat.category
+            by_cat = order[np.argsort(cats[order], kind="stable")]
+            bounds = np.searchsorted(cats[by_cat], np.arange(self.n_cats + 1))
+            newest = avail[::-1]
+            newest = newest[np.argsort(cats[newest], kind="stable")]
+            nbounds = np.searchsorted(cats[newest], np.arange(self.n_cats + 1))
+            for c in range(self.n_cats):
+                self.cat_top.append(by_cat[bounds[c]:min(bounds[c + 1], bounds[c] + p)])
+                self.cat_new.append(newest[nbounds[c]:min(nbounds[c + 1], nbounds[c] + q)])
+                self.in_cat_top[self.cat_top[-1]] = True
+        self._set_blocks(n_items, None)
+
+    def _update(self, n_items: int, changed: list[int]) -> None:
+        r = self.r
+        cat = r.catalog
+        p, q = r.n_candidates, r.n_new_candidates
+        new_rows = np.arange(self.n_items, n_items)
+        self.n_items = n_items
+        rows = np.array(changed, dtype=np.int64)
+        if len(rows) > 1:
+            rows = np.unique(rows)
+        if len(new_rows):
+            rows = np.union1d(rows, new_rows)
+        if not len(rows):
+            if len(self.block_of) < n_items:
+                self._set_blocks(n_items, [])
+            return
+        avail = cat.available
+        rows = rows[avail[rows]]
+        self.order = None
+        dirty: set[int] = set()
+        # Rows already in a top list only moved up inside it.
+        known = len(self.block_of)
+        in_top = np.zeros(len(rows), dtype=bool)
+        old_rows = rows < known
+        in_top[old_rows] = self.block_of[rows[old_rows]] == 0
+        self.top, top_changed = self._merge(self.top, rows[~in_top], p)
+        if self.r.w_category and cat.n_categories:
+            cats = cat.category
+            while len(self.cat_top) < cat.n_categories:
+                self.cat_top.append(np.zeros(0, dtype=np.int64))
+                self.cat_new.append(np.zeros(0, dtype=np.int64))
+            self.n_cats = cat.n_categories
+            self.in_cat_top = grow_to(self.in_cat_top, n_items, fill=False)
+            rows = rows[~self.in_cat_top[rows]]
+            rc = cats[rows]
+            for c in np.unique(rc[rc >= 0]).tolist():
+                old = self.cat_top[c]
+                new, changed = self._merge(old, rows[rc == c], p)
+                if changed:
+                    dirty.add(c)
+                    self.in_cat_top[old] = False
+                    self.in_cat_top[new] = True
+                self.cat_top[c] = new
+            fresh = new_rows[avail[new_rows]] if len(new_rows) else new_rows
+            if len(fresh):
+                fc = cats[fresh]
+                for c in np.unique(fc[fc >= 0]).tolist():
+                    self.cat_new[c] = np.concatenate((fresh[fc == c][::-1], self.cat_new[c]))[:q]
+                    dirty.add(c)
+        if top_changed:
+            dirty = None  # every category block subtracts block 0
+        if dirty is None or dirty or len(self.block_of) < n_items:
+            self._set_blocks(n_items, dirty)
+
+    def _merge(self, top: np.ndarray, rows: np.ndarray, p: int) -> tuple[np.ndarray, bool]:
+        """The ``p`` best of ``top`` (unordered, all rows' values only grew) and new ``rows``."""
+        if not len(rows):
+            return top, False
+        if len(top) >= p:
+            rows = rows[self.pop[rows] >= self.pop[top].min()]  # the others cannot get in
+            if not len(rows):
+                return top, False
+        new = np.sort(self._key_order(np.union1d(top, rows))[:p])
+        return new, len(new) != len(top) or not np.array_equal(new, np.sort(top))
+
+    def _set_blocks(self, n_items: int, dirty) -> None:
+        """(Re)compute the blocks listed in ``dirty`` (``None``: all) and the row -> block maps."""
+        if len(self.block_of) < n_items:
+            self.block_of = grow_to(self.block_of, n_items, fill=-1)
+            self.block_pos = grow_to(self.block_pos, n_items)
+        if dirty is None:
+            old = self.blocks
+            self.block_of[np.concatenate(old) if old else []] = -1
+            top = np.sort(self.top)
+            self.blocks = [top]
+            for c in range(self.n_cats):
+                self.blocks.append(self._cat_block(c, top))
+            todo = range(len(self.blocks))
+        else:
+            todo = [1 + c for c in sorted(dirty)]
+            for b in todo:
+                self.block_of[self.blocks[b]] = -1
+                self.blocks[b] = self._cat_block(b - 1, self.blocks[0])
+        for b in todo:
+            rows = self.blocks[b]
+            self.block_of[rows] = b
+            self.block_pos[rows] = np.arange(len(rows))
+
+    def _cat_block(self, c: int, top: np.ndarray) -> np.ndarray:
+        rows = np.union1d(self.cat_top[c], self.cat_new[c])
+        return rows[~np.isin(rows, top, assume_unique=True)] if len(rows) else rows
+
+    def item_ids(self, rows: np.ndarray) -> list[str]:
+        """Item ids of ``rows`` (through an object array of the catalogue's ids, grown as it grows)."""
+        ids = self.r.catalog.ids
+        n = self.ids_n
+        if n < len(ids):
+            if len(self.ids) < len(ids):
+                grown = np.empty(max(len(ids), 2 * len(self.ids)), dtype=object)
+                grown[:n] = self.ids[:n]
+                self.ids = grown
+            self.ids[n:len(ids)] = ids[n:]
+            self.ids_n = len(ids)
+        return self.ids[rows].tolist()
+
+    def cold(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores of a user without history: trending popularity only."""
+        if n > len(self.top) and len(self.top) == self.r.n_candidates:
+            if self.order is None:
+                self.order = self._key_order(np.flatnonzero(self.r.catalog.available))
+            rows = self.order[:n]
+        else:
+            rows = self._key_order(self.top)[:n]
+        return rows, self.pop[rows] * self.base_scale
+
+    # -- MF -------------------------------------------------------------------
+
+    def _refresh_mf(self) -> None:
+        mf = self.r.mf
+        if mf is None:
+            self.mf = None
+            return
+        changed = mf.changed_rows()
+        if mf is not self.mf:
+            changed = None
+        self.mf = mf
+        F = mf._factors
+        self.bits = _exact_bits(F.shape[1])
+        if changed is None:  # every row
+            self.rowmax = np.abs(F).max(axis=1) if F.size else np.zeros(len(F))
+        elif not len(changed) and len(self.rowmax) == len(F):
+            return
+        else:
+            if len(self.rowmax) < len(F):
+                self.rowmax = grow_to(self.rowmax, len(F))[: len(F)]
+            self.rowmax[changed] = np.abs(F[changed]).max(axis=1)
+        top = float(self.rowmax.max()) if len(self.rowmax) else 0.0
+        f_exp = self.bits - math.frexp(top)[1]
+        n = max(len(F), self.n_items)
+        if changed is None or f_exp != self.f_exp or len(self.Fq) < len(F):
+            # Rows without factors yet score 0: zero rows up to the catalogue size.
+            Fq = np.zeros((n, F.shape[1]))
+            Fq[: len(F)] = np.rint(np.ldexp(F, f_exp))
+            self.Fq, self.f_exp = Fq, f_exp
+        else:  # the same scale: only the rows that moved
+            self.Fq[changed] = np.rint(np.ldexp(F[changed], f_exp))
+
+    def block_factors(self, b: int) -> np.ndarray:
+        """Quantised factors of block ``b``'s rows, transposed, in float64 (cached per call)."""
+        F = self.call_cache.get(("F", b))
+        if F is None:
+            F = self.call_cache[("F", b)] = np.ascontiguousarray(self.factor_rows(self.blocks[b]).T)
+        return F
+
+    def block_base(self, b: int) -> np.ndarray:
+        """Popularity term of block ``b``'s rows (cached per call)."""
+        base = self.call_cache.get(("base", b))
+        if base is None:
+            base = self.call_cache[("base", b)] = self.pop[self.blocks[b]] * self.base_scale
+        return base
+
+    def padded_blocks(self):
+        """Every block as one row of a padded matrix (cached per call): rows (padding: row 0),
+        popularity terms (padding: -inf), category indices (padding: ``n_cats``), and the width."""
+        out = self.call_cache.get("padded")
+        if out is None:
+            widths = [len(b) for b in self.blocks]
+            wmax = max(widths) if widths else 0
+            nb = len(self.blocks)
+            rows = np.zeros((nb, wmax), dtype=np.int64)
+            base = np.full((nb, wmax), -np.inf)
+            cats = np.full((nb, wmax), self.n_cats, dtype=np.int64)
+            for b, w in enumerate(widths):
+                rows[b, :w] = self.blocks[b]
+                base[b, :w] = self.block_base(b)
+                cats[b, :w] = self.block_cats(b) if b == 0 else b - 1
+            out = self.call_cache["padded"] = (rows, base, cats, wmax)
+        return out
+
+    def row_base(self, rows: np.ndarray) -> np.ndarray:
+        """Popularity term of ``rows``, ``-inf`` for unavailable ones (a new array)."""
+        if self.many:
+            base = self.call_cache.get("base")
+            if base is None:
+                base = self.call_cache["base"] = np.where(self.available, self.pop * self.base_scale, -np.inf)
+            return base[rows]
+        base = self.pop[rows] * self.base_scale
+        base[~self.available[rows]] = -np.inf
+        return base
+
+    def row_cats(self, rows: np.ndarray) -> np.ndarray:
+        """Category index of ``rows``, ``n_cats`` for unknown ones."""
+        if self.many:
+            cats = self.call_cache.get("cats")
+            if cats is None:
+                cats = self.call_cache["cats"] = np.where(self.cats >= 0, self.cats, self.n_cats)
+            return cats[rows]
+        c = self.cats[rows]
+        return np.where(c >= 0, c, self.n_cats)
+
+    def block_max_base(self, b: int) -> float:
+        """Largest popularity term of block ``b`` (cached per call; 0 for an empty block)."""
+        m = self.call_cache.get(("max", b))
+        if m is None:
+            base = self.block_base(b)
+            m = self.call_cache[("max", b)] = float(base.max()) if len(base) else 0.0
+        return m
+
+    def block_cats(self, b: int) -> np.ndarray:
+        """Category of block ``b``'s rows, unknown ones as ``n_cats`` (cached per call)."""
+        c = self.call_cache.get(("cats", b))
+        if c is None:
+            c = self.cats[self.blocks[b]]
+            c = self.call_cache[("cats", b)] = np.where(c >= 0, c, self.n_cats)
+        return c
+
+    def covisit_norm(self, mass: np.ndarray, entries: int) -> np.ndarray | None:
+        """``mass ** -alpha`` of every row, computed once per call when the call needs more
+        of them than there are rows (else ``None``: compute the few needed)."""
+        if self.norm is None and (self.norm_entries + entries) > self.n_items:
+            alpha = self.r.items.covisit.alpha
+            self.norm = np.power(np.maximum(mass, 1e-300), -alpha)
+        self.norm_entries += entries
+        return self.norm
+
+    def factor_rows(self, rows: np.ndarray) -> np.ndarray:
+        if len(self.Fq) < self.n_items:
+            self.Fq = grow_to(self.Fq, self.n_items)
+        return self.Fq.take(rows, axis=0)
+
+    def user_factors(self, user_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Quantised user vectors (zeros for users without one) and the exponent turning
+        ``Fq @ Uq`` products into MF scores."""
+        mf = self.mf
+        k = self.Fq.shape[1]
+        get = mf._uix.get  # the users' rows of mf's user matrix (River's latents are views of them)
+        at = np.array([get(uid, -1) for uid in user_ids], dtype=np.int64)
+        U = mf._U.take(np.maximum(at, 0), axis=0) if len(mf._U) else np.zeros((len(at), k))
+        U[at < 0] = 0.0
+        top = np.abs(U).max(axis=1) if k else np.zeros(len(user_ids))
+        e = self.bits - np.frexp(top)[1]
+        Uq = np.rint(np.ldexp(U, e[:, None]))
+        return Uq, -(e + self.f_exp)
+
+    # -- scoring --------------------------------------------------------------
+
+    def terms(self, user_ids, users, history=None):
+        """Score terms of users with a history (see :class:`_Terms`)."""
+        return _Terms(self, user_ids, users, history)
+
+
+def _histories(ctx: _Context, users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Histories of ``users`` (most recent first), one after the other: rows, weights
+    (``event weight * history_decay ** position``) and lengths."""
+    hist, wraw, lens = [], [], []
+    for user in users:
+        h = user.history
+        lens.append(len(h))
+        hist.extend(reversed(h))
+        wraw.extend(reversed(user.weights))
+    lens = np.array(lens, dtype=np.int64)
+    H = np.array(hist, dtype=np.int64)
+    pos = np.arange(len(H)) - np.repeat(np.cumsum(lens) - lens, lens)
+    return H, np.array(wraw, dtype=np.float64) * ctx.decay_pows[pos], lens
+
+
+class _Terms:
+    """Per-user score terms of a batch of users with a history, all users at once.
+
+    Attributes: ``cv_u, cv_r, cv_v`` the co-visitation score of each
+    (user, row) with a positive score, sorted by user then row; ``cvs`` the
+    per-user scale of those scores; ``aff`` (``None`` without categories)
+    the category affinity per user and category, with one last zero column
+    for unknown categories; ``Uq, shift`` quantised MF user vectors.
+    Sums keep the order of the users' histories, so a user's terms do not
+    depend on the other users of the batch.
+    """
+
+    def __init__(self, ctx: _Context, user_ids, users, history=None):
+        r = ctx.r
+        self.ctx = ctx
+        self.B = B = len(users)
+        if history is None:
+            H, W, lens = _histories(ctx, users)
+            regions = None
+        else:
+            H, W, lens, regions = history
+        uh = np.repeat(np.arange(B), lens)
+        # Co-visitation neighbourhood, summed per (user, row).
+        self.cv_u = self.cv_r = np.zeros(0, dtype=np.int64)
+        self.cv_v = np.zeros(0)
+        self.cvs = np.zeros(B)
         if r.w_covisit:
-            cv_rows, cv_vals = self.covisit.score_sparse(rows_h, weights, self.mass)
-            if len(cv_vals):
-                parts.append(cv_rows)
-                t = cv_vals.max()
-                if t > 0:
-                    cv_scale = r.w_covisit / t
-        aff = None
-        if r.w_category and self.n_cats:
-            hist_cats = self.cats[rows_h]
-            known = hist_cats >= 0
-            if known.any():
-                aff = np.bincount(hist_cats[known], np.asarray(weights)[known], minlength=self.n_cats)
-                aff /= aff.max()
-                parts.extend(self.cat_cands[c] for c in np.flatnonzero(aff > 0).tolist())
-        cand = _sorted_unique(np.concatenate(parts)) if len(parts) > 1 else np.sort(parts[0])
-        # MF re-ranks the candidates: scaled by its largest |score| among them.
-        u = self.mf.user_vector(user_id) if self.mf is not None else None
-        mf_scale = 0.0
-        mf_cand = None
-        if u is not None:
-            mf_cand = self._mf(u, cand)
-            t = np.abs(mf_cand).max() if len(mf_cand) else 0.0
-            if t > 0:
-                mf_scale = r.w_mf / t
-        return cand, cv_rows, cv_vals, cv_scale, u, mf_scale, aff, mf_cand
+            self._covisit(ctx, H, W, uh, B, regions)
+        # Category affinity: share of the (decayed) history per category.
+        self.aff = None
+        nc = ctx.n_cats
+        if nc:
+            hc = ctx.cats[H]
+            known = hc >= 0
+            A = np.zeros((B, nc + 1))
+            A[:, :nc] = np.bincount(uh[known] * nc + hc[known], W[known], minlength=B * nc).reshape(B, nc)
+            top = A.max(axis=1)
+            ok = top > 0
+            A[ok] /= top[ok, None]
+            self.aff = A
+            self.has_cat = A[:, :nc] > 0
+        # MF user vectors.
+        self.Uq = self.shift = None
+        if ctx.mf is not None:
+            self.Uq, self.shift = ctx.user_factors(user_ids)
 
-    def _mf(self, u, rows):
-        mf = np.zeros(len(rows))
-        inside = rows < self.n_f
-        mf[inside] = self.mf.scores_of(u, rows[inside])
-        return mf
-
-    def score(self, rows, terms) -> np.ndarray:
-        """Scores of ``rows`` (any rows, candidates or not) for the user of ``terms``."""
-        cand, cv_rows, cv_vals, cv_scale, u, mf_scale, aff, mf_cand = terms
-        scores = self.base[rows]
-        if cv_scale:
-            pos = np.searchsorted(cv_rows, rows)
-            pos[pos >= len(cv_rows)] = 0
-            scores += np.where(cv_rows[pos] == rows, cv_vals[pos], 0.0) * cv_scale
-        if mf_scale:
-            scores += (mf_cand if rows is cand else self._mf(u, rows)) * mf_scale
-        if aff is not None:
-            c = self.cats[rows]
-            scores += self.r.w_category * np.where(c >= 0, aff[np.maximum(c, 0)], 0.0)
-        return scores
-
-    def top(self, user_id: str, user, n: int, excl):
-        terms = self.terms(user_id, user)
-        cand = terms[0]
-        scores = self.score(cand, terms)
-        scores[~self.available[cand]] = -np.inf
-        if excl is not None and len(excl):
-            pos = np.searchsorted(cand, excl)  # cand is sorted
-            ok = pos < len(cand)
-            pos, ex = pos[ok], excl[ok]
-            scores[pos[cand[pos] == ex]] = -np.inf
-        top = top_n(scores, n)
-        return cand[top], scores[top]
+    def _covisit(self, ctx, H, W, uh, B, regions=None):
+        covisit = ctx.r.items.covisit
+        sparse = covisit.rows
+        mass = covisit.mass(ctx.n_items)
+        starts, per = sparse.regions(H) if regions is None else regions
+        if not per.sum():
+            return
+        idx = _ranges(starts, per)
+        cols = sparse._C[idx]
+        alpha = covisit.alpha
+        norm = ctx.covisit_norm(mass, len(idx))
+        norm_h = (norm[H] if norm is not None else np.power(np.maximum(mass[H], 1e-300), -alpha)) if alpha else np.ones(len(H))
+        # Each neighbour value times its history item's weight, summed per
+        # (user, row) in history order (as CoVisitation.score_sparse does).
+        vals = sparse._V[idx] * np.repeat(W * norm_h, per)
+        order = _stable_order(cols, ctx.n_items)
+        us = np.repeat(uh, per)
+        if B > 1:
+            order = order[_stable_order(us[order], B)]
+        us = us[order]
+        cols = cols[order]
+        starts = np.flatnonzero(np.concatenate(([True], (cols[1:] != cols[:-1]) | (us[1:] != us[:-1]))))
+        self.cv_u = us[starts]
+        self.cv_r = rows = cols[starts].astype(np.int64)
+        v = np.add.reduceat(vals[order], starts)
+        if alpha:
+            v *= norm[rows] if norm is not None else np.power(np.maximum(mass[rows], 1e-300), -alpha)
+        self.cv_v = v
+        ustarts = _run_starts(self.cv_u)
+        top = np.maximum.reduceat(v, ustarts)
+        ok = top > 0
+        self.cvs[self.cv_u[ustarts[ok]]] = ctx.r.w_covisit / top[ok]
 
 
-def _sorted_unique(a: np.ndarray) -> np.ndarray:
-    a = np.sort(a)
-    if len(a) > 1:
-        a = a[np.concatenate(([True], a[1:] != a[:-1]))]
-    return a
+class _Batch:
+    """Candidates and their scores for a chunk of users with a history (see :meth:`HybridRanker.recommend`).
+
+    Candidates of a user are the rows of its blocks (block 0, and the block
+    of each category with a positive affinity) and its co-visitation
+    neighbours. Neighbours are scored one by one (a flat list sorted by user
+    then row); the other block rows as dense ``users x rows`` matrices, one
+    matrix product each for MF. Every candidate is scored once per user.
+
+    Most users' best items are all neighbours: a block is only scored for
+    the users whose ``n``-th best neighbour could still be beaten by one of
+    its rows (bounded by the block's best popularity term, the user's
+    category term and its largest MF term in the block). Skipping the others
+    changes nothing but the work.
+    """
+
+    def __init__(self, ctx: _Context, t: _Terms):
+        r = ctx.r
+        self.ctx, self.t = ctx, t
+        B = t.B
+        nc = ctx.n_cats
+        n_blocks = max(len(ctx.blocks), 1)
+        # Active blocks: (block, users, rows, offset in the block buffers).
+        loc = np.full((B, n_blocks), -1, dtype=np.int64)  # row of each user in each block
+        self.blocks = []
+        offset = np.zeros(n_blocks, dtype=np.int64)
+        width = np.zeros(n_blocks, dtype=np.int64)
+        size = 0
+        for b, rows in enumerate(ctx.blocks):
+            if not len(rows):
+                continue
+            if b == 0:
+                users = np.arange(B)
+            else:
+                users = np.flatnonzero(t.has_cat[:, b - 1]) if nc else np.zeros(0, dtype=np.int64)
+                if not len(users):
+                    continue
+            loc[users, b] = np.arange(len(users))
+            offset[b], width[b] = size, len(rows)
+            self.blocks.append((b, users, rows, size))
+            size += len(users) * len(rows)
+        self.size = size
+        self.loc, self.offset, self.width, self.n_blocks = loc, offset, width, n_blocks
+        # Where each neighbour sits in the blocks (-1: in none of its user's blocks).
+        cu, cr = t.cv_u, t.cv_r
+        self.cv_block, self.cv_pos, self.cv_flat = self.positions(cu, cr)
+        # MF, scaled per user by its largest |score| over all its candidates.
+        # Products of quantised factors are exact integers (M, cv_raw); times
+        # 2**shift they are the MF scores, times coef the MF terms (both exact
+        # rescalings of the same rounding).
+        self.M = None
+        self.block_top = np.zeros((B, n_blocks))  # largest |M| of each user in each block
+        self.cv_raw = None
+        self.mfs = np.zeros(B)
+        self.coef = np.zeros(B)
+        if ctx.mf is not None:
+            top = np.zeros(B)
+            M = self.M = np.empty(size)
+            for b, users, rows, o in self.blocks:
+                Mb = M[o:o + len(users) * len(rows)].reshape(len(users), len(rows))
+                Fb, Ub = ctx.block_factors(b), t.Uq[users]
+                for lo in range(0, len(users), _GEMM_ROWS):  # small products: BLAS stays on one thread
+                    np.matmul(Ub[lo:lo + _GEMM_ROWS], Fb, out=Mb[lo:lo + _GEMM_ROWS])
+                bt = np.abs(Mb).max(axis=1)
+                self.block_top[users, b] = bt
+                top[users] = np.maximum(top[users], bt)
+            if len(cu):
+                raw = np.empty(len(cu))
+                inside = self.cv_flat >= 0
+                raw[inside] = M[self.cv_flat[inside]]
+                out = ~inside
+                raw[out] = np.einsum("ij,ij->i", ctx.factor_rows(cr[out]), t.Uq.take(cu[out], axis=0))
+                starts = _run_starts(cu)
+                users = cu[starts]
+                top[users] = np.maximum(top[users], np.maximum.reduceat(np.abs(raw), starts))
+                self.cv_raw = raw
+            top = np.ldexp(top, t.shift)
+            ok = top > 0
+            self.mfs[ok] = r.w_mf / top[ok]
+            self.coef = np.ldexp(self.mfs, t.shift)
+
+    def positions(self, users: np.ndarray, rows: np.ndarray):
+        """Block, position in it, and position in the block buffers of each (user, row); -1 when the
+        row is in none of the user's blocks."""
+        ctx = self.ctx
+        b = ctx.block_of[rows]
+        pos = ctx.block_pos[rows]
+        flat = np.full(len(rows), -1, dtype=np.int64)
+        sel = np.flatnonzero(b >= 0)  # rows in some block: is it one of the user's?
+        bs = b[sel]
+        lu = self.loc.ravel()[users[sel] * self.n_blocks + bs]
+        ok = lu >= 0
+        sel, bs, lu = sel[ok], bs[ok], lu[ok]
+        flat[sel] = self.offset[bs] + lu * self.width[bs] + pos[sel]
+        block = np.full(len(rows), -1, dtype=np.int64)
+        block[sel] = bs
+        return block, pos, flat
+
+    def _cat_index(self, rows: np.ndarray) -> np.ndarray:
+        c = self.ctx.cats[rows]
+        return np.where(c >= 0, c, self.ctx.n_cats)
+
+    def neighbour_scores(self) -> np.ndarray:
+        """``category + base + mf + cv`` of every neighbour (``-inf`` when unavailable)."""
+        ctx, t = self.ctx, self.t
+        cu, cr = t.cv_u, t.cv_r
+        s = ctx.row_base(cr)
+        if t.aff is not None:
+            s = ctx.r.w_category * t.aff.ravel()[cu * t.aff.shape[1] + ctx.row_cats(cr)] + s
+        if self.cv_raw is not None:
+            s += self.coef[cu] * self.cv_raw
+        s += t.cv_v * t.cvs[cu]
+        return s
+
+    def block_scores(self, b: int, users: np.ndarray, rows: np.ndarray, o: int, sub: np.ndarray) -> np.ndarray:
+        """``category + base + mf`` of the rows of block ``b`` for its users at local indices ``sub``."""
+        ctx, t = self.ctx, self.t
+        base = ctx.block_base(b)
+        u = users[sub]
+        w = ctx.r.w_category
+        if t.aff is None:
+            S = np.empty((len(u), len(rows)))
+            S[:] = base
+        elif b == 0:
+            S = w * t.aff[u][:, ctx.block_cats(0)] + base
+        else:
+            S = (w * t.aff[u, b - 1])[:, None] + base
+        if self.M is not None:
+            M = self.M[o:o + len(users) * len(rows)].reshape(len(users), len(rows))
+            S += self.coef[u][:, None] * (M if len(sub) == len(users) else M[sub])
+        return S
+
+    def top(self, n: int, excluded: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Best ``n`` finite-score candidates per user: ``(rows, scores, counts)``, ``users x n``
+        matrices sorted by score descending then row ascending, and how many of each row are real.
+
+        Each source (neighbours, blocks) hands over its best ``n`` per user,
+        the final choice is among those. Which of several candidates tied at
+        a cut-off survive depends only on the user's own candidates, never on
+        the other users of the batch.
+        """
+        ctx, t = self.ctx, self.t
+        B, k = t.B, n
+        N = ctx.n_items
+        cu, cr = t.cv_u, t.cv_r
+        cs = self.neighbour_scores() if len(cu) else None
+        # Excluded (user, row) pairs.
+        lens = np.array([0 if e is None else len(e) for e in excluded], dtype=np.int64)
+        eu = er = None
+        if lens.sum():
+            eu = np.repeat(np.arange(B), lens)
+            er = np.concatenate([e for e in excluded if e is not None and len(e)]).astype(np.int64)
+            if cs is not None:
+                has = (lens > 0)[cu]  # only neighbours of users with exclusions
+                hu, hr = cu[has], cr[has]
+                ekeys = np.sort(eu * N + er)
+                hkeys = hu * N + hr
+                p = np.minimum(np.searchsorted(ekeys, hkeys), len(ekeys) - 1)
+                hit = np.flatnonzero(has)[ekeys[p] == hkeys]
+                cs[hit] = -np.inf
+        # Each source's best k per user, in the user's slots of (CS, CR):
+        # neighbours, block 0, then the user's category blocks.
+        nc = ctx.n_cats
+        slots = np.cumsum(t.has_cat, axis=1) if nc else None
+        n_slots = 2 + (int(slots[:, -1].max()) if nc and B else 0)
+        CS = np.full((B, k * n_slots), -np.inf)
+        CR = np.zeros((B, k * n_slots), dtype=np.int64)
+        arange_k = np.arange(k)
+        t_cv = np.full(B, -np.inf)  # each user's k-th best neighbour score
+        if cs is not None:
+            starts = _run_starts(cu)
+            counts = np.diff(np.append(starts, len(cu)))
+            rank = np.arange(len(cu)) - np.repeat(starts, counts)
+            # Users with at most k neighbours go straight in, the others
+            # through a padded matrix (chunks group users of similar sizes).
+            small = np.repeat(counts <= k, counts)
+            CS[cu[small], rank[small]] = cs[small]
+            CR[cu[small], rank[small]] = cr[small]
+            big = counts > k
+            if big.any():
+                users = cu[starts[big]]
+                w = int(counts[big].max())
+                lw = np.zeros(B, dtype=np.int64)
+                lw[users] = np.arange(len(users))
+                sel = ~small
+                P = np.full((len(users), w), -np.inf)
+                P.ravel()[lw[cu[sel]] * w + rank[sel]] = cs[sel]
+                # Column j of a user's row is its j-th neighbour: rows without a second matrix.
+                first = starts[big]
+                idx = _best_k(P, k, lambda i, j: cr[np.minimum(first[i] + j, len(cr) - 1)])
+                best = np.take_along_axis(P, idx, axis=1)
+                CS[users[:, None], arange_k] = best
+                CR[users[:, None], arange_k] = cr[np.minimum(first[:, None] + idx, len(cr) - 1)]
+                t_cv[users] = best.min(axis=1)
+        # Blocks, for the users whose k-th neighbour a row of the block could
+        # beat: bounded by the block's best popularity term, the user's
+        # category term and its largest MF term in the block.
+        if self.blocks:
+            w_cat = ctx.r.w_category
+            bound = np.array([ctx.block_max_base(b) for b in range(self.n_blocks)])[None, :] + np.zeros((B, 1))
+            if t.aff is not None:
+                bound[:, 0] += w_cat * t.aff.max(axis=1)
+                bound[:, 1:] += w_cat * t.aff[:, : self.n_blocks - 1]
+            if self.M is not None:
+                bound += np.abs(self.coef)[:, None] * self.block_top
+            need = (t_cv[:, None] <= bound) & (self.loc >= 0)
+            todo = need.any()
+        else:
+            todo = False
+        if todo:
+            # Every (user, block) pair still in play is one row of a padded
+            # matrix: block rows (padding scores -inf), their category and
+            # popularity terms, and MF gathered from the block products.
+            pu, pb = np.nonzero(need)
+            pair = np.full((B, self.n_blocks), -1, dtype=np.int64)
+            pair[pu, pb] = np.arange(len(pu))
+            rows_p, base_p, cat_p, wmax = ctx.padded_blocks()
+            j = np.arange(wmax)
+            S = base_p[pb]
+            if t.aff is not None:
+                S = w_cat * t.aff.ravel()[(pu * t.aff.shape[1])[:, None] + cat_p[pb]] + S
+            if self.M is not None:
+                at = (self.offset[pb] + self.loc[pu, pb] * self.width[pb])[:, None] + np.minimum(j, self.width[pb][:, None] - 1)
+                S += self.coef[pu][:, None] * self.M[at]
+            # Neighbours are scored above; excluded rows are not candidates.
+            # Only the few users with a block in play matter here.
+            in_play = need.any(axis=1)
+            nb, flat_pair, flat_S = self.n_blocks, pair.ravel(), S.ravel()
+            sel = np.flatnonzero(in_play[cu] & (self.cv_block >= 0))
+            p = flat_pair[cu[sel] * nb + self.cv_block[sel]]
+            ok = p >= 0
+            flat_S[p[ok] * wmax + self.cv_pos[sel[ok]]] = -np.inf
+            if eu is not None:
+                sel = np.flatnonzero(in_play[eu])
+                e_block, e_pos, _ = self.positions(eu[sel], er[sel])
+                inb = np.flatnonzero(e_block >= 0)
+                p = flat_pair[eu[sel[inb]] * nb + e_block[inb]]
+                ok = p >= 0
+                flat_S[p[ok] * wmax + e_pos[inb[ok]]] = -np.inf
+            if wmax > k:
+                idx = _best_k(S, k, lambda i, j: rows_p[pb[i], j])
+                vals, rws = np.take_along_axis(S, idx, axis=1), rows_p[pb[:, None], idx]
+            else:
+                vals, rws = S, rows_p[pb]
+            slot = np.where(pb > 0, slots[pu, np.maximum(pb - 1, 0)] if nc else 0, 0)
+            cols = (k * (1 + slot))[:, None] + arange_k[: vals.shape[1]]
+            CS[pu[:, None], cols] = vals
+            CR[pu[:, None], cols] = rws
+        # The best k of those, sorted by score (descending) then row; users
+        # with no block in play have them all in their first k slots.
+        W = CS.shape[1]
+        if W > k:
+            mixed = np.flatnonzero(need.any(axis=1)) if todo else np.zeros(0, dtype=np.int64)
+            CS_k, CR_k = CS[:, :k].copy(), CR[:, :k].copy()
+            if len(mixed):
+                cs, cr_ = CS[mixed], CR[mixed]
+                idx = _best_k(cs, k, lambda i, j: cr_[i, j])
+                CS_k[mixed], CR_k[mixed] = np.take_along_axis(cs, idx, axis=1), np.take_along_axis(cr_, idx, axis=1)
+            CS, CR = CS_k, CR_k
+        order = np.lexsort((CR, -CS), axis=-1)
+        CS, CR = np.take_along_axis(CS, order, axis=1), np.take_along_axis(CR, order, axis=1)
+        return CR, CS, (CS > -np.inf).sum(axis=1)
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
@@ -550,38 +1220,101 @@ class HybridRanker(StreamingRecommender):
         )
 
     def _learn(self, user_id, user, row, weight, ts):
-        history = list(reversed(user.history))
+        history = user.history[::-1]
         t = float(self._n_learned) if self.decay_clock == "events" else ts
-        self.items.apply(row, history, weight, t)
+        items = self.items
+        items.popularity.update(row, weight, t)  # ItemState.apply, inlined
+        items.covisit.update(history, row, weight, t)
         if self.mf is not None:
             # Targets in (0, 1]: the strongest event type is a full positive.
             target = weight / max(self.event_weights.values())
-            self.mf.learn_one(user_id, self.catalog.ids[row], row, target, seen=user.interacted)
+            self.mf.learn_one(user_id, self.catalog._ids[row], row, target, seen=user.interacted)
 
     def forget_user(self, user_id: str) -> None:
         super().forget_user(user_id)
         if self.mf is not None:
             self.mf.forget_user(user_id)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_ctx", None)  # a cache of the catalogue-wide terms, rebuilt on demand
+        return state
+
+    def _context(self, n_items: int, many: bool = False) -> _Context:
+        ctx = self.__dict__.get("_ctx")
+        if ctx is None:
+            ctx = self._ctx = _Context(self)
+        ctx.refresh(n_items, many)
+        return ctx
+
     def _scores(self, user_id, user, n_items):
         # Every item scored with the terms recommend() uses (MF scaled over
         # the user's candidates): predict_one agrees with recommend.
-        ctx = _Candidates(self, n_items)
+        ctx = self._context(n_items)
+        scores = ctx.pop * ctx.base_scale
         if user is None or not user.history:
-            return ctx.base.copy()  # cold start: trending popularity only
-        return ctx.score(np.arange(n_items), ctx.terms(user_id, user))
+            return scores  # cold start: trending popularity only
+        t = ctx.terms([user_id], [user])
+        batch = _Batch(ctx, t)
+        rows = np.arange(n_items)
+        if t.aff is not None:
+            scores = self.w_category * t.aff[0, batch._cat_index(rows)] + scores
+        if ctx.mf is not None:
+            scores += batch.coef[0] * (ctx.factor_rows(rows) @ t.Uq[0])
+        scores[t.cv_r] += t.cv_v * t.cvs[t.cv_u]
+        return scores
+
+    def _top_one(self, ctx: _Context, user_id: str, user: _User, n: int, exclude: str):
+        """:meth:`recommend` for one user with a history: every candidate in one array.
+
+        The same candidates, the same arithmetic (in the same order) and the
+        same tie rule as the batched path (:class:`_Batch`), so the results
+        are identical; only the bookkeeping is simpler.
+        """
+        t = ctx.terms([user_id], [user])
+        blocks = [ctx.blocks[0]] if ctx.blocks else []
+        if t.aff is not None:
+            blocks += [ctx.blocks[1 + c] for c in np.flatnonzero(t.has_cat[0]).tolist() if 1 + c < len(ctx.blocks)]
+        # Candidates: the neighbours (sorted), then the block rows that are not neighbours.
+        cv = t.cv_r
+        pool = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
+        if len(cv) and len(pool):
+            at = np.minimum(np.searchsorted(cv, pool), len(cv) - 1)
+            pool = pool[cv[at] != pool]
+        cand = np.concatenate((cv, pool))
+        if not len(cand):
+            return cand, np.zeros(0)
+        scores = ctx.row_base(cand)
+        if t.aff is not None:
+            scores = self.w_category * t.aff[0, ctx.row_cats(cand)] + scores
+        if ctx.mf is not None:
+            raw = ctx.factor_rows(cand) @ t.Uq[0]
+            top = float(np.ldexp(np.abs(raw).max(), t.shift[0]))
+            if top > 0:
+                scores += float(np.ldexp(self.w_mf / top, t.shift[0])) * raw
+        if len(cv):
+            scores[: len(cv)] += t.cv_v * t.cvs[0]
+        excl = user.excluded(exclude)  # sorted
+        if excl is not None and len(excl):
+            at = np.minimum(np.searchsorted(excl, cand), len(excl) - 1)
+            scores[excl[at] == cand] = -np.inf
+        idx = _best_k(scores[None, :], n, lambda i, j: cand[j])[0]
+        idx = idx[np.lexsort((cand[idx], -scores[idx]))]
+        idx = idx[scores[idx] > -np.inf]
+        return cand[idx], scores[idx]
 
     # -- many users at once: exact top-N over candidates ---------------------
 
     def recommend(self, user_ids: Sequence[str], n: int = 20, exclude: str = "purchased") -> list[list[tuple[str, float]]]:
         """Top-``n`` ``(item_id, score)`` per user, best first (see :meth:`StreamingRecommender.recommend`).
 
-        Only candidate items are scored (see :class:`_Candidates`): the user's
+        Only candidate items are scored (see :class:`_Context` and :class:`_Batch`): the user's
         co-visitation neighbours, the most popular available items, and the
         most popular and newest items of the categories in the user's history.
-        The catalogue-wide terms are computed once per call, so recommending
-        for a batch of users costs little more per user than the size of
-        their candidate set, whatever the size of the catalogue.
+        The catalogue-wide terms are kept between calls and the users of a
+        call are scored together (in chunks), so a user costs little more
+        than the size of its candidate set, whatever the size of the
+        catalogue. Ties go to the lower catalogue row.
         """
         if exclude not in EXCLUDE_RULES:
             raise ValueError(f"exclude must be one of {EXCLUDE_RULES}, got {exclude!r}")
@@ -590,14 +1323,50 @@ class HybridRanker(StreamingRecommender):
         n_items = len(self.catalog)
         if n_items == 0 or n <= 0:
             return [[] for _ in user_ids]
-        ctx = _Candidates(self, n_items)
+        ctx = self._context(n_items, many=len(user_ids) >= 32)
         ids = self.catalog.ids
-        out = []
-        for user_id in user_ids:
+        out: list = [None] * len(user_ids)
+        cold = None
+        warm_at, warm_ids, warm_users = [], [], []
+        for i, user_id in enumerate(user_ids):
             user = self._users.get(user_id)
             if user is None or not user.history:
-                rows, scores = ctx.cold(n)
+                if cold is None:
+                    rows, scores = ctx.cold(n)
+                    cold = list(zip(map(ids.__getitem__, rows.tolist()), scores.tolist()))
+                out[i] = list(cold)
             else:
-                rows, scores = ctx.top(user_id, user, n, user.excluded(exclude))
-            out.append([(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())])
+                warm_at.append(i)
+                warm_ids.append(user_id)
+                warm_users.append(user)
+        if not warm_users:
+            return out
+        if len(warm_users) == 1:  # one user (the replay): the plain path, same results
+            rows, scores = self._top_one(ctx, warm_ids[0], warm_users[0], n, exclude)
+            out[warm_at[0]] = list(zip(ctx.item_ids(rows), scores.tolist()))
+            return out
+        # Users are scored in chunks of similar neighbourhood sizes: the
+        # working set stays in the CPU caches and padded matrices stay tight.
+        # A user's scores do not depend on the other users of its chunk.
+        H, W, lens = _histories(ctx, warm_users)
+        starts = np.cumsum(lens) - lens
+        size = lens.copy()
+        rstart, per = self.items.covisit.rows.regions(H)
+        if self.w_covisit and len(H):
+            nz = lens > 0
+            size[nz] = np.add.reduceat(per, starts[nz])
+        order = np.argsort(size, kind="stable")
+        cut = np.cumsum(size[order] + 1) // _CHUNK_ENTRIES
+        bounds = np.flatnonzero(np.diff(cut)) + 1
+        for chunk in np.split(order, bounds):
+            for lo in range(0, len(chunk), _CHUNK_USERS):
+                part = chunk[lo:lo + _CHUNK_USERS].tolist()
+                users = [warm_users[j] for j in part]
+                idx = _ranges(starts[part], lens[part])
+                t = ctx.terms([warm_ids[j] for j in part], users, (H[idx], W[idx], lens[part], (rstart[idx], per[idx])))
+                rows, scores, counts = _Batch(ctx, t).top(n, [user.excluded(exclude) for user in users])
+                width = rows.shape[1]
+                pairs = list(zip(ctx.item_ids(rows.ravel()), scores.ravel().tolist()))
+                for j, c in enumerate(counts.tolist()):
+                    out[warm_at[part[j]]] = pairs[j * width:j * width + c]
         return out

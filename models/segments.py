@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Sequence
 
+import numpy as np
 from river import base, cluster, compose, preprocessing
 
 __all__ = ["CustomerSegments"]
@@ -149,6 +151,91 @@ class CustomerSegments(base.Clusterer):
             if d < best_d:
                 best, best_d = c, d
         return best
+
+    def learn_predict_many(self, X: np.ndarray, keys: Sequence[str]) -> list[int]:
+        """Learn the rows of ``X`` one after the other; the segment of each row right after learning it.
+
+        The same as ``learn_one(x)`` then ``predict_one(x)`` for each row ``x``
+        (a dict of ``keys`` to the row's values), in order, but vectorised: the
+        running means and variances of all rows come from prefix sums (equal
+        to the sequential updates up to rounding), and only the k-means step,
+        which depends on the previous row's move, loops in Python. Right after
+        learning ``x``, ``predict_one(x)`` is the centre that just moved towards
+        it, so no second pass is needed.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> a, b = CustomerSegments(n_segments=3, seed=1), CustomerSegments(n_segments=3, seed=1)
+        >>> X = np.array([[0.0, 10.0], [9.0, 1.0], [0.2, 9.5], [9.1, 1.2]] * 5)
+        >>> one = []
+        >>> for row in X:
+        ...     a.learn_one({"spend": row[0], "visits": row[1]})
+        ...     one.append(a.predict_one({"spend": row[0], "visits": row[1]}))
+        >>> b.learn_predict_many(X, ["spend", "visits"]) == one
+        True
+        """
+        X = np.asarray(X, dtype=np.float64)
+        keys = list(keys)
+        if not len(X):
+            return []
+        if not self._keys:
+            if not all(isinstance(k, str) for k in keys):
+                return self._learn_predict_rows(X, keys)
+            self.learn_one(dict(zip(keys, X[0].tolist())))
+            return [self.predict_one(dict(zip(keys, X[0].tolist())))] + self.learn_predict_many(X[1:], keys)
+        if set(keys) != set(self._keys) or len(keys) != len(self._keys) or not np.isfinite(X).all():
+            return self._learn_predict_rows(X, keys)  # the general path handles missing and non-finite values
+        X = X[:, [keys.index(k) for k in self._keys]]
+        scaler, kmeans = self._scaler, self._kmeans
+        counts, means, vars_ = scaler.counts, scaler.means, scaler.vars
+        n0 = np.array([counts[k] for k in self._keys], dtype=np.float64)
+        m0 = np.array([means[k] for k in self._keys])
+        v0 = np.array([vars_[k] for k in self._keys])
+        # Running mean and (population) variance after each row, shifted by
+        # the mean so far (or the first row) to keep the sums well conditioned.
+        K = np.where(n0 > 0, m0, X[0])
+        Y = X - K
+        n = n0 + np.arange(1, len(X) + 1)[:, None]
+        D = n0 * (m0 - K) + np.cumsum(Y, axis=0)  # n * (mean - K)
+        M = K + D / n
+        M2 = v0 * n0 + n0 * (m0 - K) ** 2 + np.cumsum(Y * Y, axis=0) - D * D / n
+        V = np.maximum(M2, 0.0) / n
+        Z = np.zeros_like(X)
+        ok = V > 0
+        Z[ok] = (X[ok] - M[ok]) / np.sqrt(V[ok])
+        for j, k in enumerate(self._keys):
+            counts[k] = int(n0[j]) + len(X)
+            means[k] = float(M[-1, j])
+            vars_[k] = float(V[-1, j])
+        # Sequential k-means: each row moves its closest centre.
+        h, p = kmeans.halflife, kmeans.p
+        ids = list(kmeans.centers)
+        centers = [[kmeans.centers[c][k] for k in self._keys] for c in ids]
+        dist = math.dist if p == 2 else (lambda c, z: sum(abs(a - b) ** p for a, b in zip(c, z)))
+        out = []
+        for z in Z.tolist():
+            best, best_d = 0, dist(centers[0], z)
+            for c in range(1, len(centers)):
+                d = dist(centers[c], z)
+                if d < best_d:
+                    best, best_d = c, d
+            centers[best] = [a + h * (b - a) for a, b in zip(centers[best], z)]
+            out.append(ids[best])
+        for c, values in zip(ids, centers):
+            center = kmeans.centers[c]
+            for k, v in zip(self._keys, values):
+                center[k] = v
+        self._n_learned += len(X)
+        return out
+
+    def _learn_predict_rows(self, X: np.ndarray, keys: list) -> list[int]:
+        out = []
+        for row in X.tolist():
+            x = dict(zip(keys, row))
+            self.learn_one(x)
+            out.append(self.predict_one(x))
+        return out
 
     def dumps(self) -> bytes:
         """Serialise the whole model (pickle).

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from streams.bench import bench
+from streams.bench_engine import bench_engine
 from streams.replay import replay
 from streams.settings import Settings, SettingsError, describe
 
@@ -163,6 +164,7 @@ def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int
 
 cli.add_command(replay)
 cli.add_command(bench)
+cli.add_command(bench_engine)
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def test_new_profile_is_empty():
     # default factories must not share state between profiles
     q = new_profile("u2")
     ev(q, 1)
-    assert p.counts["browse"] == 0 and p.recent_items == []
+    assert p.counts["browse"] == 0 and p.recent_items == ()
 
 
 def test_rfm_maths():
@@ -170,16 +170,64 @@ def test_encode_decode_round_trip_and_summary():
     assert s["user_id"] == "ü-1" and s["segment"] == 4 and s["orders"] == 1
     assert s["rfm"] == {"recency_days": pytest.approx(1.0), "frequency": 1, "monetary": 5.0}
     assert s["top_categories"] == [{"category": "games", "weight": 1.0}, {"category": "toys", "weight": 1.0}]
-    assert s["recent_items"] == ["a", "b"]
+    assert s["recent_items"] == ["a", "b"] and isinstance(s["recent_items"], list)
     import json
 
     json.dumps(s)  # JSON-friendly as promised
     s["recent_items"].append("mutated")
-    assert p.recent_items == ["a", "b"]  # the summary is a copy
+    assert p.recent_items == ("a", "b")  # the summary is a copy
 
 
 def test_decode_profile_tolerates_older_payloads():
     old = b'{"user_id":"u","counts":{"browse":3,"click":0,"purchase":0},"monetary":0.0,"orders":0}'
     p = decode_profile(old)
-    assert p.counts["browse"] == 3 and p.recent_order_ids == [] and p.last_purchase is None
+    assert p.counts["browse"] == 3 and p.recent_order_ids == () and p.last_purchase is None
     assert ev(p, 1)
+
+
+def test_dedupe_window_offsets_and_seen_offset():
+    from models.profile import seen_offset
+
+    p = new_profile("u")
+    for i in range(5):
+        assert apply_event(p, event_id=f"e{i}", item_id="x", event_type="click", ts=T0, offset=100 + i, window=3)
+    assert p.seen_event_ids == ["e2", "e3", "e4"] and p.seen_offsets == [102, 103, 104]
+    assert seen_offset(p, "e3") == 103 and seen_offset(p, "e1") is None
+    # ids are matched whole, never as a part of another id
+    assert apply_event(p, event_id="e", item_id="x", event_type="click", ts=T0, window=3)
+    assert apply_event(p, event_id="4", item_id="x", event_type="click", ts=T0, window=3)
+    assert not apply_event(p, event_id="e4", item_id="x", event_type="click", ts=T0, window=3)
+    assert p.seen_event_ids == ["e4", "e", "4"] and p.seen_offsets == [104, -1, -1]
+
+
+def test_dedupe_window_with_awkward_ids():
+    from models.profile import seen_offset
+
+    p = new_profile("u")
+    ids = ["a\nb", "a", "b", "\r", "\r\r", "\rn", "\n", "", "x y,z", "ü-é"]
+    for i, e in enumerate(ids):
+        assert ev(p, e, offset=i)  # ev() prefixes "e"
+    for i, e in enumerate(ids):
+        assert not ev(p, e), e
+        assert seen_offset(p, f"e{e}") == i
+    assert p.seen_event_ids == [f"e{e}" for e in ids]
+    q = decode_profile(encode_profile(p))
+    assert q == p and q.seen_event_ids == p.seen_event_ids and q.seen_offsets == list(range(len(ids)))
+    assert apply_event(p, event_id="fresh", item_id="x", event_type="click", ts=T0, window=0)
+    assert p.seen_event_ids == [] and p.seen_offsets == []
+
+
+def test_decode_reads_the_json_payloads_of_earlier_versions():
+    old = (b'{"user_id":"u","counts":{"browse":2,"click":0,"purchase":0},"first_seen":1.0,"last_seen":2.0,'
+           b'"last_purchase":null,"monetary":0.0,"orders":0,"recent_items":["i1"],"category_counts":{"c":2.0},'
+           b'"seen_event_ids":["e1","e2"],"seen_offsets":[41,42],"recent_order_ids":[],"segment":3}')
+    p = decode_profile(old)
+    assert p.seen_event_ids == ["e1", "e2"] and p.seen_offsets == [41, 42] and p.segment == 3
+    assert p.legacy_event_ids is None and p.legacy_offsets is None
+    assert not ev(p, 1) and not ev(p, 2) and ev(p, 3)
+    # windows written before offsets were kept: -1 for each id
+    q = decode_profile(b'{"user_id":"u","seen_event_ids":["a","b"]}')
+    assert q.seen_offsets == [-1, -1]
+    # what encode_profile writes now (MessagePack) reads back, and stays small
+    assert decode_profile(encode_profile(p)) == p
+    assert encode_profile(p)[:1] != b"{"

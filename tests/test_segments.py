@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.profile import apply_event, features, new_profile
@@ -155,3 +156,42 @@ def test_determinism_does_not_depend_on_hash_seed():
         outs.add(subprocess.run([sys.executable, "-c", script], env=env, cwd=root, check=True,
                                 capture_output=True, text=True).stdout)
     assert len(outs) == 1
+
+
+def test_learn_predict_many_matches_one_by_one(data):
+    from models.profile import FEATURE_KEYS
+
+    one, many = CustomerSegments(seed=4), CustomerSegments(seed=4)
+    seq = []
+    for _, x in data:
+        one.learn_one(x)
+        seq.append(one.predict_one(x))
+    X = np.array([[x[k] for k in FEATURE_KEYS] for _, x in data])
+    batched = []
+    for lo in range(0, len(X), 37):  # micro-batches, as the engine calls it
+        batched += many.learn_predict_many(X[lo:lo + 37], FEATURE_KEYS)
+    assert batched == seq
+    assert many.n_learned == one.n_learned == len(data)
+    for k in one._keys:
+        assert many._scaler.counts[k] == one._scaler.counts[k]
+        assert many._scaler.means[k] == pytest.approx(one._scaler.means[k], rel=1e-9, abs=1e-12)
+        assert many._scaler.vars[k] == pytest.approx(one._scaler.vars[k], rel=1e-9, abs=1e-12)
+    for c in one._kmeans.centers:
+        for k in one._keys:
+            assert many._kmeans.centers[c][k] == pytest.approx(one._kmeans.centers[c][k], rel=1e-6, abs=1e-9)
+    # and it never draws centre coordinates in hash order either
+    assert many.dumps() == CustomerSegments.loads(many.dumps()).dumps()
+
+
+def test_learn_predict_many_falls_back_on_odd_input():
+    seg = CustomerSegments(seed=2)
+    X = np.array([[1.0, 2.0], [float("nan"), 1.0], [3.0, 0.5]])
+    out = seg.learn_predict_many(X, ["a", "b"])
+    ref = CustomerSegments(seed=2)
+    expected = []
+    for row in X.tolist():
+        x = dict(zip(["a", "b"], row))
+        ref.learn_one(x)
+        expected.append(ref.predict_one(x))
+    assert out == expected and seg.dumps() == ref.dumps()
+    assert seg.learn_predict_many(np.zeros((0, 2)), ["a", "b"]) == []
