@@ -505,7 +505,10 @@ class RecsWatcher:
                 if msg.get("data") in (b"set", "set"):
                     ch = msg["channel"]
                     burst.append(((ch.decode() if isinstance(ch, bytes) else ch)[n:], time.time()))
-                msg = self.pubsub.get_message(timeout=0)
+                # Not timeout=0: with a burst of notifications (one script sets
+                # ~1,700 keys) the socket can hold half a message, and a
+                # non-blocking read of the rest raises instead of waiting.
+                msg = self.pubsub.get_message(timeout=0.05)
             if not burst:
                 continue
             # What did each write contain? The profile mirror is written in the
