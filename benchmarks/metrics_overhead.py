@@ -76,13 +76,25 @@ class NullMetrics(Metrics):
 class _Table(dict):
     """The profiles table's interface, in memory."""
 
-    def set_in_partition(self, key, value, partition):
+    changelog_topic_name = "profiles-changelog"
+
+    def put_local(self, key, value, partition):
         self[key] = value
 
 
-class _Topic:
-    def send_soon(self, key=None, value=None):
+class _Outputs:
+    """streams.kafka_sink.KafkaSink's interface, dropping every record."""
+
+    def produce(self, topic, key, value, partition=None):
         pass
+
+    produce_sealed = produce
+
+    async def flush(self):
+        pass
+
+    def pending(self):
+        return 0
 
 
 class _Sink:
@@ -96,23 +108,24 @@ def make_processor(settings: Settings, metrics: Metrics, catalogue: list[dict]) 
     for item in catalogue:
         engine.upsert_item(item["item_id"], item.get("category"), item.get("available", True))
     app = SimpleNamespace(settings_=settings, engine=engine, profiles=_Table(),
-                          recommendations_topic=_Topic(), dead_letter_topic=_Topic())
-    return BatchProcessor(app, metrics, _Sink())
+                          consumer=SimpleNamespace(_committed_offset={}))
+    return BatchProcessor(app, metrics, _Sink(), _Outputs())
 
 
 def make_batches(settings: Settings, n_batches: int, batch_size: int, users: int, items: int) -> tuple[list, list]:
     sim = ShopperSimulator(n_users=users, n_items=items, seed=3)
     topic_of = {t: name for name, t in settings.input_topics.items()}
     events = sim.events(n_batches * batch_size)
-    batches, offset = [], 0
+    batches, next_offset = [], {}  # offsets are consecutive per topic-partition, as on Kafka
     now_ms = int(time.time() * 1000)
     for _ in range(n_batches):
         batch = []
         for etype, payload in itertools.islice(events, batch_size):
             payload = {**payload, "type": etype, "ts": now_ms}
-            msg = SimpleNamespace(topic=topic_of[etype], key=payload["user_id"].encode(), value=_encode(payload),
-                                  partition=hash(payload["user_id"]) % settings.partitions, offset=offset)
-            offset += 1
+            tp = (topic_of[etype], hash(payload["user_id"]) % settings.partitions)
+            offset = next_offset[tp] = next_offset.get(tp, -1) + 1
+            msg = SimpleNamespace(topic=tp[0], key=payload["user_id"].encode(), value=_encode(payload),
+                                  partition=tp[1], offset=offset, tp=tp)
             batch.append(SimpleNamespace(message=msg))
         batches.append(batch)
     return batches, sim.catalogue()
@@ -130,6 +143,7 @@ def time_pipeline(args) -> dict:
         for proc in order:
             t0 = time.perf_counter()
             loop.run_until_complete(proc.process(batch))
+            loop.run_until_complete(proc.drain())  # the batch's (in-memory) writes, metrics included
             (t_on if proc is on else t_off).append(time.perf_counter() - t0)
     loop.close()
     warm = max(1, len(batches) // 10)  # the first batches build the models: skip them

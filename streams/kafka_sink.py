@@ -47,7 +47,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from streams.metrics import Metrics
-from streams.produce import make_producer
+from streams.produce import _send, make_producer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,7 @@ class KafkaSink:
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """Queue one record (``value=None`` is a tombstone); :meth:`flush` delivers it."""
-        while True:
-            try:
-                if partition is None:
-                    self.producer.produce(topic, value, key, on_delivery=self._on_delivery)
-                else:
-                    self.producer.produce(topic, value, key, partition, on_delivery=self._on_delivery)
-                return
-            except BufferError:  # local queue full: let librdkafka drain, then retry
-                self.producer.poll(0.05)
+        _send(self.producer, topic, key, value, self._on_delivery, partition)
 
     def produce_sealed(self, topic: str, key: bytes | None, value: bytes | None, partition: int) -> None:
         """Like :meth:`produce`, for changelogs: the partition's last record of the
