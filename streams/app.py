@@ -91,6 +91,12 @@ def create_app(settings: Settings) -> RecoApp:
         # On SIGTERM, finish what was fetched (the current batch and the few
         # buffered messages) before stopping, so nothing acked lacks outputs.
         stream_wait_empty=True,
+        # Commit on Faust's timer only (broker_commit_interval, 2.8 s), never
+        # "every N acked messages": that commit runs inside the loop that
+        # delivers messages, and each commit first drains the worker's outputs
+        # (up to ~0.5 s on tansu), so delivery stopped while it waited
+        # (docs/BENCHMARKS.md). The timer's commit drains concurrently.
+        broker_commit_every=2**31 - 1,
     )
     app.settings_ = settings
     # Faust's consumer with a plain hand-off per message: cheaper, and no

@@ -60,7 +60,13 @@ import click
 from streams.settings import Settings, SettingsError
 
 EVENT_TOPICS = ("browse", "click", "purchase")
-POLL_S = 0.05
+# Polled fast until the workers start (the start time is estimated from the
+# polls), then slowly: every scrape costs the worker a full exposition under
+# the GIL (at 20 scrapes/s, ~9 % of its samples), and the end time comes from
+# the worker's own timestamp, not from the poll.
+POLL_START_S = 0.05
+FRESHNESS_WINDOW_S = 5  # freshness percentiles are also reported per window of this many seconds
+POLL_RUNNING_S = 0.5
 
 
 # ---------------------------------------------------------------------------
@@ -439,7 +445,7 @@ def measure_throughput(workers: Workers, expect: int, timeout: float,
             break
         if time.monotonic() > deadline:
             raise click.ClickException(f"workers processed {done:.0f}/{expect} events in {timeout:.0f}s")
-        time.sleep(POLL_S)
+        time.sleep(POLL_START_S if t_start is None else POLL_RUNNING_S)
     # The last batch's Redis write time, as the worker stamped it.
     t_end = max(metric_sum(s, "recostream_model_last_update_timestamp_seconds") for s in samples)
     span = max(t_end - t_start, 1e-9)
@@ -547,7 +553,9 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
     watcher = RecsWatcher(settings.redis_url, settings.redis_prefix)
     watcher.start()
     before = [s for s in workers.scrape_all()]
-    producer = make_producer(settings, **{"linger.ms": 1})
+    # librdkafka's default linger (5 ms), as a shop's producer would have; the
+    # latency counts from the produce call, so the linger is part of it.
+    producer = make_producer(settings, **{"linger.ms": 5})
     report = DeliveryReport()
     produced: list[tuple[str, float, float]] = []
     start = time.monotonic()
@@ -579,10 +587,13 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
     watcher.stop()
     after = workers.scrape_all()
     latencies, missing = [], 0
+    windows: dict[int, list[float]] = {}  # latency by when the event was produced: does it drift?
+    t0 = produced[0][1] if produced else 0.0
     for user, t, ts in produced:
         for t_write, covered in watcher.writes.get(user, ()):
             if covered >= ts - 1e-6 and t_write >= t:
                 latencies.append((t_write - t) * 1000)
+                windows.setdefault(int((t - t0) // FRESHNESS_WINDOW_S), []).append(latencies[-1])
                 break
         else:
             missing += 1
@@ -600,7 +611,8 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
     out["method"] = ("produce call -> SET of the shopper's recommendation key covering the event "
                      "(Redis keyspace notification + profile last_seen)") if watcher.ok else "unavailable (CONFIG SET refused)"
     out["unmatched"] = missing
-    return {"freshness_ms": out, "freshness_worker_histogram_ms": worker_hist,
+    timeline = [{"from_s": k * FRESHNESS_WINDOW_S, **percentiles(v, (50, 99))} for k, v in sorted(windows.items())]
+    return {"freshness_ms": out, "freshness_ms_by_window": timeline, "freshness_worker_histogram_ms": worker_hist,
             "offered_rate_eps": rate, "achieved_rate_eps": round(achieved, 1), "freshness_events": len(produced)}
 
 
@@ -676,7 +688,7 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
                                                      on_progress=lambda k, t=task: progress.advance(t, k))
             task = progress.add_task(f"worker x{workers}: processing", total=n_events)
             pool = Workers(settings, workers, run_dir)
-            spies = _start_py_spy(pool, py_spy_dir) if py_spy_dir else []
+            spies = _start_py_spy(pool, py_spy_dir, "throughput") if py_spy_dir else []
             try:
                 thr = measure_throughput(pool, n_events, timeout=max(600.0, n_events / 200),
                                          on_progress=lambda k: progress.advance(task, k))
@@ -685,8 +697,12 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
             fresh: dict[str, Any] = {}
             if freshness_seconds > 0:
                 task = progress.add_task(f"freshness at {rate:g} events/s", total=int(rate * freshness_seconds))
-                fresh = measure_freshness(settings, pool, sim, rate, freshness_seconds,
-                                          on_progress=lambda k: progress.advance(task, k))
+                spies = _start_py_spy(pool, py_spy_dir, "freshness") if py_spy_dir else []
+                try:
+                    fresh = measure_freshness(settings, pool, sim, rate, freshness_seconds,
+                                              on_progress=lambda k: progress.advance(task, k))
+                finally:
+                    _stop_py_spy(spies)
             final = pool.scrape_all()
             rss_now = [current_rss_mb(p.pid) for p in pool.procs]
 
@@ -708,6 +724,7 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
             "bare_vs_default": (round(bare / refs["default"]["eps"], 3)
                                 if references and bare and refs["default"]["eps"] else None),
             "freshness_ms": fresh.get("freshness_ms"),
+            "freshness_ms_by_window": fresh.get("freshness_ms_by_window"),
             "freshness_worker_histogram_ms": fresh.get("freshness_worker_histogram_ms"),
             "offered_rate_eps": rate if fresh else None,
             "achieved_rate_eps": fresh.get("achieved_rate_eps"),
@@ -735,8 +752,8 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
         stack.stop()
 
 
-def _start_py_spy(pool: Workers, out_dir: Path) -> list:
-    """Sample every worker with py-spy (collapsed stacks, all threads, idle included) during the throughput phase."""
+def _start_py_spy(pool: Workers, out_dir: Path, phase: str) -> list:
+    """Sample every worker with py-spy (collapsed stacks, all threads, idle included) during one phase."""
     import shutil  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
@@ -744,7 +761,7 @@ def _start_py_spy(pool: Workers, out_dir: Path) -> list:
     out_dir.mkdir(parents=True, exist_ok=True)
     spies = []
     for k, proc in enumerate(pool.procs):
-        out = out_dir / f"worker{k}.collapsed.txt"
+        out = out_dir / f"{phase}-worker{k}.collapsed.txt"
         spies.append(subprocess.Popen([exe, "record", "--pid", str(proc.pid), "--format", "raw", "--idle",
                                        "--threads", "--rate", "200", "--output", str(out)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -799,7 +816,8 @@ def _cleanup_external(settings: Settings, external: dict) -> None:
               help="Measure the raw-consumer and no-op Faust references over the same events.")
 @click.option("--seed", default=7, show_default=True, help="Simulator seed.")
 @click.option("--py-spy", "py_spy_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Record each worker with py-spy during the throughput phase (collapsed stacks in this directory).")
+              help="Record each worker with py-spy during the throughput and freshness phases "
+                   "(collapsed stacks per phase and worker in this directory).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
 def bench(n_events: int, rate: float, workers: int, users: int, n_items: int, freshness_seconds: float,
           references: bool, seed: int, py_spy_dir: Path | None, as_json: bool) -> None:
@@ -847,6 +865,7 @@ def _print(console, r: dict) -> None:
     ]
     f = r.get("freshness_ms") or {}
     rows += [(f"freshness p{q} (ms) at {r['offered_rate_eps']} ev/s", f.get(f"p{q}")) for q in (50, 95, 99)]
+    rows += [(f"  p99 of events produced from {w['from_s']} s", w["p99"]) for w in r.get("freshness_ms_by_window") or ()]
     rows += [("peak worker RSS (MiB)", r["peak_rss_mb"]), ("users / items in state",
                                                            f"{r['users_in_state']} / {r['items_in_state']}")]
     for name, value in rows:

@@ -67,6 +67,13 @@ class Settings:
     # first assignment. 6 s keeps liveness detection sane and joins in ~3 s.
     kafka_session_timeout_s: float = _doc(6.0, "Consumer group session timeout (also bounds join time on tansu).", min=1.0, max=300.0)
     kafka_heartbeat_interval_s: float = _doc(1.0, "Consumer heartbeat interval.", min=0.1, max=60.0)
+    # Faust hard-codes fetch.max.wait 1,500 ms. Apache Kafka answers a fetch
+    # as soon as data exists, but tansu holds every fetch for the whole wait
+    # (measured, docs/BENCHMARKS.md): with 1,500 ms, events waited ~0.3-0.8 s
+    # in the broker before any worker saw them. 50 ms costs only extra idle
+    # fetch requests on Kafka.
+    kafka_fetch_max_wait_ms: int = _doc(50, "Longest time the broker may hold a consumer fetch (bounds freshness on tansu).",
+                                        min=1, max=10_000)
 
     # --- recommendations ---
     top_n: int = _doc(20, "Recommendations per user.", min=1, max=1000)

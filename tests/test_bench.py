@@ -44,6 +44,8 @@ def test_small_bench_run_reports_every_key(tmp_path, monkeypatch):
     fresh = report["freshness_ms"]
     assert set(fresh) >= {"p50", "p95", "p99", "n"}
     assert fresh["n"] > 0 and all(isinstance(fresh[q], float) and fresh[q] >= 0 for q in ("p50", "p95", "p99"))
+    windows = report["freshness_ms_by_window"]
+    assert windows and windows[0]["from_s"] == 0 and sum(w["n"] for w in windows) == fresh["n"]
     assert isinstance(report["peak_rss_mb"], float) and report["peak_rss_mb"] > 0
     assert isinstance(report["users_in_state"], int) and report["users_in_state"] > 0
     assert isinstance(report["items_in_state"], int) and report["items_in_state"] > 0
