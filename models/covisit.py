@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -71,6 +72,36 @@ class SparseRows:
         self._start: list[int] = []  # region of each row: start ...
         self._cap: list[int] = []  # ... and room
         self._slots: list[dict[int, int]] = []
+        self._init_heads()
+
+    def _init_heads(self) -> None:
+        # Cache of :meth:`strongest` (derived, never serialised): slab positions of the
+        # ``k`` strongest entries of long rows, valid until the row changes or moves.
+        self._head_k = 0
+        self._head_at = np.zeros(0, dtype=np.int64)  # line of each row in _head_pos (-1: none yet)
+        self._head_pos = np.zeros((0, 0), dtype=np.int64)
+        self._head_n = 0  # lines of _head_pos in use
+        self._head_ok = np.zeros(0, dtype=bool)  # line still valid
+        # Rows changed since the last read (None: nobody reads heads, nothing logged);
+        # writers that bypass add() (CoVisitation.update) log into them too.
+        self._log: list[int] | None = None
+        self._log_seqs: list[Sequence[int]] = []
+
+    def _forget_heads(self) -> None:
+        """Every cached head is invalid (rows moved, or the change log was dropped)."""
+        self._head_ok[:] = False
+        if self._log is not None:
+            self._log.clear()
+            self._log_seqs.clear()
+
+    def log_changes(self, row: int, rows: Sequence[int]) -> None:
+        """Note that ``row`` and ``rows`` changed without going through :meth:`add`."""
+        log = self._log
+        if log is not None:
+            log.append(row)
+            self._log_seqs.append(rows)
+            if len(log) > 1_000_000:  # nobody is reading: forget it all
+                self._forget_heads()
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -108,6 +139,7 @@ class SparseRows:
         self._start[:] = starts.tolist()  # in place: callers may hold the list
         self._used = int(caps.sum())
         self._garbage = 0
+        self._forget_heads()  # every row moved
 
     def _ensure(self, row: int) -> None:
         n0 = len(self._slots)
@@ -134,6 +166,8 @@ class SparseRows:
         self._cap[row] = room
 
     def add(self, row: int, col: int, weight: float) -> None:
+        if self._log is not None:
+            self._log.append(row)
         if row >= len(self._slots):
             self._ensure(row)
         slots = self._slots[row]
@@ -187,6 +221,99 @@ class SparseRows:
         lens = np.array([len(slots[r]) if r < n_rows else 0 for r in rows_u], dtype=np.int64)
         starts = np.array([start[r] if r < n_rows else 0 for r in rows_u], dtype=np.int64)
         return starts[inv], lens[inv]
+
+    def strongest(self, rows: np.ndarray, k: int | None,
+                  regions: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Slab positions of the ``k`` strongest entries of each of ``rows`` (all entries of rows
+        with at most ``k``; ``None``: no limit), concatenated in the order of ``rows``, and how
+        many each row has there.
+
+        Strongest: largest value, ties to the lower column (the order :meth:`_prune` keeps).
+        The entries of a row come in slab order. ``regions`` is :meth:`regions` ``(rows)`` if
+        already known. The choice is cached per row until the row changes; positions are valid
+        until the next update.
+
+        >>> rows = SparseRows()
+        >>> for col, w in [(7, 1.0), (8, 4.0), (9, 2.0), (5, 4.0)]:
+        ...     rows.add(0, col, w)
+        >>> rows.add(1, 3, 1.0)
+        >>> pos, per = rows.strongest(np.array([0, 1]), 2)
+        >>> rows._C[pos].tolist(), per.tolist()  # row 0: the two 4.0s; row 1 has one entry
+        ([8, 5, 3], [2, 1])
+        >>> rows.add(0, 9, 5.0)  # 9 is now the strongest; of the tied 8 and 5, 5 stays
+        >>> rows._C[rows.strongest(np.array([0]), 2)[0]].tolist()
+        [9, 5]
+        """
+        starts, lens = self.regions(rows) if regions is None else regions
+        if k is None or not len(lens) or int(lens.max()) <= k:
+            return _ranges(starts, lens), lens
+        if self._log is None:  # first reader: start logging changes
+            self._log, self._log_seqs = [], []
+            self._head_ok[:] = False
+        if k != self._head_k:
+            self._head_k = k
+            self._head_at = np.full(len(self._slots), -1, dtype=np.int64)
+            self._head_pos = np.zeros((0, k), dtype=np.int64)
+            self._head_ok = np.zeros(0, dtype=bool)
+            self._head_n = 0
+        if len(self._head_at) < len(self._slots):
+            self._head_at = grow_to(self._head_at, len(self._slots), fill=-1)
+        if self._log:  # rows changed since the last read: their heads are stale
+            changed = np.fromiter(chain(self._log, chain.from_iterable(self._log_seqs)), dtype=np.int64)
+            self._log.clear()
+            self._log_seqs.clear()
+            at = self._head_at[changed[changed < len(self._head_at)]]
+            self._head_ok[at[at >= 0]] = False
+        rows = np.asarray(rows, dtype=np.int64)
+        long = lens > k
+        long_rows = rows[long]
+        at = self._head_at[long_rows]
+        stale = at < 0
+        stale[~stale] = ~self._head_ok[at[~stale]]
+        if stale.any():
+            self._compute_heads(np.unique(long_rows[stale]), k)
+            at = self._head_at[long_rows]
+        per = np.minimum(lens, k)
+        idx = _ranges(starts, per)
+        offsets = np.cumsum(per) - per
+        idx[_ranges(offsets[long], per[long])] = self._head_pos[at].ravel()
+        return idx, per
+
+    def _compute_heads(self, rows: np.ndarray, k: int) -> None:
+        """Cache the slab positions of the ``k`` strongest entries of ``rows`` (each longer than ``k``)."""
+        slots, start = self._slots, self._start
+        rl = rows.tolist()
+        lens = np.array([len(slots[r]) for r in rl], dtype=np.int64)
+        starts = np.array([start[r] for r in rl], dtype=np.int64)
+        w = int(lens.max())
+        m = len(rl)
+        pos = _ranges(starts, lens)
+        line = np.repeat(np.arange(m), lens)
+        j = np.arange(len(pos)) - np.repeat(np.cumsum(lens) - lens, lens)
+        P = np.full((m, w), np.inf)  # minus the values; padding never selected (every row has > k)
+        P[line, j] = -self._V[pos]
+        best = np.argpartition(P, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(P, best, axis=1).max(axis=1)
+        # Ties at the cut: the lower columns win (argpartition keeps an arbitrary subset).
+        tied = (P == kth[:, None]).sum(axis=1) > (np.take_along_axis(P, best, axis=1) == kth[:, None]).sum(axis=1)
+        for i in np.flatnonzero(tied).tolist():
+            n, s = int(lens[i]), int(starts[i])
+            best[i] = np.lexsort((self._C[s:s + n], -self._V[s:s + n]))[:k]
+        best.sort(axis=1)
+        at = self._head_at[rows]
+        new = at < 0
+        if new.any():
+            n0 = self._head_n
+            self._head_n = n1 = n0 + int(new.sum())
+            at[new] = np.arange(n0, n1)
+            self._head_at[rows[new]] = at[new]
+            if n1 > len(self._head_pos):
+                grown = np.empty((max(n1, 2 * n0), k), dtype=np.int64)
+                grown[:n0] = self._head_pos[:n0]
+                self._head_pos = grown
+                self._head_ok = grow_to(self._head_ok, len(grown), fill=False)
+        self._head_pos[at] = starts[:, None] + best
+        self._head_ok[at] = True
 
     def get(self, row: int, col: int) -> float:
         if row >= len(self._slots):
@@ -320,6 +447,11 @@ class CoVisitation:
         rows = self.rows
         if top >= len(rows._slots):
             rows._ensure(top)
+        if rows._log is not None:  # SparseRows.log_changes, inlined
+            rows._log.append(row)
+            rows._log_seqs.append(history if type(history) is tuple else tuple(history))
+            if len(rows._log) > 1_000_000:
+                rows._forget_heads()
         slots, start, cap = rows._slots, rows._start, rows._cap
         add = rows.add
         fw, bw, decay = self.forward, self.backward, self.distance_decay
@@ -379,22 +511,23 @@ class CoVisitation:
         return scores
 
     def score_sparse(self, history: Sequence[int], weights: Sequence[float],
-                     mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                     mass: np.ndarray, per_row: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`score` on its support only: ``(rows ascending, scores)``.
 
         ``mass`` is :meth:`mass` ``(n_items)``. The scores are bit-identical to
         the dense ones at those rows (same operations, same summation order);
-        every other item scores 0.
+        every other item scores 0. ``per_row``: only the strongest ``per_row``
+        neighbours of each history item count (:meth:`SparseRows.strongest`).
         """
         if not len(history):
             return np.empty(0, dtype=np.int64), np.empty(0)
         alpha = self.alpha
         hist = np.asarray(history, dtype=np.int64)
         norm_h = np.power(np.maximum(mass[hist], 1e-300), -alpha) if alpha else np.ones(len(hist))
-        starts, lengths = self.rows.regions(hist)
-        if not lengths.sum():
+        regions = self.rows.regions(hist)
+        if not regions[1].sum():
             return np.empty(0, dtype=np.int64), np.empty(0)
-        idx = _ranges(starts, lengths)
+        idx, lengths = self.rows.strongest(hist, per_row, regions)
         cols = self.rows._C[idx]
         # Each neighbour value times its history item's weight (the same
         # products as CoVisitation.score, summed in the same order).

@@ -16,7 +16,7 @@ from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import SASLMechanism
 
 from models.engine import PersonalisationEngine
-from streams.faust_consumer import HandOffConsumer, skip_empty_producer_buffer
+from streams.faust_consumer import HandOffConsumer, RawBytesSchema, skip_empty_producer_buffer
 from streams.settings import Settings
 
 
@@ -106,13 +106,12 @@ def create_app(settings: Settings) -> RecoApp:
     app.engine = PersonalisationEngine(top_n=settings.top_n, exclude=settings.exclude,
                                        n_segments=settings.n_segments,
                                        dedupe_window=settings.dedupe_window, seed=settings.seed)
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     # We decode bytes ourselves: Faust would ack undecodable messages silently,
     # and the dead-letter topic needs the original bytes.
-    app.input_topic = app.topic(*settings.input_topics, **raw)
+    app.input_topic = app.topic(*settings.input_topics, schema=RawBytesSchema())
     # The recommendations, dead-letter and changelog records are produced by
     # streams.kafka_sink.KafkaSink, not through Faust topics.
-    app.control_topic = app.topic(settings.topic_control, **raw)
+    app.control_topic = app.topic(settings.topic_control, schema=RawBytesSchema())
     app.profiles = app.tables.add(PartitionedTable(
         app, name="profiles", default=None, beacon=app.tables.beacon, partitions=settings.partitions,
         # bytes values -> the "raw" codec: profiles are msgspec-encoded by us, and

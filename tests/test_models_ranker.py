@@ -141,7 +141,9 @@ def _reference_top(r: HybridRanker, user_id: str, n: int, exclude: str):
     cand = set(by_pop[: r.n_candidates].tolist())
     hist = list(reversed(user.history))
     weights = [w * r.history_decay ** i for i, w in enumerate(reversed(user.weights))]
-    cv_rows, _ = r.items.covisit.score_sparse(hist, weights, r.items.covisit.mass(n_items))
+    cv_rows, cv = r.items.covisit.score_sparse(hist, weights, r.items.covisit.mass(n_items), per_row=r.score_neighbors)
+    if r.neighbor_candidates is not None:  # the user's C best neighbours, ties to the lower row
+        cv_rows = cv_rows[np.lexsort((cv_rows, -cv))[: r.neighbor_candidates]]
     cand |= set(cv_rows.tolist())
     cats = cat.category
     for c in {int(cats[h]) for h in hist if cats[h] >= 0}:
@@ -160,11 +162,12 @@ def _reference_top(r: HybridRanker, user_id: str, n: int, exclude: str):
 
 
 @pytest.mark.parametrize("exclude", ["purchased", "interacted", "none"])
-def test_recommend_matches_a_brute_force_reference(exclude):
+@pytest.mark.parametrize("caps", [{}, {"neighbor_candidates": 12, "score_neighbors": 8}], ids=["default", "capped"])
+def test_recommend_matches_a_brute_force_reference(exclude, caps):
     from streams.generator import ShopperSimulator
 
     sim = ShopperSimulator(n_users=150, n_items=900, n_categories=6, seed=5)
-    r = HybridRanker(seed=3, n_candidates=40, n_new_candidates=10)
+    r = HybridRanker(seed=3, n_candidates=40, n_new_candidates=10, **caps)
     for item in sim.catalogue()[:800]:  # the rest arrive through events only: unknown category
         r.upsert_item(item["item_id"], item["category"], item["available"])
     events = list(sim.events(6000))
