@@ -1,0 +1,96 @@
+"""Background (forked) model checkpoints against the real embedded Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import redis
+
+from models.engine import PersonalisationEngine
+from streams.checkpoint import Checkpointer
+
+
+def _event(k: int, user: str = "u1"):
+    return SimpleNamespace(event_id=f"e{k}", user_id=user, item_id=f"i{k % 3}", type="click", ts=1.7e9 + k,
+                           category="books", price=None, quantity=None, order_id=None)
+
+
+class _Processor:
+    def __init__(self) -> None:
+        self.drains = 0
+
+    async def drain(self) -> None:
+        self.drains += 1
+
+
+def _app() -> SimpleNamespace:
+    engine = PersonalisationEngine(top_n=3)
+    for k in range(3):
+        engine.upsert_item(f"i{k}", "books")
+    return SimpleNamespace(engine=engine, processor=_Processor())
+
+
+def _learn(app, first: int, n: int) -> None:
+    app.engine.process([_event(k) for k in range(first, first + n)], profiles={},
+                       positions=[("t:0", k) for k in range(first, first + n)])
+
+
+def test_forked_checkpoint_holds_the_state_at_the_fork_not_later_changes(settings):
+    key = f"{settings.redis_prefix}:ckpt:fork"
+
+    async def run():
+        app = _app()
+        cp = Checkpointer(app, settings.redis_url, key, interval_s=0.0)
+        _learn(app, 0, 5)
+        at_fork = dict(app.engine.model_offsets)
+        async with cp.lock:
+            assert await cp.save_locked(background=True)
+        _learn(app, 5, 5)  # the worker goes on at once; the child's copy does not see this
+        assert await cp.wait_for_child() is True
+        assert app.processor.drains == 1
+        return at_fork, dict(app.engine.model_offsets)
+
+    at_fork, later = asyncio.run(run())
+    assert at_fork != later
+    restored = PersonalisationEngine.loads(redis.Redis.from_url(settings.redis_url).get(key))
+    assert restored.model_offsets == at_fork
+
+
+def test_a_later_checkpoint_is_never_overwritten_by_a_running_child(settings):
+    key = f"{settings.redis_prefix}:ckpt:order"
+
+    async def run():
+        app = _app()
+        cp = Checkpointer(app, settings.redis_url, key, interval_s=0.0)
+        _learn(app, 0, 5)
+        async with cp.lock:
+            await cp.save_locked(background=True)
+        _learn(app, 5, 5)
+        assert await cp.save()  # in process: waits for the child first, then writes the newer state
+        return dict(app.engine.model_offsets)
+
+    final = asyncio.run(run())
+    restored = PersonalisationEngine.loads(redis.Redis.from_url(settings.redis_url).get(key))
+    assert restored.model_offsets == final
+
+
+def test_maybe_save_checkpoints_in_the_background_only_when_models_changed(settings):
+    key = f"{settings.redis_prefix}:ckpt:maybe"
+    client = redis.Redis.from_url(settings.redis_url)
+
+    async def run():
+        app = _app()
+        cp = Checkpointer(app, settings.redis_url, key, interval_s=0.001)
+        _learn(app, 0, 5)
+        await asyncio.sleep(0.01)
+        await cp.maybe_save()
+        assert await cp.wait_for_child() is True
+        first = client.get(key)
+        await asyncio.sleep(0.01)
+        await cp.maybe_save()  # nothing learned since: no new checkpoint
+        assert await cp.wait_for_child() is None
+        return first
+
+    first = asyncio.run(run())
+    assert PersonalisationEngine.loads(first).model_offsets == {"t:0": 5}
