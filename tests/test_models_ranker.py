@@ -206,3 +206,41 @@ def test_engine_popular_top_list_matches_nlargest():
         assert engine._popular(engine.hit_k) == heapq.nlargest(engine.hit_k, counts, key=counts.__getitem__)
         if batch == 5:  # a restored engine rebuilds the list from the counts
             engine = PersonalisationEngine.loads(engine.dumps())
+
+
+@pytest.mark.parametrize("calls_every", [1, 7, 50])
+def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
+    """The pools kept between calls (top lists, blocks, row maps) equal those built from scratch,
+    whatever the reads in between: new items, new categories, availability and category changes."""
+    from models.ranker import _Context
+
+    rng = np.random.default_rng(3)
+    r = HybridRanker(seed=1, n_candidates=12, n_new_candidates=4)
+    cats = [f"c{k}" for k in range(5)]
+    for i in range(150):
+        r.upsert_item(f"i{i}", category=cats[i % 5])
+    items = [f"i{i}" for i in range(150)]
+    for step in range(1500):
+        user = f"u{rng.integers(40)}"
+        item = items[min(int(rng.zipf(1.3)) - 1, len(items) - 1)] if rng.random() < 0.8 else items[rng.integers(len(items))]
+        r.learn_one(user, item, "click" if rng.random() < 0.8 else "purchase", ts=float(step))
+        if step % 97 == 0:  # a new item, sometimes in a brand-new category
+            items.append(f"n{step}")
+            r.upsert_item(items[-1], category=str(rng.choice(cats + [f"new{step}"])) if rng.random() < 0.9 else None)
+        if step % 331 == 0:
+            r.upsert_item(items[rng.integers(len(items))], available=bool(rng.random() < 0.5))
+        if step % calls_every == 0:
+            r.recommend([f"u{k}" for k in range(0, 40, 3)], n=5)
+            ctx = r._ctx
+            fresh = _Context(r)
+            fresh.pop, fresh.base_scale = ctx.pop, ctx.base_scale
+            fresh._build(ctx.n_items)
+            n = ctx.n_items
+            assert np.array_equal(ctx.top, fresh.top)
+            for b, rows in enumerate(fresh.blocks):
+                assert np.array_equal(ctx.blocks[b], rows), (step, b)
+            assert all(not len(rows) for rows in ctx.blocks[len(fresh.blocks):])
+            assert np.array_equal(ctx.block_of[:n], fresh.block_of[:n])
+            inside = fresh.block_of[:n] >= 0
+            assert np.array_equal(ctx.block_pos[:n][inside], fresh.block_pos[:n][inside])
+            assert np.array_equal(ctx.in_cat_top[:n], fresh.in_cat_top[:n])
