@@ -134,6 +134,11 @@ class Checkpointer:
         if pid == 0:  # the child: a frozen copy of the models; touch nothing else of the worker
             code = 1
             try:
+                # The event loop's signal wake-up socket is shared with the worker:
+                # a signal to the child must not reach the worker's handlers.
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
                 blob = self.app.engine.dumps()
                 if os.getppid() == parent:  # an orphan's older snapshot must not overwrite a newer one
                     redis.Redis.from_url(self.url, socket_timeout=30, socket_connect_timeout=2).set(self.key, blob)

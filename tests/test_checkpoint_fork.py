@@ -36,17 +36,23 @@ def _learn(app, first: int, n: int) -> None:
                        positions=[("t:0", k) for k in range(first, first + n)])
 
 
+async def _fork_then_learn_more(url: str, key: str):
+    """Learn 5 events, checkpoint in a forked child, learn 5 more at once: (app, checkpointer, offsets at the fork)."""
+    app = _app()
+    cp = Checkpointer(app, url, key, interval_s=0.0)
+    _learn(app, 0, 5)
+    at_fork = dict(app.engine.model_offsets)
+    async with cp.lock:
+        assert await cp.save_locked(background=True)
+    _learn(app, 5, 5)  # the worker goes on at once; the child's copy does not see this
+    return app, cp, at_fork
+
+
 def test_forked_checkpoint_holds_the_state_at_the_fork_not_later_changes(settings):
     key = f"{settings.redis_prefix}:ckpt:fork"
 
     async def run():
-        app = _app()
-        cp = Checkpointer(app, settings.redis_url, key, interval_s=0.0)
-        _learn(app, 0, 5)
-        at_fork = dict(app.engine.model_offsets)
-        async with cp.lock:
-            assert await cp.save_locked(background=True)
-        _learn(app, 5, 5)  # the worker goes on at once; the child's copy does not see this
+        app, cp, at_fork = await _fork_then_learn_more(settings.redis_url, key)
         assert await cp.wait_for_child() is True
         assert app.processor.drains == 1
         return at_fork, dict(app.engine.model_offsets)
@@ -61,12 +67,7 @@ def test_a_later_checkpoint_is_never_overwritten_by_a_running_child(settings):
     key = f"{settings.redis_prefix}:ckpt:order"
 
     async def run():
-        app = _app()
-        cp = Checkpointer(app, settings.redis_url, key, interval_s=0.0)
-        _learn(app, 0, 5)
-        async with cp.lock:
-            await cp.save_locked(background=True)
-        _learn(app, 5, 5)
+        app, cp, _ = await _fork_then_learn_more(settings.redis_url, key)
         assert await cp.save()  # in process: waits for the child first, then writes the newer state
         return dict(app.engine.model_offsets)
 
