@@ -65,7 +65,7 @@ EVENT_TOPICS = ("browse", "click", "purchase")
 # the GIL (at 20 scrapes/s, ~9 % of its samples), and the end time comes from
 # the worker's own timestamp, not from the poll.
 POLL_START_S = 0.05
-FRESHNESS_WINDOW_S = 5  # freshness percentiles are also reported per window of this many seconds
+FRESHNESS_WINDOW_S = 5
 POLL_RUNNING_S = 0.5
 
 
@@ -541,26 +541,24 @@ class RecsWatcher:
             self.reader.close()
 
 
-def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, seconds: float,
-                      on_progress: Callable[[int], None] | None = None) -> dict:
+def offer_events(settings: Settings, events: list[tuple[str, dict]], rate: float,
+                 on_progress: Callable[[int], None] | None = None,
+                 check: Callable[[], None] | None = None) -> tuple[list[tuple[str, float, float, str]], float]:
+    """Produce ``events`` at ``rate`` events/s, each stamped with its produce time.
+
+    Returns ``(user, produce time, event time, event id)`` per event and the rate achieved.
+    librdkafka's default linger (5 ms), as a shop's producer would have; latencies
+    count from the produce call, so the linger is part of them."""
     import msgspec  # noqa: PLC0415
 
     from streams.produce import DeliveryReport, _send, make_producer  # noqa: PLC0415
 
     encode = msgspec.json.Encoder().encode
-    n_events = int(rate * seconds)
-    pending = list(sim.events(n_events))
-    watcher = RecsWatcher(settings.redis_url, settings.redis_prefix)
-    watcher.start()
-    before = [s for s in workers.scrape_all()]
-    before_t = time.monotonic()
-    # librdkafka's default linger (5 ms), as a shop's producer would have; the
-    # latency counts from the produce call, so the linger is part of it.
     producer = make_producer(settings, **{"linger.ms": 5})
     report = DeliveryReport()
-    produced: list[tuple[str, float, float]] = []
+    produced: list[tuple[str, float, float, str]] = []
     start = time.monotonic()
-    for k, (etype, payload) in enumerate(pending):
+    for k, (etype, payload) in enumerate(events):
         ahead = k / rate - (time.monotonic() - start)
         if ahead > 0:
             time.sleep(ahead)
@@ -568,14 +566,96 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
         ts_ms = int(t * 1000)
         _send(producer, settings.topic_for(etype), payload["user_id"].encode(),
               encode({**payload, "type": etype, "ts": ts_ms}), report)
-        produced.append((payload["user_id"], t, ts_ms / 1000))
+        produced.append((payload["user_id"], t, ts_ms / 1000, payload["event_id"]))
         producer.poll(0)
         if on_progress and (k + 1) % 100 == 0:
             on_progress(100)
-        if k % 1000 == 0:
-            workers.check_alive()
+        if check and k % 1000 == 0:
+            check()
     report.flush(producer)
-    achieved = len(produced) / (time.monotonic() - start)
+    return produced, len(produced) / (time.monotonic() - start)
+
+
+def _by_window(latencies: list[tuple[float, float]], t0: float) -> list[dict]:
+    """p50/p99 of ``(produce time, latency ms)`` pairs per FRESHNESS_WINDOW_S of produce time."""
+    windows: dict[int, list[float]] = {}
+    for t, ms in latencies:
+        windows.setdefault(int((t - t0) // FRESHNESS_WINDOW_S), []).append(ms)
+    return [{"from_s": k * FRESHNESS_WINDOW_S, **percentiles(v, (50, 99))} for k, v in sorted(windows.items())]
+
+
+async def _tail(settings: Settings, topics: list[str], received: dict[str, float], ready: threading.Event,
+                stop: threading.Event) -> None:
+    import msgspec  # noqa: PLC0415
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    from streams.catalogue import _security  # noqa: PLC0415
+
+    event_id = msgspec.json.Decoder(dict).decode
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                                **_security(settings))
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        ready.set()
+        while not stop.is_set():
+            for msgs in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.time()
+                for m in msgs:
+                    received.setdefault(event_id(m.value)["event_id"], now)
+    finally:
+        await consumer.stop()
+
+
+def measure_broker_freshness(settings: Settings, sim, rate: float, seconds: float,
+                             on_progress: Callable[[int], None] | None = None) -> dict:
+    """The broker's own freshness floor: the same offered load (same producer settings,
+    topic layout and event mix, on topics of their own) read by a plain aiokafka
+    consumer with the worker's fetch wait; latency = produce call -> consumed.
+    Nothing of the product runs, so the worker's freshness cannot be lower."""
+    from streams.topics import ensure_topics  # noqa: PLC0415
+
+    ref = settings.replace(**{f"topic_{t}": f"{settings.app_id}.broker-ref.{t}" for t in EVENT_TOPICS})
+    ensure_topics(ref)
+    received: dict[str, float] = {}
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=lambda: asyncio.run(_tail(ref, list(ref.input_topics), received, ready, stop)),
+                              name="broker-freshness", daemon=True)
+    thread.start()
+    if not ready.wait(60):
+        stop.set()
+        raise RuntimeError("broker freshness reference: the consumer did not start within 60 s")
+    try:
+        produced, achieved = offer_events(ref, list(sim.events(int(rate * seconds))), rate, on_progress)
+        deadline = time.monotonic() + 10
+        while len(received) < len(produced) and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    pairs = [(t, (received[eid] - t) * 1000) for _, t, _, eid in produced if eid in received]
+    out = percentiles([ms for _, ms in pairs])
+    out["unmatched"] = len(produced) - len(pairs)
+    return {"freshness_broker_ms": out,
+            "freshness_broker_ms_by_window": _by_window(pairs, produced[0][1] if produced else 0.0),
+            "broker_ref_achieved_rate_eps": round(achieved, 1)}
+
+
+def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, seconds: float,
+                      on_progress: Callable[[int], None] | None = None) -> dict:
+    n_events = int(rate * seconds)
+    pending = list(sim.events(n_events))
+    watcher = RecsWatcher(settings.redis_url, settings.redis_prefix)
+    watcher.start()
+    before = [s for s in workers.scrape_all()]
+    before_t = time.monotonic()
+    produced, achieved = offer_events(settings, pending, rate, on_progress, workers.check_alive)
     # Let the tail drain (bounded), then match produce -> first later write.
     deadline = time.monotonic() + 10
     expect = sum(workers.total([s], "recostream_events_consumed_total") for s in before) + len(produced)
@@ -591,17 +671,15 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
     # near 1.0 is at its capacity (its event loop is one thread).
     cpu_cores = [round((metric_sum(a, "process_cpu_seconds_total") - metric_sum(b, "process_cpu_seconds_total"))
                        / (time.monotonic() - before_t), 2) for b, a in zip(before, after)]
-    latencies, missing = [], 0
-    windows: dict[int, list[float]] = {}  # latency by when the event was produced: does it drift?
-    t0 = produced[0][1] if produced else 0.0
-    for user, t, ts in produced:
+    pairs, missing = [], 0  # (produce time, latency ms): by when it was produced, does latency drift?
+    for user, t, ts, _ in produced:
         for t_write, covered in watcher.writes.get(user, ()):
             if covered >= ts - 1e-6 and t_write >= t:
-                latencies.append((t_write - t) * 1000)
-                windows.setdefault(int((t - t0) // FRESHNESS_WINDOW_S), []).append(latencies[-1])
+                pairs.append((t, (t_write - t) * 1000))
                 break
         else:
             missing += 1
+    latencies = [ms for _, ms in pairs]
     # The worker's own histogram, over this phase only.
     name = "recostream_freshness_seconds"
     hist: dict[float, float] = {}
@@ -616,7 +694,7 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
     out["method"] = ("produce call -> SET of the shopper's recommendation key covering the event "
                      "(Redis keyspace notification + profile last_seen)") if watcher.ok else "unavailable (CONFIG SET refused)"
     out["unmatched"] = missing
-    timeline = [{"from_s": k * FRESHNESS_WINDOW_S, **percentiles(v, (50, 99))} for k, v in sorted(windows.items())]
+    timeline = _by_window(pairs, produced[0][1] if produced else 0.0)
     return {"freshness_ms": out, "freshness_ms_by_window": timeline, "freshness_worker_histogram_ms": worker_hist,
             "offered_rate_eps": rate, "achieved_rate_eps": round(achieved, 1), "freshness_events": len(produced),
             "freshness_worker_cpu_cores": cpu_cores}
@@ -649,6 +727,7 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
     external = {"kafka": bool(settings.kafka_bootstrap_servers), "redis": bool(settings.redis_url)}
     pool: Workers | None = None
     result: dict[str, Any] = {}
+    broker_fresh: dict[str, Any] = {}
     try:
         if not external["kafka"]:
             stack.broker = start_broker(run_dir)
@@ -692,6 +771,11 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
                     task = progress.add_task(f"reference: no-op Faust agent ({mode})", total=n_events)
                     refs[mode] = run_faust_reference(settings, mode, n_events, run_dir,
                                                      on_progress=lambda k, t=task: progress.advance(t, k))
+                if freshness_seconds > 0:
+                    task = progress.add_task(f"reference: broker freshness at {rate:g}/s",
+                                             total=int(rate * freshness_seconds))
+                    broker_fresh = measure_broker_freshness(settings, sim, rate, freshness_seconds,
+                                                            on_progress=lambda k: progress.advance(task, k))
             task = progress.add_task(f"worker x{workers}: processing", total=n_events)
             pool = Workers(settings, workers, run_dir)
             spies = _start_py_spy(pool, py_spy_dir, "throughput") if py_spy_dir else []
@@ -733,6 +817,9 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
             "freshness_ms_by_window": fresh.get("freshness_ms_by_window"),
             "freshness_worker_histogram_ms": fresh.get("freshness_worker_histogram_ms"),
             "freshness_worker_cpu_cores": fresh.get("freshness_worker_cpu_cores"),
+            # The same load read by a plain consumer, no product: the broker's floor (see measure_broker_freshness).
+            "freshness_broker_ms": broker_fresh.get("freshness_broker_ms"),
+            "freshness_broker_ms_by_window": broker_fresh.get("freshness_broker_ms_by_window"),
             "offered_rate_eps": rate if fresh else None,
             "achieved_rate_eps": fresh.get("achieved_rate_eps"),
             "peak_rss_mb": round(max(pool.peak_rss), 1),
@@ -759,12 +846,19 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
         stack.stop()
 
 
+def py_spy_command() -> str | None:
+    """The py-spy executable (on PATH or beside this Python), if installed: it is optional."""
+    import shutil  # noqa: PLC0415
+
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def _start_py_spy(pool: Workers, out_dir: Path, phase: str) -> list:
     """Sample every worker with py-spy (collapsed stacks, all threads, idle included) during one phase."""
-    import shutil  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    exe = py_spy_command()
     out_dir.mkdir(parents=True, exist_ok=True)
     spies = []
     for k, proc in enumerate(pool.procs):
@@ -804,7 +898,8 @@ def _cleanup_external(settings: Settings, external: dict) -> None:
             from streams.topics import topic_specs  # noqa: PLC0415
 
             admin = AdminClient(settings.kafka_client_config())
-            admin.delete_topics([t.topic for t in topic_specs(settings)], operation_timeout=10)
+            refs = [f"{settings.app_id}.broker-ref.{t}" for t in EVENT_TOPICS]
+            admin.delete_topics([t.topic for t in topic_specs(settings)] + refs, operation_timeout=10)
 
 
 @click.command("bench")
@@ -833,9 +928,10 @@ def bench(n_events: int, rate: float, workers: int, users: int, n_items: int, fr
     Starts the embedded broker and Redis (or uses RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS /
     RECOSTREAM_REDIS_URL), pre-produces --events generated shop events, measures
     a raw aiokafka consumer and a no-op Faust agent (product settings and Faust
-    defaults) over them, then --workers real workers processing them
-    (throughput_eps), then freshness (produce -> recommendations readable in
-    Redis) at --rate events/s for --freshness-seconds. Progress goes to stderr;
+    defaults) over them and the broker's own freshness (a plain consumer at
+    --rate), then --workers real workers processing them (throughput_eps),
+    then freshness (produce -> recommendations readable in Redis) at --rate
+    events/s for --freshness-seconds. Progress goes to stderr;
     --json prints one JSON object with every number to stdout.
     """
     from rich.console import Console  # noqa: PLC0415
@@ -844,6 +940,8 @@ def bench(n_events: int, rate: float, workers: int, users: int, n_items: int, fr
         settings = Settings.from_env()
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
+    if py_spy_dir is not None and py_spy_command() is None:
+        raise click.UsageError("--py-spy needs the py-spy command, an optional tool: pip install py-spy")
     err = Console(stderr=True)
     # SIGTERM unwinds like Ctrl-C, so the servers and workers started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

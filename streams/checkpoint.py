@@ -139,6 +139,9 @@ class Checkpointer:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
+                # Lowest CPU priority: on a busy machine the pickling must not take
+                # the worker's (or the broker's) core; a checkpoint can wait.
+                os.nice(19)
                 blob = self.app.engine.dumps()
                 if os.getppid() == parent:  # an orphan's older snapshot must not overwrite a newer one
                     redis.Redis.from_url(self.url, socket_timeout=30, socket_connect_timeout=2).set(self.key, blob)

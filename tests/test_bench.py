@@ -46,7 +46,20 @@ def test_small_bench_run_reports_every_key(tmp_path, monkeypatch):
     assert fresh["n"] > 0 and all(isinstance(fresh[q], float) and fresh[q] >= 0 for q in ("p50", "p95", "p99"))
     windows = report["freshness_ms_by_window"]
     assert windows and windows[0]["from_s"] == 0 and sum(w["n"] for w in windows) == fresh["n"]
+    # The broker's floor: the same load read by a plain consumer; every event arrives.
+    broker = report["freshness_broker_ms"]
+    assert broker["n"] == 600 and broker["unmatched"] == 0 and broker["p99"] >= broker["p50"] >= 0
+    assert sum(w["n"] for w in report["freshness_broker_ms_by_window"]) == broker["n"]
     assert isinstance(report["peak_rss_mb"], float) and report["peak_rss_mb"] > 0
     assert isinstance(report["users_in_state"], int) and report["users_in_state"] > 0
     assert isinstance(report["items_in_state"], int) and report["items_in_state"] > 0
     assert report["events"] == 3000 and report["processed"] + report["duplicates"] + report["dead_lettered"] == 3000
+
+
+def test_py_spy_option_without_py_spy_is_a_usage_error(monkeypatch, tmp_path):
+    import streams.bench as bench_module
+
+    monkeypatch.setattr(bench_module, "py_spy_command", lambda: None)
+    result = CliRunner().invoke(bench, ["--py-spy", str(tmp_path / "prof"), "--events", "100"])
+    assert result.exit_code == 2 and "pip install py-spy" in result.output
+    assert not (tmp_path / "prof").exists()  # refused before anything started
