@@ -208,18 +208,28 @@ def stamp_now(events: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
 # ---------------------------------------------------------------------------
 
 
-async def _raw_consume(settings: Settings, topics: list[str], expect: int, timeout: float) -> dict:
+async def _assigned_consumer(settings: Settings, topics: list[str], **config: Any) -> tuple[Any, list]:
+    """A started aiokafka consumer (no group) assigned every partition of ``topics``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
     from streams.catalogue import _security  # noqa: PLC0415
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest", **_security(settings))
+                                enable_auto_commit=False, **config, **_security(settings))
     await consumer.start()
     try:
         await consumer.topics()
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(tps)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer, tps
+
+
+async def _raw_consume(settings: Settings, topics: list[str], expect: int, timeout: float) -> dict:
+    consumer, tps = await _assigned_consumer(settings, topics, auto_offset_reset="earliest")
+    try:
         await consumer.seek_to_beginning(*tps)
         # Assigned and positioned: time every fetch from here.
         n = 0
@@ -587,19 +597,10 @@ def _by_window(latencies: list[tuple[float, float]], t0: float) -> list[dict]:
 async def _tail(settings: Settings, topics: list[str], received: dict[str, float], ready: threading.Event,
                 stop: threading.Event) -> None:
     import msgspec  # noqa: PLC0415
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
-
-    from streams.catalogue import _security  # noqa: PLC0415
 
     event_id = msgspec.json.Decoder(dict).decode
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-                                **_security(settings))
-    await consumer.start()
+    consumer, tps = await _assigned_consumer(settings, topics, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
     try:
-        await consumer.topics()
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
             await consumer.position(tp)

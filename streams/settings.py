@@ -61,7 +61,7 @@ class Settings:
     worker_id: str = _doc("", "Stable id of this worker (names its model checkpoint). Default: hostname:metrics_port.")
     checkpoint_interval_s: float = _doc(30.0, "Seconds between model checkpoints (0 = only at shutdown).", min=0.0, max=86400.0)
     batch_max_events: int = _doc(1000, "Upper bound of one micro-batch.", min=1, max=100_000)
-    batch_max_wait_s: float = _doc(0.05, "Max seconds a micro-batch waits to fill.", min=0.001, max=10.0)
+    batch_max_wait_s: float = _doc(0.02, "Max seconds a micro-batch waits to fill.", min=0.001, max=10.0)
     # tansu (and slow-joining brokers in general) hold a JoinGroup for about
     # half the session timeout; Kafka's 45 s default meant ~23-30 s before the
     # first assignment. 6 s keeps liveness detection sane and joins in ~3 s.
