@@ -62,6 +62,8 @@ class Settings:
     checkpoint_interval_s: float = _doc(30.0, "Seconds between model checkpoints (0 = only at shutdown).", min=0.0, max=86400.0)
     batch_max_events: int = _doc(1000, "Upper bound of one micro-batch.", min=1, max=100_000)
     batch_max_wait_s: float = _doc(0.02, "Max seconds a micro-batch waits to fill.", min=0.001, max=10.0)
+    shutdown_timeout_s: float = _doc(30.0, "After SIGTERM/SIGINT, seconds before a worker that has not stopped "
+                                     "exits anyway (events not committed are replayed).", min=1.0, max=3600.0)
     # tansu (and slow-joining brokers in general) hold a JoinGroup for about
     # half the session timeout; Kafka's 45 s default meant ~23-30 s before the
     # first assignment. 6 s keeps liveness detection sane and joins in ~3 s.

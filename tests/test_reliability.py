@@ -15,7 +15,7 @@ import pytest
 
 from models.engine import PersonalisationEngine
 from streams.contract import decode_recommendation
-from streams.embedded import free_port, start_redis
+from streams.embedded import free_port, start_broker, start_redis
 from streams.generator import ShopperSimulator
 from streams.produce import make_producer, publish_catalogue
 from streams.redis_sink import RedisKeys
@@ -129,3 +129,25 @@ def test_rebalance_when_one_of_two_workers_stops(settings, start_worker, redis_c
                    "the remaining worker to take over", worker=b)
     expected = wait_exact_totals(redis_client, s, stream, b)
     assert sum(expected.values()) >= 1000  # both workers' 200+ events and the survivor's 600 more
+
+
+def test_a_worker_whose_broker_is_gone_still_exits_after_sigterm(settings, start_worker, tmp_path):
+    """Its outputs retry until the broker acknowledges them, so Faust's shutdown
+    would wait forever; after shutdown_timeout_s it exits like a crash would."""
+    broker = start_broker(tmp_path / "broker")  # this test stops its broker; the others keep theirs
+    s = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{broker.port}", shutdown_timeout_s=3.0)
+    try:
+        ensure_topics(s)
+        sim = ShopperSimulator(n_users=30, n_items=100, seed=5)
+        publish_catalogue(make_producer(s), s, sim.catalogue())
+        with StreamProducer(s, sim, rate=100):
+            worker = start_worker(s)
+            wait_until(lambda: scrape_metric(s, "recostream_recommendations_written_total") > 20, 60,
+                       "recommendations before the broker goes", worker=worker)
+        broker.stop()
+        os.killpg(worker.proc.pid, signal.SIGTERM)
+        code = worker.proc.wait(60)  # generous: the bound under test is 3 s
+        assert code == 75, worker.log()[-3000:]
+        assert "did not stop within 3 s of SIGTERM" in worker.log()
+    finally:
+        broker.stop()
