@@ -65,7 +65,7 @@ EVENT_TOPICS = ("browse", "click", "purchase")
 # the GIL (at 20 scrapes/s, ~9 % of its samples), and the end time comes from
 # the worker's own timestamp, not from the poll.
 POLL_START_S = 0.05
-FRESHNESS_WINDOW_S = 5
+FRESHNESS_WINDOW_S = 5  # freshness percentiles are also reported per window of this many seconds
 POLL_RUNNING_S = 0.5
 
 
@@ -614,6 +614,12 @@ async def _tail(settings: Settings, topics: list[str], received: dict[str, float
         await consumer.stop()
 
 
+def broker_reference(settings: Settings) -> Settings:
+    """The settings with each input topic replaced by the broker reference's own
+    (``<topic>.broker-ref``: the same layout, a mixed topic stays one topic)."""
+    return settings.replace(**{f"topic_{t}": f"{getattr(settings, f'topic_{t}')}.broker-ref" for t in EVENT_TOPICS})
+
+
 def measure_broker_freshness(settings: Settings, sim, rate: float, seconds: float,
                              on_progress: Callable[[int], None] | None = None) -> dict:
     """The broker's own freshness floor: the same offered load (same producer settings,
@@ -622,7 +628,7 @@ def measure_broker_freshness(settings: Settings, sim, rate: float, seconds: floa
     Nothing of the product runs, so the worker's freshness cannot be lower."""
     from streams.topics import ensure_topics  # noqa: PLC0415
 
-    ref = settings.replace(**{f"topic_{t}": f"{settings.app_id}.broker-ref.{t}" for t in EVENT_TOPICS})
+    ref = broker_reference(settings)
     ensure_topics(ref)
     received: dict[str, float] = {}
     ready, stop = threading.Event(), threading.Event()
@@ -899,7 +905,7 @@ def _cleanup_external(settings: Settings, external: dict) -> None:
             from streams.topics import topic_specs  # noqa: PLC0415
 
             admin = AdminClient(settings.kafka_client_config())
-            refs = [f"{settings.app_id}.broker-ref.{t}" for t in EVENT_TOPICS]
+            refs = list(broker_reference(settings).input_topics)
             admin.delete_topics([t.topic for t in topic_specs(settings)] + refs, operation_timeout=10)
 
 
