@@ -166,3 +166,23 @@ def test_model_version_and_sizes(make):
     model = train(make(), stream(n_events=100))
     assert model.model_version == 100
     assert model.n_users <= 25 and model.n_items <= 60
+
+
+def test_a_checkpoint_written_before_packed_state_still_loads():
+    """Checkpoints in Redis outlive upgrades: tests/data holds one written by the code before users and
+    MF latents were packed into arrays (commit 349931c, tests/data/engine-checkpoint-v1.json has its
+    recommendations). It loads into the same recommendations, and re-dumps in the packed form stably."""
+    import json
+    from pathlib import Path
+
+    from models.engine import PersonalisationEngine
+
+    data = Path(__file__).parent / "data"
+    old = (data / "engine-checkpoint-v1.pickle").read_bytes()
+    expected = json.loads((data / "engine-checkpoint-v1.json").read_text())
+    engine = PersonalisationEngine.loads(old)
+    got = engine.ranker.recommend(expected["users"], 10)
+    assert [[[i, s] for i, s in recs] for recs in got] == expected["recommendations"]
+    blob = engine.dumps()
+    assert b"_users_packed" in blob and blob != old
+    assert PersonalisationEngine.loads(blob).dumps() == blob
