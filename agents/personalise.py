@@ -34,7 +34,7 @@ def register(app) -> None:
     app.outputs = KafkaSink(s, app.metrics)
     app.processor = BatchProcessor(app, app.metrics, app.sink, app.outputs)
     app.checkpoints = Checkpointer(app, s.redis_url, app.sink.keys.checkpoint(s.app_id, s.effective_worker_id),
-                                   s.checkpoint_interval_s)
+                                   s.checkpoint_interval_s, metrics=app.metrics)
 
     # Faust flushes its producer before every commit, on rebalance and on stop:
     # exactly where the worker's own outputs must be durable too.

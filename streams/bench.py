@@ -704,7 +704,11 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
     timeline = _by_window(pairs, produced[0][1] if produced else 0.0)
     return {"freshness_ms": out, "freshness_ms_by_window": timeline, "freshness_worker_histogram_ms": worker_hist,
             "offered_rate_eps": rate, "achieved_rate_eps": round(achieved, 1), "freshness_events": len(produced),
-            "freshness_worker_cpu_cores": cpu_cores}
+            "freshness_worker_cpu_cores": cpu_cores,
+            # A model checkpoint slows a worker for about a second (forked child, copy-on-write;
+            # docs/BENCHMARKS.md): say whether this phase's percentiles include one.
+            "freshness_checkpoints": int(workers.total(after, "recostream_model_checkpoints_total")
+                                         - workers.total(before, "recostream_model_checkpoints_total"))}
 
 
 # ---------------------------------------------------------------------------
@@ -824,6 +828,7 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
             "freshness_ms_by_window": fresh.get("freshness_ms_by_window"),
             "freshness_worker_histogram_ms": fresh.get("freshness_worker_histogram_ms"),
             "freshness_worker_cpu_cores": fresh.get("freshness_worker_cpu_cores"),
+            "freshness_checkpoints": fresh.get("freshness_checkpoints"),
             # The same load read by a plain consumer, no product: the broker's floor (see measure_broker_freshness).
             "freshness_broker_ms": broker_fresh.get("freshness_broker_ms"),
             "freshness_broker_ms_by_window": broker_fresh.get("freshness_broker_ms_by_window"),
@@ -840,7 +845,8 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
             "recommendations_written": thr["recommendations_written"],
             "preproduce_eps": round(n_events / produce_s, 1) if produce_s else None,
             "worker_settings": {"batch_max_events": settings.batch_max_events,
-                                "batch_max_wait_s": settings.batch_max_wait_s, "top_n": settings.top_n},
+                                "batch_max_wait_s": settings.batch_max_wait_s, "top_n": settings.top_n,
+                                "checkpoint_interval_s": settings.checkpoint_interval_s},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "services": "external" if any(external.values()) else "embedded"},
         }

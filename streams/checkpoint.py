@@ -18,9 +18,14 @@ those past their checkpoint offsets (see ``models.engine``). Nothing is lost
 and nothing is counted twice.
 
 Periodic checkpoints are written by a forked child (as Redis does BGSAVE):
-pickling the models takes ~0.6 s at 20k customers and 20k items, and doing
-it in the worker stopped every batch for that long (a freshness spike every
-interval). The fork happens at step 3 with the batch lock held, so the child's
+pickling the models takes ~0.13 s at 20k customers and 20k items (0.4 s
+before customers and MF latents were pickled as arrays), and doing it in the
+worker stopped every batch for that long plus the ``SET``. The fork is not
+free either: while the child runs (about a second on a busy 2-core machine)
+the worker's batches take about twice as long (copy-on-write faults, the
+child's CPU; measured in docs/BENCHMARKS.md, session 5), which is why the
+default interval is 300 s. Each forked checkpoint's log line gives the
+child's CPU and the worker's page faults meanwhile. The fork happens at step 3 with the batch lock held, so the child's
 copy-on-write memory is exactly the state step 3 describes; the worker goes on
 with the next batch at once while the child pickles and SETs. Writes stay in
 order: every save first waits for a running child, so a later checkpoint (the
@@ -39,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import time
 from typing import Any
@@ -48,14 +54,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from models.engine import PersonalisationEngine
+from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
 class Checkpointer:
     def __init__(self, app: Any, url: str, key: str, interval_s: float, fork: bool = hasattr(os, "fork"),
-                 child_timeout_s: float = 300.0) -> None:
+                 child_timeout_s: float = 300.0, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
         self.url = url
         self.client = aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=2)
         self.fork = fork
@@ -120,8 +128,10 @@ class Checkpointer:
             # The next interval retries; offsets are committed regardless, which
             # is safe: a restart then relearns from the older checkpoint's offsets.
             log.error("model checkpoint to %s failed: %s", self.key, exc)
+            self._count(False)
             return False
         self._saved_state = state
+        self._count(True)
         log.info("model checkpoint: %d bytes in %.0f ms, offsets %s", len(blob),
                  1000 * (time.perf_counter() - started), self.app.engine.model_offsets)
         return True
@@ -149,13 +159,26 @@ class Checkpointer:
             finally:
                 os._exit(code)  # no atexit handlers, no inherited buffers flushed
         self.fork_ms = 1000 * (time.perf_counter() - forking)  # the pause of the worker (logged)
+        self._faults_at_fork = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         self._child = asyncio.ensure_future(self._reap(pid, state, started, offsets))
         return True
 
+    def _count(self, written: bool) -> None:
+        if self.metrics is not None:
+            (self.metrics.checkpoints_written if written else self.metrics.checkpoints_failed).inc()
+            if written:
+                self.metrics.checkpoint_time.set(time.time())
+
     async def _reap(self, pid: int, state: tuple, started: float, offsets: dict) -> bool:
+        written = await self._wait_child(pid, state, started, offsets)
+        self._count(written)
+        return written
+
+    async def _wait_child(self, pid: int, state: tuple, started: float, offsets: dict) -> bool:
         loop = asyncio.get_running_loop()
         try:
-            _, status = await asyncio.wait_for(loop.run_in_executor(None, os.waitpid, pid, 0), self.child_timeout_s)
+            _, status, usage = await asyncio.wait_for(loop.run_in_executor(None, os.wait4, pid, 0),
+                                                      self.child_timeout_s)
         except ChildProcessError:  # reaped by someone else: its outcome is unknown
             log.warning("model checkpoint child %d was reaped elsewhere; the next interval checkpoints again", pid)
             return False
@@ -170,8 +193,12 @@ class Checkpointer:
                       os.waitstatus_to_exitcode(status))
             return False
         self._saved_state = state
-        log.info("model checkpoint (forked): the worker paused %.1f ms to fork, the child wrote it %.0f ms later, "
-                 "offsets %s", self.fork_ms, 1000 * (time.perf_counter() - started), offsets)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults_at_fork
+        log.info("model checkpoint (forked): the worker paused %.1f ms to fork, the child wrote it %.0f ms later "
+                 "using %.0f ms of CPU; meanwhile the worker took %d minor page faults (mostly copy-on-write), "
+                 "offsets %s",
+                 self.fork_ms, 1000 * (time.perf_counter() - started), 1000 * (usage.ru_utime + usage.ru_stime),
+                 faults, offsets)
         return True
 
     async def wait_for_child(self) -> bool | None:

@@ -167,6 +167,8 @@ class Metrics:
         self.items = Gauge("items", "Items known to this worker's models.", namespace=ns, registry=r)
         self.model_version = Gauge("model_version", "Interactions learned by this worker's ranker.", namespace=ns, registry=r)
         self.model_updated = Gauge("model_last_update_timestamp_seconds", "When the models last learned.", namespace=ns, registry=r)
+        self.checkpoints = Counter("model_checkpoints_total", "Model checkpoints by outcome (written, failed).", ["outcome"], namespace=ns, registry=r)
+        self.checkpoint_time = Gauge("model_last_checkpoint_timestamp_seconds", "When this worker last wrote a model checkpoint (Unix time; 0: none yet).", namespace=ns, registry=r)
         self.segment_size = Gauge("segment_customers", "Customers whose latest segment assignment is this segment (customers touched since start).", ["segment"], namespace=ns, registry=r)
         self.build_info = Info("build", "recostream version running in this worker.", namespace=ns, registry=r)
         self.build_info.info({"version": _version()})
@@ -180,6 +182,8 @@ class Metrics:
         self.processed_by_type = {t: self.events_processed.labels(t) for t in EVENT_TYPES}
         self.hits_model = self.live_hits.labels("ranker")
         self.hits_popularity = self.live_hits.labels("popularity")
+        self.checkpoints_written = self.checkpoints.labels("written")
+        self.checkpoints_failed = self.checkpoints.labels("failed")
         self._dead_by_reason: dict[str, Counter] = {r_: self.dead_lettered.labels(r_) for r_ in sorted(REASONS)}
         self._segment_of: dict[str, int] = {}
         self._segment_counts: dict[int, int] = {}

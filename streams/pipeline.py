@@ -134,6 +134,7 @@ class BatchProcessor:
         if gaps:
             batch = await self._with_skipped(gaps) + list(batch)
         await self._process(batch, started)
+        self.outputs.collect()
         if self.outputs.pending() > self._max_queued_records:  # the broker is slow: wait for it
             await self.outputs.flush()
 

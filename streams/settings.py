@@ -59,9 +59,9 @@ class Settings:
     metrics_port: int = _doc(9464, "Prometheus metrics port of the worker (one per worker).", min=0, max=65535)
     data_dir: str = _doc("run/worker", "Directory for the worker's local table state.")
     worker_id: str = _doc("", "Stable id of this worker (names its model checkpoint). Default: hostname:metrics_port.")
-    checkpoint_interval_s: float = _doc(30.0, "Seconds between model checkpoints (0 = only at shutdown).", min=0.0, max=86400.0)
+    checkpoint_interval_s: float = _doc(300.0, "Seconds between model checkpoints (0 = only at shutdown).", min=0.0, max=86400.0)
     batch_max_events: int = _doc(1000, "Upper bound of one micro-batch.", min=1, max=100_000)
-    batch_max_wait_s: float = _doc(0.02, "Max seconds a micro-batch waits to fill.", min=0.001, max=10.0)
+    batch_max_wait_s: float = _doc(0.01, "Max seconds a micro-batch waits to fill.", min=0.001, max=10.0)
     shutdown_timeout_s: float = _doc(30.0, "After SIGTERM/SIGINT, seconds before a worker that has not stopped "
                                      "exits anyway (events not committed are replayed).", min=1.0, max=3600.0)
     # tansu (and slow-joining brokers in general) hold a JoinGroup for about

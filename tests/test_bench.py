@@ -50,6 +50,7 @@ def test_small_bench_run_reports_every_key(tmp_path, monkeypatch):
     broker = report["freshness_broker_ms"]
     assert broker["n"] == 600 and broker["unmatched"] == 0 and broker["p99"] >= broker["p50"] >= 0
     assert sum(w["n"] for w in report["freshness_broker_ms_by_window"]) == broker["n"]
+    assert isinstance(report["freshness_checkpoints"], int) and report["freshness_checkpoints"] >= 0
     assert isinstance(report["peak_rss_mb"], float) and report["peak_rss_mb"] > 0
     assert isinstance(report["users_in_state"], int) and report["users_in_state"] > 0
     assert isinstance(report["items_in_state"], int) and report["items_in_state"] > 0

@@ -9,6 +9,7 @@ import redis
 
 from models.engine import PersonalisationEngine
 from streams.checkpoint import Checkpointer
+from streams.metrics import Metrics
 
 
 def _event(k: int, user: str = "u1"):
@@ -80,17 +81,25 @@ def test_maybe_save_checkpoints_in_the_background_only_when_models_changed(setti
     key = f"{settings.redis_prefix}:ckpt:maybe"
     client = redis.Redis.from_url(settings.redis_url)
 
+    metrics = Metrics(process_metrics=False)
+
+    def written() -> float:
+        return metrics.registry.get_sample_value("recostream_model_checkpoints_total", {"outcome": "written"})
+
     async def run():
         app = _app()
-        cp = Checkpointer(app, settings.redis_url, key, interval_s=0.001)
+        cp = Checkpointer(app, settings.redis_url, key, interval_s=0.001, metrics=metrics)
         _learn(app, 0, 5)
         await asyncio.sleep(0.01)
         await cp.maybe_save()
         assert await cp.wait_for_child() is True
+        assert written() == 1
+        assert metrics.registry.get_sample_value("recostream_model_last_checkpoint_timestamp_seconds") > 0
         first = client.get(key)
         await asyncio.sleep(0.01)
         await cp.maybe_save()  # nothing learned since: no new checkpoint
         assert await cp.wait_for_child() is None
+        assert written() == 1
         return first
 
     first = asyncio.run(run())
