@@ -140,7 +140,12 @@ class Checkpointer:
         parent = os.getpid()
         offsets = dict(self.app.engine.model_offsets)
         forking = time.perf_counter()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # e.g. no memory for the child's page tables: retry at the next interval
+            log.error("model checkpoint: cannot fork (%s); the next interval retries", exc)
+            self._count(False)
+            return False
         if pid == 0:  # the child: a frozen copy of the models; touch nothing else of the worker
             code = 1
             try:

@@ -104,3 +104,30 @@ def test_maybe_save_checkpoints_in_the_background_only_when_models_changed(setti
 
     first = asyncio.run(run())
     assert PersonalisationEngine.loads(first).model_offsets == {"t:0": 5}
+
+
+def test_a_failed_fork_is_counted_and_retried_not_raised(settings, monkeypatch):
+    """A host short of memory cannot fork: the checkpoint fails (counted, logged), the worker goes on."""
+    import os
+
+    metrics = Metrics(process_metrics=False)
+
+    def no_memory():
+        raise OSError(12, "Cannot allocate memory")
+
+    async def run():
+        app = _app()
+        cp = Checkpointer(app, settings.redis_url, f"{settings.redis_prefix}:ckpt:nofork", interval_s=0.0,
+                          metrics=metrics)
+        _learn(app, 0, 5)
+        with monkeypatch.context() as m:
+            m.setattr(os, "fork", no_memory)
+            async with cp.lock:
+                assert await cp.save_locked(background=True) is False
+        assert await cp.save()  # in process, as at shutdown: still works
+        return cp
+
+    asyncio.run(run())
+    failed = metrics.registry.get_sample_value("recostream_model_checkpoints_total", {"outcome": "failed"})
+    written = metrics.registry.get_sample_value("recostream_model_checkpoints_total", {"outcome": "written"})
+    assert (failed, written) == (1, 1)

@@ -310,6 +310,18 @@ tests:
     alert_rule_test:
       # Too few judged events (60/h) to call the model worse.
       - {eval_time: 120m, alertname: RecostreamModelBelowPopularity, exp_alerts: []}
+  - interval: 1m
+    input_series:
+      # A checkpoint fails at minute 10; the next ones (every 5 min) are written.
+      - {series: 'recostream_model_checkpoints_total{instance="w1:9464", outcome="failed"}', values: '0x9 1x60'}
+      - {series: 'recostream_model_checkpoints_total{instance="w1:9464", outcome="written"}', values: '0+0.2x60'}
+    alert_rule_test:
+      - {eval_time: 9m, alertname: RecostreamCheckpointFailing, exp_alerts: []}
+      - eval_time: 12m
+        alertname: RecostreamCheckpointFailing
+        exp_alerts: [{exp_labels: {severity: ticket, instance: "w1:9464", outcome: failed}}]
+      # Half an hour later it has cleared.
+      - {eval_time: 50m, alertname: RecostreamCheckpointFailing, exp_alerts: []}
 """
 
 
