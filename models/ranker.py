@@ -332,7 +332,7 @@ class StreamingRecommender(abc.ABC):
 
 
 _CHUNK_USERS = 256  # users scored together by recommend, at most ...
-_CHUNK_ENTRIES = int(__import__("os").environ.get("CE", 65_536))  # ... and about this many neighbourhood entries (keeps temporaries cache-sized)
+_CHUNK_ENTRIES = 65_536  # ... and about this many neighbourhood entries (keeps temporaries cache-sized)
 _GEMM_ROWS = 128  # rows per matrix product (larger ones make OpenBLAS start threads that then spin)
 _RADIX_BOUND = 1 << 16  # keys below this are sorted by numpy's O(n) radix sort (kind="stable" on uint16)
 

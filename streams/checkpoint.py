@@ -14,8 +14,10 @@ not learned. Order of operations, each step only after the previous one:
 
 A crash anywhere replays from the last committed offset: profiles drop the
 redelivered events (dedupe window with offsets) and the models relearn only
-those past their checkpoint offsets (see ``models.engine``). Nothing is lost
-and nothing is counted twice.
+those past their checkpoint offsets (see ``models.engine``). Nothing is
+counted twice, and profiles and outputs lose nothing; the models lose what
+they learned between their checkpoint and the committed offset (those events
+are not redelivered; docs/RELIABILITY.md, known limits).
 
 Periodic checkpoints are written by a forked child (as Redis does BGSAVE):
 pickling the models takes ~0.13 s at 20k customers and 20k items (0.4 s
@@ -25,8 +27,9 @@ free either: while the child runs (about a second on a busy 2-core machine)
 the worker's batches take about twice as long (copy-on-write faults, the
 child's CPU; measured in docs/BENCHMARKS.md, session 5), which is why the
 default interval is 300 s. Each forked checkpoint's log line gives the
-child's CPU and the worker's page faults meanwhile. The fork happens at step 3 with the batch lock held, so the child's
-copy-on-write memory is exactly the state step 3 describes; the worker goes on
+child's CPU and the worker's page faults meanwhile. The fork happens at step
+3 with the batch lock held, so the child's copy-on-write memory is exactly
+the state step 3 describes; the worker goes on
 with the next batch at once while the child pickles and SETs. Writes stay in
 order: every save first waits for a running child, so a later checkpoint (the
 one after a forget, the one at shutdown) can never be overwritten by an
@@ -125,8 +128,10 @@ class Checkpointer:
         try:
             await self.client.set(self.key, blob)
         except (RedisError, OSError) as exc:
-            # The next interval retries; offsets are committed regardless, which
-            # is safe: a restart then relearns from the older checkpoint's offsets.
+            # The next interval retries; offsets are committed regardless: profiles
+            # and outputs stay exact, and only a crash before the next written
+            # checkpoint costs the models their learning since the last one
+            # (docs/RELIABILITY.md, known limits).
             log.error("model checkpoint to %s failed: %s", self.key, exc)
             self._count(False)
             return False
