@@ -122,15 +122,19 @@ def _pack_users(users: dict[str, _User], maxlen: int) -> dict | None:
         return None
     n = len(users)
 
-    def flat(attr: str, dtype) -> tuple[np.ndarray, np.ndarray]:
-        get = operator.attrgetter(attr)
-        lens = np.fromiter(map(len, map(get, values)), dtype=np.int64, count=n)
-        data = np.fromiter(itertools.chain.from_iterable(map(get, values)), dtype=dtype, count=int(lens.sum()))
-        return lens, data
+    def lengths(attr: str) -> np.ndarray:
+        return np.fromiter(map(len, map(operator.attrgetter(attr), values)), dtype=np.int64, count=n)
 
-    return {"ids": list(users), "maxlen": maxlen, "history": flat("history", np.int64),
-            "weights": flat("weights", np.float64)[1], "interacted": flat("interacted", np.int64),
-            "purchased": flat("purchased", np.int64)}
+    def concat(attr: str, lens: np.ndarray, dtype) -> np.ndarray:
+        items = itertools.chain.from_iterable(map(operator.attrgetter(attr), values))
+        return np.fromiter(items, dtype=dtype, count=int(lens.sum()))
+
+    hist_lens, inter_lens, purch_lens = lengths("history"), lengths("interacted"), lengths("purchased")
+    return {"ids": list(users), "maxlen": maxlen,
+            "history": (hist_lens, concat("history", hist_lens, np.int64)),
+            "weights": concat("weights", hist_lens, np.float64),  # one weight per history item
+            "interacted": (inter_lens, concat("interacted", inter_lens, np.int64)),
+            "purchased": (purch_lens, concat("purchased", purch_lens, np.int64))}
 
 
 def _unpack_users(packed: dict) -> dict[str, _User]:

@@ -29,8 +29,8 @@ child's CPU; measured in docs/BENCHMARKS.md, session 5), which is why the
 default interval is 300 s. Each forked checkpoint's log line gives the
 child's CPU and the worker's page faults meanwhile. The fork happens at step
 3 with the batch lock held, so the child's copy-on-write memory is exactly
-the state step 3 describes; the worker goes on
-with the next batch at once while the child pickles and SETs. Writes stay in
+the state step 3 describes; the worker goes on with the next batch at once
+while the child pickles and SETs. Writes stay in
 order: every save first waits for a running child, so a later checkpoint (the
 one after a forget, the one at shutdown) can never be overwritten by an
 earlier one. A child whose worker died before it wrote gives up (an orphaned
@@ -169,8 +169,8 @@ class Checkpointer:
             finally:
                 os._exit(code)  # no atexit handlers, no inherited buffers flushed
         self.fork_ms = 1000 * (time.perf_counter() - forking)  # the pause of the worker (logged)
-        self._faults_at_fork = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        self._child = asyncio.ensure_future(self._reap(pid, state, started, offsets))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # copy-on-write from here on (logged)
+        self._child = asyncio.ensure_future(self._reap(pid, state, started, offsets, faults))
         return True
 
     def _count(self, written: bool) -> None:
@@ -179,12 +179,12 @@ class Checkpointer:
             if written:
                 self.metrics.checkpoint_time.set(time.time())
 
-    async def _reap(self, pid: int, state: tuple, started: float, offsets: dict) -> bool:
-        written = await self._wait_child(pid, state, started, offsets)
+    async def _reap(self, pid: int, state: tuple, started: float, offsets: dict, faults_at_fork: int) -> bool:
+        written = await self._wait_child(pid, state, started, offsets, faults_at_fork)
         self._count(written)
         return written
 
-    async def _wait_child(self, pid: int, state: tuple, started: float, offsets: dict) -> bool:
+    async def _wait_child(self, pid: int, state: tuple, started: float, offsets: dict, faults_at_fork: int) -> bool:
         loop = asyncio.get_running_loop()
         try:
             _, status, usage = await asyncio.wait_for(loop.run_in_executor(None, os.wait4, pid, 0),
@@ -203,7 +203,7 @@ class Checkpointer:
                       os.waitstatus_to_exitcode(status))
             return False
         self._saved_state = state
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults_at_fork
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_at_fork
         log.info("model checkpoint (forked): the worker paused %.1f ms to fork, the child wrote it %.0f ms later "
                  "using %.0f ms of CPU; meanwhile the worker took %d minor page faults (mostly copy-on-write), "
                  "offsets %s",

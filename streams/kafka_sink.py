@@ -32,9 +32,9 @@ request per batch.
 Sink error policy: a record the broker does not acknowledge is produced again
 by the next :meth:`KafkaSink.flush`, with capped exponential backoff, until it
 is; the flush does not return meanwhile (backpressure: no commit passes it,
-and the batch loop waits once more than 8 batches of records are pending). One error is logged per outage and one line
-when it ends; ``recostream_kafka_produce_errors_total`` counts the failed
-deliveries. Records of one key keep their order while the broker accepts
+and the batch loop waits once more than 8 batches of records are pending).
+One error is logged per outage and one line when it ends;
+``recostream_kafka_produce_errors_total`` counts the failed deliveries. Records of one key keep their order while the broker accepts
 them (the idempotent producer retries in order). Batches do not wait for
 their records (the pipeline drains them before commits, see
 ``streams.pipeline``), so a record that librdkafka gives up on and this sink
