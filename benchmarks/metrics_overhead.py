@@ -93,6 +93,9 @@ class _Outputs:
     async def flush(self):
         pass
 
+    def collect(self):
+        pass
+
     def pending(self):
         return 0
 
