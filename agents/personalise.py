@@ -59,8 +59,15 @@ def register(app) -> None:
 
     @app.on_partitions_revoked.connect
     async def forget_expected_offsets(app, revoked, **kwargs) -> None:
-        """Partitions move on a rebalance: their next offsets are the committed ones again."""
-        app.processor.guard.reset()
+        """Partitions move on a rebalance: their next offsets are the committed ones again, and a partition
+        that comes back may have been processed elsewhere meanwhile (its models catch up again)."""
+        app.processor.reset_positions()
+
+    @app.timer(interval=1.0)
+    async def process_what_faust_dropped() -> None:
+        """A quiet partition's messages that Faust fetched but never delivered are processed from the broker."""
+        async with app.checkpoints.lock:
+            await app.processor.process_dropped()
 
     @app.timer(interval=1.0)
     async def checkpoint_models() -> None:

@@ -27,6 +27,10 @@ window. For an event at ``(partition, offset)``:
   writing them), and the models learn it only if the checkpoint they were
   restored from predates it;
 * id in the window at another offset: a producer's duplicate; skipped by all.
+
+The events between a checkpoint's offsets and the committed offset are never
+redelivered; :meth:`PersonalisationEngine.catch_up` lets the models alone
+learn them when the worker reads them again.
 """
 
 from __future__ import annotations
@@ -247,6 +251,64 @@ class PersonalisationEngine:
         timings["segments"] += t2 - t1
         timings["recommend"] += t3 - t2
         return out
+
+    def catch_up(self, events: Sequence[Interaction], positions: Sequence[tuple[str, int]],
+                 profiles: Mapping[str, Profile]) -> int:
+        """Let the models learn events the profiles already hold; return how many they learned.
+
+        For a worker restored from a checkpoint older than its committed
+        offsets: the events in between were applied to the profiles before the
+        crash and will not be redelivered, so only the models miss them. They
+        are read again and passed here, in offset order. ``profiles`` is only
+        read: an event is learned when its customer's dedupe window holds its
+        id at this very position (the occurrence that was applied), or no
+        longer holds the id at all (it scrolled out; learned once per id of
+        the call). It is skipped when the window holds the id at another
+        position (a producer's duplicate), when the customer has no profile
+        (forgotten since: their events must not come back into the models),
+        and when the models are already past its offset. Profiles, segments,
+        recommendations and the live-quality state are not touched.
+
+        Examples
+        --------
+        >>> from types import SimpleNamespace as E
+        >>> before = PersonalisationEngine()
+        >>> before.upsert_item("i1", "books"); before.upsert_item("i2", "books")
+        >>> ev = [E(event_id=f"e{k}", user_id="u1", item_id=f"i{k}", type="click", ts=1.7e9 + k,
+        ...         category="books", price=None, quantity=None, order_id=None) for k in (1, 2)]
+        >>> snapshot = before.dumps()                      # checkpoint: models at offset 0
+        >>> out = before.process(ev, {}, positions=[("click:0", 0), ("click:0", 1)])
+        >>> after = PersonalisationEngine.loads(snapshot)  # a crash later, restored
+        >>> after.catch_up(ev, [("click:0", 0), ("click:0", 1)], out.profiles)
+        2
+        >>> after.model_offsets, after.model_version == before.model_version
+        ({'click:0': 2}, True)
+        >>> after.catch_up(ev, [("click:0", 0), ("click:0", 1)], out.profiles)  # already learned
+        0
+        """
+        learn_one = self.ranker.learn_one
+        counts, learned_items, model_offsets = self._item_counts, self._pop_pending, self.model_offsets
+        unplaced: set[str] = set()
+        learned = 0
+        for ev, (part, offset) in zip(events, positions):
+            if offset < model_offsets.get(part, 0):
+                continue
+            model_offsets[part] = offset + 1
+            profile = profiles.get(ev.user_id)
+            if profile is None:
+                continue
+            seen_at = seen_offset(profile, ev.event_id)
+            if seen_at is None:
+                if ev.event_id in unplaced:
+                    continue
+                unplaced.add(ev.event_id)
+            elif seen_at != source_position(part, offset):
+                continue
+            learn_one(ev.user_id, ev.item_id, ev.type, ev.ts)
+            counts[ev.item_id] = counts.get(ev.item_id, 0) + 1
+            learned_items.append(ev.item_id)
+            learned += 1
+        return learned
 
     def recommend(self, user_ids: Sequence[str], n: int | None = None) -> list[list[tuple[str, float]]]:
         return self.ranker.recommend(list(user_ids), n=n or self.top_n, exclude=self.exclude)

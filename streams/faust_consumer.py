@@ -43,6 +43,21 @@ class ShortFetchWaitThread(AIOKafkaConsumerThread):
 
 
 class HandOffConsumer(AIOKafkaConsumer):
+    async def mark_processed(self, tp: Any, start: int, end: int) -> None:
+        """Offsets ``[start, end)`` of ``tp`` were processed outside the stream: let commits pass them.
+
+        Faust commits a partition only up to its first offset never acked,
+        and refuses outright when the lowest acked offset is more than one
+        above the committed one. Messages its streams dropped (read from the
+        broker by the worker instead: ``streams/offset_guard.py``) are never
+        acked, so without this the partition's commits would stop for good
+        (measured: a worker started while a burst arrived kept its committed
+        offsets at their start values). Call it once the range is processed;
+        it counts as acked only up to the highest offset the stream acks.
+        """
+        if end > start:
+            await self._add_gap(tp, start, end - 1)
+
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return ShortFetchWaitThread(self, loop=self.loop, beacon=self.beacon)
 

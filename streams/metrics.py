@@ -160,6 +160,7 @@ class Metrics:
         self.redis_errors = Counter("redis_errors_total", "Failed Redis write attempts (each is retried).", namespace=ns, registry=r)
         self.redis_up = Gauge("redis_up", "1 when the last Redis write succeeded, 0 during an outage.", namespace=ns, registry=r)
         self.kafka_produce_errors = Counter("kafka_produce_errors_total", "Output records Kafka did not acknowledge (each is produced again).", namespace=ns, registry=r)
+        self.model_caught_up = Counter("model_caught_up_events_total", "Events the models learned on resuming a partition, re-read from the broker because their checkpoint predates the committed offset (profiles already held them).", namespace=ns, registry=r)
         self.input_refetched = Counter("input_refetched_total", "Input messages Faust fetched but never delivered, read again from the broker (streams/offset_guard.py).", namespace=ns, registry=r)
         self.live_evaluated = Counter("live_evaluated_total", "Events judged by the live prequential hit rate.", namespace=ns, registry=r)
         self.live_hits = Counter("live_hits_total", "Events whose item was in the top-K shown before it happened.", ["model"], namespace=ns, registry=r)

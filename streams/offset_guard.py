@@ -59,13 +59,16 @@ class OffsetGuard:
         """Forget every expectation (call on rebalance)."""
         self.next.clear()
 
+    def expected(self, tp: Hashable) -> Optional[int]:
+        """The next offset the worker must process on ``tp`` (the committed one if nothing came yet)."""
+        expected = self.next.get(tp)
+        return self.committed(tp) if expected is None else expected
+
     def observe(self, positions: Iterable[tuple[Hashable, int]]) -> dict[Hashable, tuple[int, int]]:
         """Record ``(tp, offset)`` pairs in delivery order; return ``{tp: (first missing, first present)}``."""
         gaps: dict[Hashable, tuple[int, int]] = {}
         for tp, offset in positions:
-            expected = self.next.get(tp)
-            if expected is None:
-                expected = self.committed(tp)
+            expected = self.expected(tp)
             if expected is not None and offset > expected and tp not in gaps:
                 gaps[tp] = (expected, offset)
             self.next[tp] = offset + 1

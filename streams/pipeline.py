@@ -40,6 +40,7 @@ harmless for profiles (a redelivery rewrites the outputs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Iterator, Mapping, Sequence
@@ -58,6 +59,7 @@ from streams.redis_sink import RedisSink
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger(__name__)
+_CATCH_UP_CHUNK = 10_000
 
 
 class TableProfiles(Mapping[str, Profile]):
@@ -113,6 +115,8 @@ class BatchProcessor:
         self.outputs = outputs
         self.changelog_topic = app.profiles.changelog_topic_name
         self.guard = OffsetGuard(faust_committed(app))
+        self._last_batch = 0.0  # time.monotonic() when the last batch started
+        self._resumed: set[tuple[str, int]] = set()  # partitions whose models were caught up since the last rebalance
         self.profiles = TableProfiles(app.profiles)
         self.metrics = metrics
         self.sink = sink
@@ -130,10 +134,14 @@ class BatchProcessor:
     async def process(self, batch: Sequence[Any]) -> None:
         """Learn from one micro-batch and write every output (see the module doc)."""
         started = time.time()
+        self._last_batch = time.monotonic()
         gaps = self.guard.observe((event.message.tp, event.message.offset) for event in batch)
         if gaps:
             batch = await self._with_skipped(gaps) + list(batch)
+        await self._catch_up_models(batch, started)
         await self._process(batch, started)
+        if gaps:
+            await self._mark_processed(gaps)
         self.outputs.collect()
         if self.outputs.pending() > self._max_queued_records:  # the broker is slow: wait for it
             await self.outputs.flush()
@@ -143,6 +151,55 @@ class BatchProcessor:
         while self._redis_write is not None and not self._redis_write.done():
             await asyncio.shield(self._redis_write)
         await self.outputs.flush()
+
+    async def process_dropped(self, idle_s: float = 2.0) -> int:
+        """Process input messages Faust took from its consumer but never delivered, at a quiet partition's end.
+
+        The offset guard sees a skipped range when a later message of the
+        partition arrives. When none arrives (a burst that ended while Faust
+        was starting or rebalancing: its stream drops what arrived then), the
+        range would wait for the partition's next event. So once no batch has
+        run for ``idle_s`` (every message Faust took would have been delivered
+        by then), each assigned input partition whose consumer position is
+        past the next offset the worker must process is read from the broker
+        and processed. Returns the number of messages processed. Call it with
+        the batch lock held.
+        """
+        consumer = self.app.consumer
+        if time.monotonic() - self._last_batch < idle_s or not getattr(consumer, "flow_active", True):
+            return 0
+        loop = asyncio.get_running_loop()
+        dropped: list = []
+        ranges: dict[Any, tuple[int, int]] = {}
+        for tp in sorted(consumer.assignment()):
+            if tp.topic not in self.topic_types:
+                continue
+            expected = self.guard.expected(tp)
+            try:
+                position = await consumer.position(tp)
+            except Exception:  # noqa: BLE001 - e.g. revoked meanwhile: the next rebalance re-reads it
+                continue
+            if expected is None or position is None or position <= expected:
+                continue
+            log.warning("%s:%d: offsets %d..%d were fetched but never delivered to this worker's stream, "
+                        "and no later message came; reading them from the broker", tp.topic, tp.partition,
+                        expected, position - 1)
+            events = await loop.run_in_executor(None, fetch_range, self.settings, tp.topic, tp.partition,
+                                                expected, position)
+            self.metrics.input_refetched.inc(len(events))
+            dropped += events
+            ranges[tp] = (expected, position)
+        if dropped:
+            await self.process(dropped)
+            await self._mark_processed(ranges)
+        return len(dropped)
+
+    async def _mark_processed(self, ranges: Mapping[Any, tuple[int, int]]) -> None:
+        """Tell Faust's consumer that ``{tp: (start, end)}`` was processed outside its stream (commits pass it)."""
+        mark = getattr(self.app.consumer, "mark_processed", None)
+        if mark is not None:
+            for tp, (start, end) in ranges.items():
+                await mark(tp, start, end)
 
     async def _with_skipped(self, gaps: Mapping[Any, tuple[int, int]]) -> list:
         """The messages Faust skipped (see streams/offset_guard.py), read from the broker."""
@@ -156,25 +213,76 @@ class BatchProcessor:
             skipped += events
         return skipped
 
+    def reset_positions(self) -> None:
+        """Partitions move on a rebalance: each one's next offset is its committed one again."""
+        self.guard.reset()
+        self._resumed.clear()
+
+    async def _catch_up_models(self, batch: Sequence[Any], now: float) -> None:
+        """Before a partition's first batch since start or rebalance: the events its models miss.
+
+        The models are restored from a checkpoint that may be older than the
+        committed offset the partition resumes from; the events in between
+        are in the profiles but will not be delivered again. They are read
+        from the broker (at most ``model_catch_up_max_events`` per partition,
+        the most recent ones) and learned by the models only
+        (:meth:`models.engine.PersonalisationEngine.catch_up`).
+        """
+        firsts: dict[tuple[str, int], int] = {}
+        for event in batch:
+            msg = event.message
+            tp = (msg.topic, msg.partition)
+            if tp not in self._resumed and msg.offset < firsts.get(tp, msg.offset + 1):
+                firsts[tp] = msg.offset
+        if not firsts:
+            return
+        self._resumed.update(firsts)
+        cap = self.settings.model_catch_up_max_events
+        loop = asyncio.get_running_loop()
+        for (topic, partition), first in firsts.items():
+            part = f"{topic}:{partition}"
+            start = self.engine.model_offsets.get(part)
+            if start is None or start >= first or not cap:
+                continue
+            if first - start > cap:
+                log.warning("%s: the models' checkpoint is %d events behind; they learn the last %d of them "
+                            "(RECOSTREAM_MODEL_CATCH_UP_MAX_EVENTS)", part, first - start, cap)
+            began = time.perf_counter()
+            try:
+                messages = await loop.run_in_executor(None, fetch_range, self.settings, topic, partition,
+                                                      max(start, first - cap), first)
+            except Exception:  # noqa: BLE001 - the models stay behind; consumption must go on
+                log.exception("%s: could not re-read offsets %d..%d for the models; they stay without them",
+                              part, start, first - 1)
+                continue
+            events, positions = [], []
+            for raw in messages:
+                with contextlib.suppress(ContractError):  # dead-lettered when first consumed
+                    events.append(self._decode(raw.message, now))
+                    positions.append((part, raw.message.offset))
+            learned = 0
+            for lo in range(0, len(events), _CATCH_UP_CHUNK):  # let the loop breathe between chunks
+                learned += self.engine.catch_up(events[lo:lo + _CATCH_UP_CHUNK], positions[lo:lo + _CATCH_UP_CHUNK],
+                                                self.profiles)
+                await asyncio.sleep(0)
+            self.engine.model_offsets[part] = max(self.engine.model_offsets.get(part, 0), first)
+            self.metrics.model_caught_up.inc(learned)
+            log.info("%s: models restored at offset %d, partition resumed at %d: re-read %d events, "
+                     "the models learned %d of them in %.0f ms", part, start, first, len(messages), learned,
+                     1000 * (time.perf_counter() - began))
+
     async def _process(self, batch: Sequence[Any], started: float) -> None:
         m = self.metrics
         valid = []
         partition_of: dict[str, int] = {}
         for event in batch:
             msg = event.message
-            etype = self.topic_types[msg.topic]
-            m.consumed_by_type[etype or "mixed"].inc()
+            m.consumed_by_type[self.topic_types[msg.topic] or "mixed"].inc()
             try:
-                ev = decode_event(msg.value, etype, self.limits, now=started)
-                if msg.key is not None and msg.key != ev.user_id.encode():
-                    raise ContractError("key_mismatch",
-                                        f"message key {msg.key[:64]!r} is not the user_id {ev.user_id[:64]!r}: "
-                                        "input topics must be keyed by user_id")
+                ev = self._decode(msg, started)
             except ContractError as err:
                 self.send_dead_letter(err, msg)
                 continue
-            if self.pseudonymize_key:
-                ev = msgspec.structs.replace(ev, user_id=pseudonym(ev.user_id, self.pseudonymize_key))
             valid.append((ev, msg, (f"{msg.topic}:{msg.partition}", msg.offset)))
             partition_of[ev.user_id] = msg.partition
         m.batch_size.observe(len(batch))
@@ -221,6 +329,17 @@ class BatchProcessor:
         if self._redis_write is not None:
             await asyncio.shield(self._redis_write)  # one write in flight: keys stay in order
         self._redis_write = asyncio.ensure_future(self._write_redis(rec_docs, profile_docs, meta, latest, started))
+
+    def _decode(self, msg: Any, now: float) -> Any:
+        """The validated event of an input message (pseudonymised if configured); raises ContractError."""
+        ev = decode_event(msg.value, self.topic_types[msg.topic], self.limits, now=now)
+        if msg.key is not None and msg.key != ev.user_id.encode():
+            raise ContractError("key_mismatch",
+                                f"message key {msg.key[:64]!r} is not the user_id {ev.user_id[:64]!r}: "
+                                "input topics must be keyed by user_id")
+        if self.pseudonymize_key:
+            ev = msgspec.structs.replace(ev, user_id=pseudonym(ev.user_id, self.pseudonymize_key))
+        return ev
 
     async def _write_redis(self, rec_docs: dict[str, bytes], profile_docs: dict[str, bytes], meta: dict,
                            latest: dict[str, float], started: float) -> None:

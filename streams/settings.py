@@ -60,6 +60,9 @@ class Settings:
     data_dir: str = _doc("run/worker", "Directory for the worker's local table state.")
     worker_id: str = _doc("", "Stable id of this worker (names its model checkpoint). Default: hostname:metrics_port.")
     checkpoint_interval_s: float = _doc(300.0, "Seconds between model checkpoints (0 = only at shutdown).", min=0.0, max=86400.0)
+    model_catch_up_max_events: int = _doc(100_000, "On resuming a partition, most events between the models' "
+                                          "checkpoint and the committed offset re-read so the models learn them "
+                                          "(0 = none).", min=0, max=100_000_000)
     batch_max_events: int = _doc(1000, "Upper bound of one micro-batch.", min=1, max=100_000)
     batch_max_wait_s: float = _doc(0.01, "Max seconds a micro-batch waits to fill.", min=0.001, max=10.0)
     shutdown_timeout_s: float = _doc(30.0, "After SIGTERM/SIGINT, seconds before a worker that has not stopped "
