@@ -59,6 +59,15 @@ class OffsetGuard:
         """Forget every expectation (call on rebalance)."""
         self.next.clear()
 
+    def unknown(self, tps: Iterable[Hashable]) -> set:
+        """Those of ``tps`` whose next offset is not known (no message yet, committed offset unknown)."""
+        return {tp for tp in tps if self.expected(tp) is None}
+
+    def assume(self, offsets: dict) -> None:
+        """Take ``{tp: committed offset}`` (read from the broker) as the next offsets of partitions not seen yet."""
+        for tp, offset in offsets.items():
+            self.next.setdefault(tp, offset)
+
     def expected(self, tp: Hashable) -> Optional[int]:
         """The next offset the worker must process on ``tp`` (the committed one if nothing came yet)."""
         expected = self.next.get(tp)
@@ -103,6 +112,19 @@ class RawEvent:
     """Stands in for a Faust ``Event``: the pipeline only reads ``.message``."""
 
     message: RawMessage
+
+
+def committed_offsets(settings: Settings, tps: Iterable[tuple[str, int]], timeout_s: float = 10.0) -> dict:
+    """The worker group's committed offsets of ``tps`` (``(topic, partition)`` pairs), read from the
+    broker (blocking); partitions without a committed offset are left out."""
+    tps = list(tps)
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": settings.app_id,
+                         "enable.auto.commit": False, "logger": logging.getLogger("librdkafka")})
+    try:
+        got = consumer.committed([TopicPartition(topic, partition) for topic, partition in tps], timeout=timeout_s)
+    finally:
+        consumer.close()
+    return {tp: c.offset for tp, c in zip(tps, got) if c.offset >= 0}
 
 
 def fetch_range(settings: Settings, topic: str, partition: int, start: int, end: int,

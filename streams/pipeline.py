@@ -51,7 +51,7 @@ import numpy as np
 from models.engine import BatchOutcome
 from models.profile import Profile, decode_profile, encode_profile, profile_summary
 from streams.kafka_sink import KafkaSink
-from streams.offset_guard import OffsetGuard, faust_committed, fetch_range
+from streams.offset_guard import OffsetGuard, committed_offsets, faust_committed, fetch_range
 from streams.contract import ContractError, Limits, Recommendation, ScoredItem, dead_letter, decode_event
 from streams.metrics import Metrics
 from streams.privacy import pseudonym
@@ -135,6 +135,9 @@ class BatchProcessor:
         """Learn from one micro-batch and write every output (see the module doc)."""
         started = time.time()
         self._last_batch = time.monotonic()
+        unknown = self.guard.unknown({event.message.tp for event in batch})
+        if unknown:
+            await self._read_committed(unknown)
         gaps = self.guard.observe((event.message.tp, event.message.offset) for event in batch)
         if gaps:
             batch = await self._with_skipped(gaps) + list(batch)
@@ -193,6 +196,24 @@ class BatchProcessor:
             await self.process(dropped)
             await self._mark_processed(ranges)
         return len(dropped)
+
+    async def _read_committed(self, tps: set) -> None:
+        """Committed offsets of partitions met before Faust knew them, from the broker.
+
+        Faust fills in its committed offsets when it seeks, which can come
+        after the first messages of a new assignment were fetched; without
+        them the guard could not check a partition's first message (measured:
+        the first delivered message arrived with Faust's committed offset
+        still unknown).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            offsets = await loop.run_in_executor(None, committed_offsets, self.settings,
+                                                 [(tp[0], tp[1]) for tp in tps])
+        except Exception:  # noqa: BLE001 - the guard then starts from the first message, as before
+            log.exception("could not read the committed offsets of %d partitions", len(tps))
+            return
+        self.guard.assume({tp: offsets[(tp[0], tp[1])] for tp in tps if (tp[0], tp[1]) in offsets})
 
     async def _mark_processed(self, ranges: Mapping[Any, tuple[int, int]]) -> None:
         """Tell Faust's consumer that ``{tp: (start, end)}`` was processed outside its stream (commits pass it)."""

@@ -49,3 +49,25 @@ def test_fetch_range_reads_exactly_the_missing_offsets(settings):
     assert [e.message.offset for e in events] == list(range(7, 19))
     assert [e.message.value for e in events] == [f"v{i}".encode() for i in range(7, 19)]
     assert all(e.message.key == b"k" and e.message.tp == (topic, partition) for e in events)
+
+
+def test_partitions_whose_committed_offset_faust_does_not_know_yet_take_the_brokers():
+    guard = OffsetGuard(committed=lambda tp: None)  # Faust has not sought yet
+    assert guard.unknown({("a", 0), ("b", 0)}) == {("a", 0), ("b", 0)}
+    guard.assume({("a", 0): 40})
+    assert guard.unknown({("a", 0), ("b", 0)}) == {("b", 0)}
+    assert guard.observe([(("a", 0), 52)]) == {("a", 0): (40, 52)}
+
+
+def test_committed_offsets_reads_the_worker_groups_offsets_from_the_broker(settings):
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.offset_guard import committed_offsets
+    from streams.produce import make_producer, publish_raw
+
+    topic = settings.topic_click
+    publish_raw(make_producer(settings), [(topic, b"k", f"v{i}".encode()) for i in range(10)])
+    group = Consumer({**settings.kafka_client_config(), "group.id": settings.app_id, "enable.auto.commit": False})
+    group.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
+    group.close()
+    assert committed_offsets(settings, [(topic, 0), (topic, 1)]) == {(topic, 0): 7}
