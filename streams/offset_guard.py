@@ -59,6 +59,10 @@ class OffsetGuard:
         """Forget every expectation (call on rebalance)."""
         self.next.clear()
 
+    def new(self, tps: Iterable[Hashable]) -> set:
+        """Those of ``tps`` met for the first time since the last reset (start or rebalance)."""
+        return {tp for tp in tps if tp not in self.next}
+
     def unknown(self, tps: Iterable[Hashable]) -> set:
         """Those of ``tps`` whose next offset is not known (no message yet, committed offset unknown)."""
         return {tp for tp in tps if self.expected(tp) is None}
@@ -115,8 +119,9 @@ class RawEvent:
 
 
 def committed_offsets(settings: Settings, tps: Iterable[tuple[str, int]], timeout_s: float = 10.0) -> dict:
-    """The worker group's committed offsets of ``tps`` (``(topic, partition)`` pairs), read from the
-    broker (blocking); partitions without a committed offset are left out."""
+    """The worker group's committed offsets of ``tps`` (``(topic, partition)`` pairs, Faust ``TP``s
+    included), read from the broker (blocking), keyed by the given ``tps``; partitions without a
+    committed offset are left out."""
     tps = list(tps)
     consumer = Consumer({**settings.kafka_client_config(), "group.id": settings.app_id,
                          "enable.auto.commit": False, "logger": logging.getLogger("librdkafka")})

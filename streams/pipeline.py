@@ -116,7 +116,6 @@ class BatchProcessor:
         self.changelog_topic = app.profiles.changelog_topic_name
         self.guard = OffsetGuard(faust_committed(app))
         self._last_batch = 0.0  # time.monotonic() when the last batch started
-        self._resumed: set[tuple[str, int]] = set()  # partitions whose models were caught up since the last rebalance
         self.profiles = TableProfiles(app.profiles)
         self.metrics = metrics
         self.sink = sink
@@ -135,13 +134,20 @@ class BatchProcessor:
         """Learn from one micro-batch and write every output (see the module doc)."""
         started = time.time()
         self._last_batch = time.monotonic()
-        unknown = self.guard.unknown({event.message.tp for event in batch})
-        if unknown:
-            await self._read_committed(unknown)
+        firsts: dict[Any, int] = {}  # lowest offset of each partition in the batch
+        for event in batch:
+            msg = event.message
+            if msg.offset < firsts.get(msg.tp, msg.offset + 1):
+                firsts[msg.tp] = msg.offset
+        resumed = self.guard.new(firsts)  # first met since start or rebalance
+        if resumed:
+            await self._read_committed(self.guard.unknown(resumed))
         gaps = self.guard.observe((event.message.tp, event.message.offset) for event in batch)
         if gaps:
-            batch = await self._with_skipped(gaps) + list(batch)
-        await self._catch_up_models(batch, started)
+            batch = await self._read_ranges(gaps, "were never delivered to this worker's stream") + list(batch)
+        if resumed:
+            await self._catch_up_models({tp: min(firsts[tp], gaps[tp][0]) if tp in gaps else firsts[tp]
+                                         for tp in resumed}, started)
         await self._process(batch, started)
         if gaps:
             await self._mark_processed(gaps)
@@ -171,8 +177,6 @@ class BatchProcessor:
         consumer = self.app.consumer
         if time.monotonic() - self._last_batch < idle_s or not getattr(consumer, "flow_active", True):
             return 0
-        loop = asyncio.get_running_loop()
-        dropped: list = []
         ranges: dict[Any, tuple[int, int]] = {}
         for tp in sorted(consumer.assignment()):
             if tp.topic not in self.topic_types:
@@ -182,16 +186,10 @@ class BatchProcessor:
                 position = await consumer.position(tp)
             except Exception:  # noqa: BLE001 - e.g. revoked meanwhile: the next rebalance re-reads it
                 continue
-            if expected is None or position is None or position <= expected:
-                continue
-            log.warning("%s:%d: offsets %d..%d were fetched but never delivered to this worker's stream, "
-                        "and no later message came; reading them from the broker", tp.topic, tp.partition,
-                        expected, position - 1)
-            events = await loop.run_in_executor(None, fetch_range, self.settings, tp.topic, tp.partition,
-                                                expected, position)
-            self.metrics.input_refetched.inc(len(events))
-            dropped += events
-            ranges[tp] = (expected, position)
+            if expected is not None and position is not None and position > expected:
+                ranges[tp] = (expected, position)
+        dropped = await self._read_ranges(
+            ranges, "were fetched but never delivered to this worker's stream, and no later message came")
         if dropped:
             await self.process(dropped)
             await self._mark_processed(ranges)
@@ -206,14 +204,13 @@ class BatchProcessor:
         the first delivered message arrived with Faust's committed offset
         still unknown).
         """
+        if not tps:
+            return
         loop = asyncio.get_running_loop()
         try:
-            offsets = await loop.run_in_executor(None, committed_offsets, self.settings,
-                                                 [(tp[0], tp[1]) for tp in tps])
+            self.guard.assume(await loop.run_in_executor(None, committed_offsets, self.settings, tps))
         except Exception:  # noqa: BLE001 - the guard then starts from the first message, as before
             log.exception("could not read the committed offsets of %d partitions", len(tps))
-            return
-        self.guard.assume({tp: offsets[(tp[0], tp[1])] for tp in tps if (tp[0], tp[1]) in offsets})
 
     async def _mark_processed(self, ranges: Mapping[Any, tuple[int, int]]) -> None:
         """Tell Faust's consumer that ``{tp: (start, end)}`` was processed outside its stream (commits pass it)."""
@@ -222,25 +219,27 @@ class BatchProcessor:
             for tp, (start, end) in ranges.items():
                 await mark(tp, start, end)
 
-    async def _with_skipped(self, gaps: Mapping[Any, tuple[int, int]]) -> list:
-        """The messages Faust skipped (see streams/offset_guard.py), read from the broker."""
+    async def _read_ranges(self, ranges: Mapping[Any, tuple[int, int]], what: str) -> list:
+        """The input messages ``{tp: (start, end)}`` Faust never delivered (see streams/offset_guard.py),
+        read from the broker; ``what`` happened to them, for the log."""
         loop = asyncio.get_running_loop()
-        skipped: list = []
-        for (topic, partition), (start, end) in gaps.items():
-            log.warning("%s:%d: offsets %d..%d were never delivered to this worker's stream; "
-                        "reading them from the broker", topic, partition, start, end - 1)
+        messages: list = []
+        for (topic, partition), (start, end) in ranges.items():
+            log.warning("%s:%d: offsets %d..%d %s; reading them from the broker", topic, partition, start,
+                        end - 1, what)
             events = await loop.run_in_executor(None, fetch_range, self.settings, topic, partition, start, end)
             self.metrics.input_refetched.inc(len(events))
-            skipped += events
-        return skipped
+            messages += events
+        return messages
 
     def reset_positions(self) -> None:
-        """Partitions move on a rebalance: each one's next offset is its committed one again."""
+        """Partitions move on a rebalance: each one's next offset is its committed one again, and
+        each one's models are checked for a catch-up at its first batch."""
         self.guard.reset()
-        self._resumed.clear()
 
-    async def _catch_up_models(self, batch: Sequence[Any], now: float) -> None:
-        """Before a partition's first batch since start or rebalance: the events its models miss.
+    async def _catch_up_models(self, resume_at: Mapping[Any, int], now: float) -> None:
+        """Partitions resumed at ``{tp: offset}`` (their first batch since start or rebalance): the
+        events their models miss.
 
         The models are restored from a checkpoint that may be older than the
         committed offset the partition resumes from; the events in between
@@ -249,18 +248,9 @@ class BatchProcessor:
         the most recent ones) and learned by the models only
         (:meth:`models.engine.PersonalisationEngine.catch_up`).
         """
-        firsts: dict[tuple[str, int], int] = {}
-        for event in batch:
-            msg = event.message
-            tp = (msg.topic, msg.partition)
-            if tp not in self._resumed and msg.offset < firsts.get(tp, msg.offset + 1):
-                firsts[tp] = msg.offset
-        if not firsts:
-            return
-        self._resumed.update(firsts)
         cap = self.settings.model_catch_up_max_events
         loop = asyncio.get_running_loop()
-        for (topic, partition), first in firsts.items():
+        for (topic, partition), first in resume_at.items():
             part = f"{topic}:{partition}"
             start = self.engine.model_offsets.get(part)
             if start is None or start >= first or not cap:
