@@ -22,9 +22,19 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-# Not part of `make test`: the rebalance test of tests/test_reliability.py, ten times over.
+# The fault suite (tests/test_faults.py) SOAK_RUNS times, each run with new random fault timings;
+# stops at the first failing run (its log stays in run/).
+SOAK_RUNS ?= 10
 soak: install
-	for i in 1 2 3 4 5 6 7 8 9 10; do $(BIN)/python -m pytest -q tests/soak_rebalance.py || exit 1; done
+	@mkdir -p run
+	@for i in $$(seq $(SOAK_RUNS)); do \
+	  seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+	  echo "soak run $$i of $(SOAK_RUNS): RECOSTREAM_FAULT_SEED=$$seed"; \
+	  RECOSTREAM_FAULT_SEED=$$seed $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_faults.py \
+	    > run/soak-$$i.log 2>&1; status=$$?; \
+	  grep -E ': produced|kills that|passed|failed' run/soak-$$i.log; \
+	  [ $$status -eq 0 ] || { echo "soak run $$i failed: run/soak-$$i.log"; exit 1; }; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -43,7 +43,8 @@ from typing import Mapping, Protocol, Sequence
 
 import pickle
 
-from models.profile import FEATURE_KEYS, Profile, apply_event, feature_matrix, new_profile, seen_offset
+from models.profile import (FEATURE_KEYS, Profile, applied_offset, apply_event, feature_matrix, mark_applied,
+                            new_profile, seen_offset)
 from models.ranker import HybridRanker
 from models.segments import CustomerSegments
 
@@ -198,13 +199,25 @@ class PersonalisationEngine:
                     h = part_hash[part] = source_position(part, 0)
                 position = h | offset
                 model_new = offset >= model_offsets.get(part, 0)
-            if apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
-                           ts=ev.ts, category=ev.category, price=ev.price, quantity=ev.quantity,
-                           order_id=ev.order_id, window=window, offset=position):
+            last = applied_offset(profile, position) if position >= 0 else None
+            if last is not None and last >= offset:
+                # At or below the last event applied from its partition: a redelivery
+                # (after a crash or a rebalance), even if its id has left the window,
+                # unless the window holds its id at another position (a duplicate).
+                seen_at = seen_offset(profile, ev.event_id)
+                applied = False
+                redelivery = seen_at is None or seen_at == position
+            else:
+                applied = apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
+                                      ts=ev.ts, category=ev.category, price=ev.price, quantity=ev.quantity,
+                                      order_id=ev.order_id, window=window, offset=position)
+                redelivery = not applied and position >= 0 and seen_offset(profile, ev.event_id) == position
+            if applied:
                 touched[user] = profile
+                if position >= 0:
+                    mark_applied(profile, position)
             else:
                 out.duplicates += 1
-                redelivery = position >= 0 and seen_offset(profile, ev.event_id) == position
                 if redelivery:
                     # The first delivery may have died before its outputs were
                     # written: refresh them (idempotent; counts do not change).

@@ -45,6 +45,8 @@ __all__ = [
     "new_profile",
     "apply_event",
     "seen_offset",
+    "applied_offset",
+    "mark_applied",
     "rfm",
     "top_categories",
     "features",
@@ -126,6 +128,12 @@ class Profile(msgspec.Struct, omit_defaults=True, gc=False):
         crash) from a producer's duplicate. Read it through :attr:`seen_offsets`.
     recent_order_ids
         FIFO window of recent order keys so multi-line orders count once.
+    applied
+        The source position of the last event applied from each
+        topic-partition (same encoding as ``seen_window_offsets``): a
+        customer's events of one partition arrive in offset order, so a
+        message at or below it was applied already, whatever the size of the
+        dedupe window. Read it through :func:`applied_offset`.
     segment
         Latest customer segment assigned by the clustering model.
 
@@ -145,6 +153,7 @@ class Profile(msgspec.Struct, omit_defaults=True, gc=False):
     seen_window: str = ""
     seen_window_offsets: bytes = b""
     recent_order_ids: tuple[str, ...] = ()
+    applied: tuple[int, ...] = ()
     segment: int | None = None
     # The window as older payloads carried it (None once converted).
     legacy_event_ids: list[str] | None = msgspec.field(default=None, name="seen_event_ids")
@@ -193,7 +202,7 @@ def new_profile(user_id: str) -> Profile:
     Examples
     --------
     >>> new_profile("u7")
-    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=(), category_counts={}, seen_window='', seen_window_offsets=b'', recent_order_ids=(), segment=None, legacy_event_ids=None, legacy_offsets=None)
+    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=(), category_counts={}, seen_window='', seen_window_offsets=b'', recent_order_ids=(), applied=(), segment=None, legacy_event_ids=None, legacy_offsets=None)
     """
     return Profile(user_id=user_id)
 
@@ -304,6 +313,32 @@ def apply_event(
                 recent_orders = recent_orders[len(recent_orders) - MAX_RECENT_ORDERS:]
             profile.recent_order_ids = recent_orders
     return True
+
+
+_PART_MASK = ~((1 << 40) - 1)
+
+
+def applied_offset(profile: Profile, position: int) -> int | None:
+    """The offset of the last event applied from ``position``'s topic-partition, or ``None``.
+
+    ``position`` is ``partition hash << 40 | offset`` (``models.engine.source_position``).
+
+    >>> p = new_profile("u1")
+    >>> mark_applied(p, (7 << 40) | 41); mark_applied(p, (9 << 40) | 3); mark_applied(p, (7 << 40) | 42)
+    >>> applied_offset(p, 7 << 40), applied_offset(p, 9 << 40), applied_offset(p, 8 << 40)
+    (42, 3, None)
+    """
+    part = position & _PART_MASK
+    for entry in profile.applied:
+        if entry & _PART_MASK == part:
+            return entry & ~_PART_MASK
+    return None
+
+
+def mark_applied(profile: Profile, position: int) -> None:
+    """Record ``position`` as the last event applied from its topic-partition."""
+    part = position & _PART_MASK
+    profile.applied = tuple(e for e in profile.applied if e & _PART_MASK != part) + (position,)
 
 
 def seen_offset(profile: Profile, event_id: str) -> int | None:

@@ -10,9 +10,10 @@ on loopback) or the services named by ``RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS`` /
    worker's contract checks accept them);
 2. references over those very events, each with its own consumer group:
    ``raw_consume_eps`` (plain aiokafka ``getmany``, no decoding),
-   ``faust_bare_eps`` (a no-op Faust agent on the product's Faust app, i.e.
-   :func:`streams.app.create_app` settings, looping ``stream.take_events``
-   exactly like the product agent) and ``faust_default_eps`` (the same agent
+   ``bare_loop_eps`` (the worker's own consumer, ``streams.loop.make_consumer``,
+   consuming micro-batches of ``RECOSTREAM_BATCH_MAX_EVENTS`` and doing
+   nothing with them: the ceiling of the worker's loop) and
+   ``faust_default_eps`` (a no-op Faust agent looping ``stream.take_events``
    on a Faust app with Faust's defaults);
 3. ``throughput_eps``: ``--workers`` real ``recostream worker`` processes
    (every feature on) process the events; the rate is measured on the
@@ -252,10 +253,35 @@ def raw_consume_eps(settings: Settings, topics: list[str], expect: int, timeout:
     return asyncio.run(_raw_consume(settings, topics, expect, timeout))
 
 
+def bare_loop_eps(settings: Settings, topics: list[str], expect: int, timeout: float = 300.0) -> dict:
+    """The worker's consumer, in its own group, taking micro-batches and doing nothing with them."""
+    from streams.loop import make_consumer  # noqa: PLC0415
+
+    consumer = make_consumer(settings.replace(app_id=f"{settings.app_id}-ref-loop-{uuid.uuid4().hex[:6]}"))
+    try:
+        consumer.subscribe(topics)
+        n = first_n = 0
+        t_first = t_last = None
+        deadline = time.monotonic() + timeout
+        while n < expect and time.monotonic() < deadline:
+            batch = consumer.consume(settings.batch_max_events, settings.batch_max_wait_s)
+            if not batch:
+                continue
+            now = time.perf_counter()
+            n += len(batch)
+            if t_first is None:
+                t_first, first_n = now, len(batch)
+            t_last = now
+        eps = (n - first_n) / (t_last - t_first) if t_first is not None and t_last > t_first else None
+        return {"events": n, "eps": eps}
+    finally:
+        consumer.close()
+
+
 def run_faust_reference(settings: Settings, mode: str, expect: int, run_dir: Path, *,
                         overrides: dict | None = None, transport: str = "kafka",
                         timeout: float = 600.0, on_progress: Callable[[int], None] | None = None) -> dict:
-    """Run the no-op Faust agent (``mode`` ``product`` or ``default``) in a child process."""
+    """Run the no-op Faust agent (``mode``: a label of the run) in a child process."""
     import subprocess  # noqa: PLC0415
 
     from streams.up import stop_process, worker_env  # noqa: PLC0415
@@ -310,43 +336,20 @@ def _faust_reference_child(spec: dict) -> None:
     no_sensors = overrides.pop("_no_sensors", False)
     no_acks = overrides.pop("_no_acks", False)
     take = int(overrides.pop("_take", settings.batch_max_events))
-    if mode == "product":
-        from streams.app import create_app  # noqa: PLC0415
-
-        if transport != "kafka" or overrides:
-            # Rebuild the product app with the overrides on top of its own settings.
-            import streams.app as product  # noqa: PLC0415
-
-            base_init = product.RecoApp.__init__
-
-            def patched(self, *args, **kwargs):
-                kwargs.update(overrides)
-                if transport != "kafka":
-                    kwargs["broker"] = [f"{transport}://{hp.strip()}"
-                                        for hp in settings.kafka_bootstrap_servers.split(",")]
-                base_init(self, *args, **kwargs)
-
-            product.RecoApp.__init__ = patched
-        app = create_app(settings)
-        topic = app.input_topic
-        if no_acks:
-            topic = app.topic(*settings.input_topics, key_type=bytes, value_type=bytes, key_serializer="raw",
-                              value_serializer="raw", acks=False)
-    else:
-        # Faust's defaults, except what is needed to run here at all: where to
-        # connect, reading the pre-produced topic from the beginning, no web
-        # server (port clashes), and the session timeout that makes the group
-        # join take seconds instead of ~30 s on tansu (not a throughput setting).
-        conf = {"store": "memory://", "web_enabled": False, "autodiscover": False,
-                "consumer_auto_offset_reset": "earliest", "datadir": settings.data_dir,
-                "broker_session_timeout": settings.kafka_session_timeout_s,
-                "broker_heartbeat_interval": settings.kafka_heartbeat_interval_s}
-        conf.update(overrides)
-        app = faust.App(settings.app_id,
-                        broker=[f"{transport}://{hp.strip()}" for hp in settings.kafka_bootstrap_servers.split(",")],
-                        **conf)
-        topic = app.topic(*settings.input_topics, key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw", acks=not no_acks)
+    # Faust's defaults, except what is needed to run here at all: where to
+    # connect, reading the pre-produced topic from the beginning, no web
+    # server (port clashes), and the session timeout that makes the group
+    # join take seconds instead of ~30 s on tansu (not a throughput setting).
+    conf = {"store": "memory://", "web_enabled": False, "autodiscover": False,
+            "consumer_auto_offset_reset": "earliest", "datadir": settings.data_dir,
+            "broker_session_timeout": settings.kafka_session_timeout_s,
+            "broker_heartbeat_interval": settings.kafka_heartbeat_interval_s}
+    conf.update(overrides)
+    app = faust.App(settings.app_id,
+                    broker=[f"{transport}://{hp.strip()}" for hp in settings.kafka_bootstrap_servers.split(",")],
+                    **conf)
+    topic = app.topic(*settings.input_topics, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw", acks=not no_acks)
     if no_sensors:
         app.sensors._sensors.clear()
     state = {"n": 0, "first_n": 0, "t_first": None, "t_last": None, "written": False}
@@ -777,8 +780,11 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
                 task = progress.add_task("reference: raw aiokafka consumer", total=n_events)
                 raw = raw_consume_eps(settings, input_topics, n_events)
                 progress.update(task, completed=raw["events"])
+                task = progress.add_task("reference: the worker's loop, no work", total=n_events)
+                loop_ref = bare_loop_eps(settings, input_topics, n_events)
+                progress.update(task, completed=loop_ref["events"])
                 refs = {}
-                for mode in ("product", "default"):
+                for mode in ("default",):
                     task = progress.add_task(f"reference: no-op Faust agent ({mode})", total=n_events)
                     refs[mode] = run_faust_reference(settings, mode, n_events, run_dir,
                                                      on_progress=lambda k, t=task: progress.advance(t, k))
@@ -807,7 +813,7 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
             final = pool.scrape_all()
             rss_now = [current_rss_mb(p.pid) for p in pool.procs]
 
-        bare = refs["product"]["eps"] if references else None
+        bare = loop_ref["eps"] if references else None
         result = {
             "events": n_events,
             "workers": workers,
@@ -818,11 +824,11 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
             "distinct_items_in_events": distinct_items,
             "throughput_eps": round(thr["eps"], 1),
             "throughput_seconds": thr["seconds"],
-            "faust_bare_eps": round(bare, 1) if bare else None,
+            "bare_loop_eps": round(bare, 1) if bare else None,
             "faust_default_eps": round(refs["default"]["eps"], 1) if references and refs["default"]["eps"] else None,
             "raw_consume_eps": round(raw["eps"], 1) if references and raw["eps"] else None,
             "throughput_vs_bare": round(thr["eps"] / bare, 3) if bare else None,
-            "bare_vs_default": (round(bare / refs["default"]["eps"], 3)
+            "bare_loop_vs_faust_default": (round(bare / refs["default"]["eps"], 3)
                                 if references and bare and refs["default"]["eps"] else None),
             "freshness_ms": fresh.get("freshness_ms"),
             "freshness_ms_by_window": fresh.get("freshness_ms_by_window"),
@@ -976,10 +982,10 @@ def _print(console, r: dict) -> None:
     table.add_column("value", justify="right")
     rows = [
         ("worker throughput (events/s)", r["throughput_eps"]),
-        ("no-op Faust agent, product settings", r["faust_bare_eps"]),
+        ("the worker's loop doing nothing", r["bare_loop_eps"]),
         ("no-op Faust agent, Faust defaults", r["faust_default_eps"]),
         ("raw aiokafka consumer", r["raw_consume_eps"]),
-        ("throughput / bare Faust", r["throughput_vs_bare"]),
+        ("throughput / the bare loop", r["throughput_vs_bare"]),
     ]
     f = r.get("freshness_ms") or {}
     rows += [(f"freshness p{q} (ms) at {r['offered_rate_eps']} ev/s", f.get(f"p{q}")) for q in (50, 95, 99)]

@@ -8,7 +8,7 @@ the way a worker does:
 
 * the catalogue is upserted first (the worker follows the ``items`` topic);
 * profiles are kept as encoded bytes in a dict and decoded on read through the
-  worker's own :class:`~streams.pipeline.TableProfiles` view; the updated
+  worker's own :class:`~streams.state.store.ProfileStore`; the updated
   profiles of each batch are encoded back (``encode_profile``);
 * every event carries a source position (topic-partition, offset), so the
   exactly-once bookkeeping runs as in production.
@@ -62,7 +62,7 @@ def run_bench_engine(n_events: int = 60_000, batch: int = 1000, users: int = 50_
     from models.engine import PersonalisationEngine  # noqa: PLC0415
     from models.profile import encode_profile  # noqa: PLC0415
     from streams.bench import generate_events  # noqa: PLC0415
-    from streams.pipeline import TableProfiles  # noqa: PLC0415
+    from streams.state.store import PartitionState, ProfileStore  # noqa: PLC0415
     from streams.settings import Settings  # noqa: PLC0415
 
     sim, raw = generate_events(n_events, users, items, seed, on_generated)
@@ -74,8 +74,9 @@ def run_bench_engine(n_events: int = 60_000, batch: int = 1000, users: int = 50_
     for item in sim.catalogue():
         engine.upsert_item(item["item_id"], item["category"], item["available"])
 
-    table: dict[str, bytes] = {}
-    profiles = TableProfiles(table)
+    profiles = ProfileStore()
+    profiles.adopt(0, PartitionState(gen=0))
+    table = profiles.partitions[0].profiles
     clock = time.perf_counter
     process_s = encode_s = 0.0
     shoppers = learned = duplicates = recommended = n_batches = 0

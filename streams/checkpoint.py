@@ -2,42 +2,30 @@
 
 A checkpoint is the engine's full state (ranker, segments, live-quality state)
 plus ``model_offsets``: per source partition, the next offset the models have
-not learned. Order of operations, each step only after the previous one:
+not learned. It is taken on the consumer thread between batches
+(``streams/loop.py``), after every output is acknowledged, so it reflects
+exactly the events whose outputs are durable.
 
-1. micro-batches are processed; their outputs are queued and written in the
-   background (``streams.pipeline``);
-2. between batches (the checkpoint holds the batch lock) every output is
-   drained: on the broker and in Redis (``BatchProcessor.drain``);
-3. the checkpoint is written (one ``SET``), reflecting exactly the events whose
-   outputs are durable;
-4. Faust commits acked offsets, each commit after draining the outputs again.
-
-A crash anywhere replays from the last committed offset: profiles drop the
-redelivered events (dedupe window with offsets) and the models relearn only
+A crash anywhere replays from the last position record: profiles drop the
+redelivered events (per-customer deduplication) and the models relearn only
 those past their checkpoint offsets (see ``models.engine``). The events
-between their checkpoint and the committed offset are not redelivered: the
-worker reads them again for the models before each partition's first batch
-(``BatchProcessor._catch_up_models``, bounded per partition). Nothing is
-counted twice, and profiles, outputs and models lose nothing.
+between their checkpoint and the position a partition resumes from are not
+consumed again: the worker reads them again for the models when it takes the
+partition over (``BatchProcessor.catch_up_models``, bounded per partition).
 
 Periodic checkpoints are written by a forked child (as Redis does BGSAVE):
-pickling the models takes ~0.13 s at 20k customers and 20k items (0.4 s
-before customers and MF latents were pickled as arrays), and doing it in the
-worker stopped every batch for that long plus the ``SET``. The fork is not
-free either: while the child runs (about a second on a busy 2-core machine)
-the worker's batches take about twice as long (copy-on-write faults, the
-child's CPU; measured in docs/BENCHMARKS.md, session 5), which is why the
-default interval is 300 s. Each forked checkpoint's log line gives the
-child's CPU and the worker's page faults meanwhile. The fork happens at step
-3 with the batch lock held, so the child's copy-on-write memory is exactly
-the state step 3 describes; the worker goes on with the next batch at once
-while the child pickles and SETs. Writes stay in
-order: every save first waits for a running child, so a later checkpoint (the
-one after a forget, the one at shutdown) can never be overwritten by an
-earlier one. A child whose worker died before it wrote gives up (an orphaned
-older snapshot must not overwrite a newer worker's checkpoint). Shutdown and
-forget checkpoints are written in process. Memory: pages the worker changes
-while the child runs are copied (bounded by the state size).
+pickling the models takes ~0.13 s at 20k customers and 20k items, and doing
+it on the consumer thread stopped every batch for that long plus the ``SET``.
+The fork is not free either: while the child runs (about a second on a busy
+2-core machine) the worker's batches take about twice as long (copy-on-write
+faults, the child's CPU; docs/BENCHMARKS.md), which is why the default
+interval is 300 s. Each forked checkpoint's log line gives the child's CPU
+and the worker's page faults meanwhile. Writes stay in order: every save
+first waits for a running child, so a later checkpoint (the one after a
+forget, the one at shutdown) can never be overwritten by an earlier one. A
+child whose worker died before it wrote gives up (an orphaned older snapshot
+must not overwrite a newer worker's checkpoint). Shutdown and forget
+checkpoints are written in process.
 
 The key is per worker (``RECOSTREAM_WORKER_ID``, default ``hostname:metrics_port``,
 stable across restarts of the same replica).
@@ -45,16 +33,14 @@ stable across restarts of the same replica).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import resource
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import redis
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from models.engine import PersonalisationEngine
@@ -63,73 +49,67 @@ from streams.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+def load_engine(client: redis.Redis, key: str) -> PersonalisationEngine | None:
+    """The engine of the last checkpoint at ``key``, or ``None``."""
+    blob = client.get(key)
+    if blob is None:
+        log.info("no model checkpoint at %s: starting fresh", key)
+        return None
+    engine = PersonalisationEngine.loads(blob)
+    log.info("restored models from %s (%d bytes, version %d, offsets %s)", key, len(blob), engine.model_version,
+             engine.model_offsets)
+    return engine
+
+
 class Checkpointer:
-    def __init__(self, app: Any, url: str, key: str, interval_s: float, fork: bool = hasattr(os, "fork"),
-                 child_timeout_s: float = 300.0, metrics: Metrics | None = None) -> None:
-        self.app = app
+    """Writes the engine's checkpoints (between batches; see the module doc).
+
+    ``drain`` makes every output durable; it runs before each checkpoint.
+    """
+
+    def __init__(self, engine: PersonalisationEngine, drain: Callable[[], None], url: str, key: str,
+                 interval_s: float, fork: bool = hasattr(os, "fork"), child_timeout_s: float = 300.0,
+                 metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.drain = drain
         self.metrics = metrics
         self.url = url
-        self.client = aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=2)
+        self.client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=2)
         self.fork = fork
         self.child_timeout_s = child_timeout_s
-        self._child: asyncio.Future | None = None  # the running checkpoint child, if any
-        self.fork_ms = 0.0
+        self._child: _Child | None = None  # the running checkpoint child, if any
         self.key = key
         self.interval_s = interval_s
         self._last = time.monotonic()
         self._saved_state: tuple | None = None
-        self.restored = False
-        # Held for a whole micro-batch by the agent, and by save(): a checkpoint
-        # never sees a batch whose outputs are half written.
-        self.lock = asyncio.Lock()
-
-    async def restore(self) -> bool:
-        """Replace the app's engine by the last checkpoint, once per process."""
-        if self.restored:
-            return False
-        self.restored = True
-        blob = await self.client.get(self.key)
-        if blob is None:
-            log.info("no model checkpoint at %s: starting fresh", self.key)
-            return False
-        self.app.engine = PersonalisationEngine.loads(blob)
-        log.info("restored models from %s (%d bytes, version %d, offsets %s)", self.key, len(blob),
-                 self.app.engine.model_version, self.app.engine.model_offsets)
-        return True
 
     def _state(self) -> tuple:
-        engine = self.app.engine
+        engine = self.engine
         return engine.model_version, tuple(sorted(engine.model_offsets.items())), engine.forgotten
 
-    async def maybe_save(self) -> None:
-        """Checkpoint if the interval has passed and the models changed since the last one."""
+    def maybe_save(self) -> None:
+        """Checkpoint if the interval has passed and the models changed since the last one; reap a child."""
+        if self._child is not None and self._child.poll():
+            self._finish(self._child)
+            self._child = None
         if self.interval_s > 0 and time.monotonic() - self._last >= self.interval_s \
-                and self._state() != self._saved_state and (self._child is None or self._child.done()):
-            async with self.lock:
-                await self.save_locked(background=self.fork)
+                and self._state() != self._saved_state and self._child is None:
+            self.save(background=self.fork)
 
-    async def save(self) -> bool:
-        async with self.lock:
-            return await self.save_locked()
-
-    async def save_locked(self, background: bool = False) -> bool:
-        """Checkpoint now; the caller holds :attr:`lock`.
-
-        ``background``: pickle and write in a forked child and return once it
-        is forked (see the module doc); otherwise return once it is written.
-        """
-        await self.wait_for_child()  # checkpoints land in the order they were taken
+    def save(self, background: bool = False) -> bool:
+        """Checkpoint now: in a forked child (``background``; returns once forked) or in process."""
+        self.wait_for_child()  # checkpoints land in the order they were taken
         self._last = time.monotonic()
         started = time.perf_counter()
-        await self.app.processor.drain()  # outputs durable before the checkpoint that reflects them
+        self.drain()  # outputs durable before the checkpoint that reflects them
         state = self._state()
         if background:
             return self._fork_child(state, started)
-        blob = self.app.engine.dumps()
+        blob = self.engine.dumps()
         try:
-            await self.client.set(self.key, blob)
+            self.client.set(self.key, blob)
         except (RedisError, OSError) as exc:
-            # The next interval retries; offsets are committed regardless: profiles
+            # The next interval retries; positions are written regardless: profiles
             # and outputs stay exact, and a crash before the next written
             # checkpoint makes the models re-read more on resume, up to the
             # catch-up bound (docs/RELIABILITY.md, known limits).
@@ -139,12 +119,12 @@ class Checkpointer:
         self._saved_state = state
         self._count(True)
         log.info("model checkpoint: %d bytes in %.0f ms, offsets %s", len(blob),
-                 1000 * (time.perf_counter() - started), self.app.engine.model_offsets)
+                 1000 * (time.perf_counter() - started), self.engine.model_offsets)
         return True
 
     def _fork_child(self, state: tuple, started: float) -> bool:
         parent = os.getpid()
-        offsets = dict(self.app.engine.model_offsets)
+        offsets = dict(self.engine.model_offsets)
         forking = time.perf_counter()
         try:
             pid = os.fork()
@@ -155,23 +135,23 @@ class Checkpointer:
         if pid == 0:  # the child: a frozen copy of the models; touch nothing else of the worker
             code = 1
             try:
-                # The event loop's signal wake-up socket is shared with the worker:
-                # a signal to the child must not reach the worker's handlers.
+                # The parent's event loop has a signal wake-up socket: a signal
+                # to the child must not reach the worker's handlers.
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 # Lowest CPU priority: on a busy machine the pickling must not take
                 # the worker's (or the broker's) core; a checkpoint can wait.
                 os.nice(19)
-                blob = self.app.engine.dumps()
+                blob = self.engine.dumps()
                 if os.getppid() == parent:  # an orphan's older snapshot must not overwrite a newer one
                     redis.Redis.from_url(self.url, socket_timeout=30, socket_connect_timeout=2).set(self.key, blob)
                     code = 0
             finally:
                 os._exit(code)  # no atexit handlers, no inherited buffers flushed
-        self.fork_ms = 1000 * (time.perf_counter() - forking)  # the pause of the worker (logged)
+        fork_ms = 1000 * (time.perf_counter() - forking)  # the pause of the worker (logged)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # copy-on-write from here on (logged)
-        self._child = asyncio.ensure_future(self._reap(pid, state, started, offsets, faults))
+        self._child = _Child(pid, state, started, offsets, faults, fork_ms, time.monotonic() + self.child_timeout_s)
         return True
 
     def _count(self, written: bool) -> None:
@@ -180,43 +160,71 @@ class Checkpointer:
             if written:
                 self.metrics.checkpoint_time.set(time.time())
 
-    async def _reap(self, pid: int, state: tuple, started: float, offsets: dict, faults_at_fork: int) -> bool:
-        written = await self._wait_child(pid, state, started, offsets, faults_at_fork)
+    def _finish(self, child: "_Child") -> bool:
+        written = child.outcome(self.child_timeout_s)
+        if written:
+            self._saved_state = child.state
         self._count(written)
         return written
 
-    async def _wait_child(self, pid: int, state: tuple, started: float, offsets: dict, faults_at_fork: int) -> bool:
-        loop = asyncio.get_running_loop()
-        try:
-            _, status, usage = await asyncio.wait_for(loop.run_in_executor(None, os.wait4, pid, 0),
-                                                      self.child_timeout_s)
-        except ChildProcessError:  # reaped by someone else: its outcome is unknown
-            log.warning("model checkpoint child %d was reaped elsewhere; the next interval checkpoints again", pid)
-            return False
-        except asyncio.TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            await loop.run_in_executor(None, os.waitpid, pid, 0)
-            log.error("model checkpoint child %d took over %.0f s; killed (the next interval retries)",
-                      pid, self.child_timeout_s)
-            return False
-        if os.waitstatus_to_exitcode(status) != 0:
-            log.error("model checkpoint child %d failed (exit status %d); the next interval retries", pid,
-                      os.waitstatus_to_exitcode(status))
-            return False
-        self._saved_state = state
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_at_fork
-        log.info("model checkpoint (forked): the worker paused %.1f ms to fork, the child wrote it %.0f ms later "
-                 "using %.0f ms of CPU; meanwhile the worker took %d minor page faults (mostly copy-on-write), "
-                 "offsets %s",
-                 self.fork_ms, 1000 * (time.perf_counter() - started), 1000 * (usage.ru_utime + usage.ru_stime),
-                 faults, offsets)
-        return True
-
-    async def wait_for_child(self) -> bool | None:
+    def wait_for_child(self) -> bool | None:
         """Wait for a running checkpoint child; its result, or None if there was none."""
         child, self._child = self._child, None
-        return None if child is None else await child
+        if child is None:
+            return None
+        while not child.poll():
+            time.sleep(0.01)
+        return self._finish(child)
 
-    async def delete(self) -> None:
-        await self.wait_for_child()
-        await self.client.delete(self.key)
+    def delete(self) -> None:
+        self.wait_for_child()
+        self.client.delete(self.key)
+
+
+class _Child:
+    """A forked checkpoint child and the facts its log line reports."""
+
+    def __init__(self, pid: int, state: tuple, started: float, offsets: dict, faults_at_fork: int, fork_ms: float,
+                 deadline: float) -> None:
+        self.pid, self.state, self.started, self.offsets = pid, state, started, offsets
+        self.faults_at_fork, self.fork_ms, self.deadline = faults_at_fork, fork_ms, deadline
+        self.status: int | None = None
+        self.usage: Any = None
+        self.gone = False
+
+    def poll(self) -> bool:
+        """True once the child has exited (reaped here) or was killed for taking too long."""
+        if self.status is not None or self.gone:
+            return True
+        try:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: its outcome is unknown
+            self.gone = True
+            return True
+        if pid:
+            self.status, self.usage = status, usage
+            return True
+        if time.monotonic() > self.deadline:
+            os.kill(self.pid, signal.SIGKILL)
+            _, self.status, self.usage = os.wait4(self.pid, 0)
+            self.gone = True
+            log.error("model checkpoint child %d took too long; killed (the next interval retries)", self.pid)
+            return True
+        return False
+
+    def outcome(self, timeout_s: float) -> bool:
+        if self.gone:
+            if self.status is None:
+                log.warning("model checkpoint child %d was reaped elsewhere; the next interval checkpoints again",
+                            self.pid)
+            return False
+        code = os.waitstatus_to_exitcode(self.status)
+        if code != 0:
+            log.error("model checkpoint child %d failed (exit status %d); the next interval retries", self.pid, code)
+            return False
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults_at_fork
+        log.info("model checkpoint (forked): the worker paused %.1f ms to fork, the child wrote it %.0f ms later "
+                 "using %.0f ms of CPU; meanwhile the worker took %d minor page faults (mostly copy-on-write), "
+                 "offsets %s", self.fork_ms, 1000 * (time.perf_counter() - self.started),
+                 1000 * (self.usage.ru_utime + self.usage.ru_stime), faults, self.offsets)
+        return True

@@ -38,11 +38,12 @@ missing_field: field `user_id` is required
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Union
 
 import msgspec
@@ -86,7 +87,8 @@ REASONS: frozenset[str] = frozenset(
         "id_too_long",  # an identifier longer than Limits.max_id_length
         "string_too_long",  # a free-text field longer than Limits.max_string_length
         "ts_out_of_range",  # before Limits.min_ts or too far in the future
-        "key_mismatch",  # Kafka key differs from the payload's user_id (checked by the worker)
+        "key_mismatch",  # Kafka key missing or not the payload's user_id (checked by the worker)
+        "duplicate_field",  # a field appears twice in one JSON object
         "processing_error",  # valid event on which the engine raised (a bug): parked for replay
     }
 )
@@ -259,6 +261,12 @@ class DeadLetter(msgspec.Struct):
     value: str | None
     value_utf8: str | None
     ts: float
+    #: Length of the original value in bytes.
+    value_size: int = 0
+    #: SHA-256 (hex) of the whole original value; with ``truncated``, what identifies it.
+    value_sha256: str | None = None
+    #: ``value`` holds only the first bytes of the original (see ``dead_letter``).
+    truncated: bool = False
 
 
 # --------------------------------------------------------------------------
@@ -277,7 +285,7 @@ class _WireEvent(msgspec.Struct, omit_defaults=True, gc=False):
     session_id: Union[str, None] = None
     category: Union[str, None] = None
     price: Union[float, None] = None
-    quantity: Union[int, None] = None
+    quantity: Union[int, float, None] = None
     order_id: Union[str, None] = None
 
 
@@ -297,7 +305,7 @@ _ENCODER = msgspec.json.Encoder()
 
 _EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 _CANONICAL_TYPE = {t: t for t in EVENT_TYPES}  # share one str object per type
-_MAX_TS_STRING = 64  # longest plausible ISO-8601 string; bounds parser work
+_MAX_TS_STRING = 64  # longest plausible RFC 3339 string; bounds parser work
 
 # C0/C1 control characters and (defensively) surrogates.  msgspec already
 # refuses lone surrogates, this only matters if that ever changes.
@@ -341,7 +349,7 @@ def _from_validation_error(exc: msgspec.ValidationError, ts_field: str | None) -
             # Every optional field accepts null, so a null here is a required field.
             return ContractError("missing_field", f"field `{field}` is required, got null")
         if field == ts_field:
-            expected = "ISO-8601 string or epoch-milliseconds number"
+            expected = "an RFC 3339 date-time string or an epoch-milliseconds number"
         return ContractError("wrong_type", f"field `{field}` must be {expected}, got {got}")
     if msg.startswith(("Number out of range", "Integer value out of range")):
         if field == ts_field:
@@ -427,6 +435,39 @@ def _parse(decoder: msgspec.json.Decoder, raw: bytes, ts_field: str | None) -> A
 # Field checks (hot path: keep them branch-light)
 # --------------------------------------------------------------------------
 
+# How each contract field appears as a key: `"name"` then optional whitespace and `:`.
+# Inside a JSON string a quote is escaped, so a second match is either a second key
+# or a string value holding `\"name\":`, which the exact check below tells apart.
+_EVENT_FIELD_KEYS = tuple(re.compile(rb'"' + name.encode() + rb'"\s*:') for name in _WireEvent.__struct_fields__)
+
+
+def _check_no_duplicate_fields(raw: bytes, keys: tuple[re.Pattern[bytes], ...]) -> None:
+    r"""Reject a message in which a contract field appears twice (a decoder keeps only the last).
+
+    A byte search per field on the hot path; the exact check (the standard
+    library's parser, which sees every key of every object) runs only when a
+    field name occurs more than once.
+
+    >>> _check_no_duplicate_fields(b'{"price":-5,"quantity":1,"price":3}', _EVENT_FIELD_KEYS)
+    Traceback (most recent call last):
+    ...
+    streams.contract.ContractError: duplicate_field: field `price` appears more than once
+    >>> _check_no_duplicate_fields(b'{"price":3,"note":"\\"price\\": 1"}', _EVENT_FIELD_KEYS)
+    """
+    for pattern in keys:
+        if len(pattern.findall(raw, 0)) > 1:
+            def pairs(items: list) -> dict:
+                seen: set = set()
+                for key, _ in items:
+                    if key in seen:
+                        raise ContractError("duplicate_field", f"field `{key[:40]}` appears more than once")
+                    seen.add(key)
+                return dict(items)
+
+            json.loads(raw, object_pairs_hook=pairs)
+            return
+
+
 
 def _check_id(value: str, field: str, max_len: int) -> None:
     if not value:
@@ -465,19 +506,50 @@ def _check_price(price: float, max_price: float) -> float:
     return price + 0.0  # folds -0.0 into 0.0
 
 
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
+def _rfc3339_seconds(ts: str) -> float:
+    """Epoch seconds of an RFC 3339 date-time; raises ValueError for anything else.
+
+    Date and time with seconds and an offset are required (``Z``/``z`` or
+    ``+hh:mm``); the separator is ``T``, ``t`` or a space (RFC 3339 5.6); a
+    leap second (``:60``) is the instant after ``:59``. Date-only, hour-only,
+    week dates and naive times are ISO 8601 but not RFC 3339, and are refused.
+
+    >>> _rfc3339_seconds("2024-05-01t12:00:00.5z"), _rfc3339_seconds("2016-12-31T23:59:60Z")
+    (1714564800.5, 1483228800.0)
+    >>> _rfc3339_seconds("2024-05-01")
+    Traceback (most recent call last):
+    ...
+    ValueError: not an RFC 3339 date-time
+    """
+    m = _RFC3339.fullmatch(ts)
+    if m is None:
+        raise ValueError("not an RFC 3339 date-time")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if m.group(9):
+        oh, om = int(m.group(10)), int(m.group(11))
+        if oh > 23 or om > 59:
+            raise ValueError("offset out of range")
+        offset = timedelta(hours=oh, minutes=om) * (1 if m.group(9) == "+" else -1)
+    else:
+        offset = timedelta(0)
+    leap = second == 60
+    dt = datetime(year, month, day, hour, minute, 59 if leap else second, tzinfo=timezone(offset))
+    return dt.timestamp() + leap + (float(m.group(7)) if m.group(7) else 0.0)
+
+
 def _ts_seconds(ts: str | int | float, min_ts: float, max_ts: float) -> float:
     if isinstance(ts, str):
         if len(ts) > _MAX_TS_STRING:
-            raise ContractError("invalid_value", f"field `ts` is not an ISO-8601 timestamp: {_short(ts)}")
+            raise ContractError("invalid_value", f"field `ts` is not an RFC 3339 date-time: {_short(ts)}")
         try:
-            dt = datetime.fromisoformat(ts)
-            if dt.tzinfo is None:
-                # naive datetime.timestamp() would use the worker's local zone
-                dt = dt.replace(tzinfo=timezone.utc)
-            seconds = dt.timestamp()
+            seconds = _rfc3339_seconds(ts)
         except (ValueError, OverflowError, OSError):
+            hint = " (epoch milliseconds must be a JSON number, not a string)" if ts.strip().isdigit() else ""
             raise ContractError(
-                "invalid_value", f"field `ts` is not an ISO-8601 timestamp: {_short(ts)}"
+                "invalid_value", f"field `ts` is not an RFC 3339 date-time: {_short(ts)}{hint}"
             ) from None
     else:
         # Compare in milliseconds first: a 4000-digit int would overflow float division.
@@ -553,6 +625,7 @@ def decode_event(
         raise ValueError(f"topic_type must be one of {EVENT_TYPES} or None, got {topic_type!r}")
     raw = _preflight(raw, limits)
     w: _WireEvent = _parse(_EVENT_DECODER, raw, "ts")
+    _check_no_duplicate_fields(raw, _EVENT_FIELD_KEYS)
 
     max_id = limits.max_id_length
     _check_id(w.event_id, "event_id", max_id)
@@ -601,7 +674,11 @@ def decode_event(
     quantity = w.quantity
     if quantity is None:
         quantity = 1
-    elif not (1 <= quantity <= limits.max_quantity):
+    elif quantity.__class__ is float:  # JSON has one number type: 2.0 is the integer 2, 2.5 is not
+        if not quantity.is_integer():
+            raise ContractError("wrong_type", f"field `quantity` must be a whole number, got {_short(quantity)}")
+        quantity = int(quantity)
+    if not (1 <= quantity <= limits.max_quantity):
         raise ContractError(
             "invalid_value",
             f"field `quantity` must be in [1, {limits.max_quantity}], got {_short(quantity)}",
@@ -717,6 +794,7 @@ def event_payload(event: Event) -> bytes:
 
 
 _PREVIEW_BYTES = 1024
+_MAX_KEY_BYTES = 1024
 
 
 def dead_letter(
@@ -728,37 +806,51 @@ def dead_letter(
     key: bytes | None,
     value: bytes | None,
     now: float | None = None,
+    max_value_bytes: int = 65536,
 ) -> DeadLetter:
-    """Build the dead-letter record for a rejected message.
+    """Build the dead-letter record for a rejected message, bounded whatever the message's size.
 
-    ``value`` is kept whole (base64) so it can be replayed; beware that an
-    ``oversized`` message grows by a third when base64-encoded, so the
-    dead-letter topic needs a larger ``max.message.bytes`` than the inputs.
+    ``value`` is kept whole (base64) when it has at most ``max_value_bytes``
+    bytes, so it can be replayed byte for byte. A larger value (an
+    ``oversized`` message can be as large as the broker accepts) keeps only
+    its first ``max_value_bytes`` bytes, with ``value_size`` (the original
+    length) and ``value_sha256`` (of the whole value) to identify it: the
+    record then always fits the producer's limit (about 4/3 of
+    ``max_value_bytes`` plus 2 KiB).
 
     Examples
     --------
     >>> err = ContractError("not_json", "JSON is malformed")
     >>> dl = dead_letter(err, topic="click", partition=3, offset=42,
     ...                  key=b"u1", value=b"{oops", now=1714564800.0)
-    >>> dl.reason, dl.key, dl.value, dl.value_utf8
-    ('not_json', 'dTE=', 'e29vcHM=', '{oops')
+    >>> dl.reason, dl.key, dl.value, dl.value_utf8, dl.truncated
+    ('not_json', 'dTE=', 'e29vcHM=', '{oops', False)
+    >>> big = dead_letter(ContractError("oversized", "too large"), topic="click", partition=0, offset=7,
+    ...                   key=b"u1", value=b"x" * 5_000_000, max_value_bytes=1000)
+    >>> len(big.value), big.value_size, big.truncated, len(big.value_sha256)
+    (1336, 5000000, True, 64)
     """
     if value is not None and not isinstance(value, bytes):
         value = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
     if key is not None and not isinstance(key, bytes):
         key = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else bytes(key)
+    size = 0 if value is None else len(value)
+    truncated = size > max_value_bytes or (key is not None and len(key) > _MAX_KEY_BYTES)
     return DeadLetter(
         reason=err.reason,
         detail=err.detail,
         topic=topic,
         partition=partition,
         offset=offset,
-        key=None if key is None else base64.b64encode(key).decode("ascii"),
-        value=None if value is None else base64.b64encode(value).decode("ascii"),
+        key=None if key is None else base64.b64encode(key[:_MAX_KEY_BYTES]).decode("ascii"),
+        value=None if value is None else base64.b64encode(value[:max_value_bytes]).decode("ascii"),
         # backslashreplace keeps undecodable bytes visible as \xNN instead of
         # hiding them behind U+FFFD, which is what a human debugging needs.
         value_utf8=None
         if value is None
         else value[:_PREVIEW_BYTES].decode("utf-8", "backslashreplace"),
         ts=time.time() if now is None else now,
+        value_size=size,
+        value_sha256=None if value is None else hashlib.sha256(value).hexdigest(),
+        truncated=truncated,
     )

@@ -10,8 +10,8 @@ path pays a plain ``inc()`` (~0.6 µs) rather than a ``labels()`` lookup
 Two families are computed when Prometheus scrapes, not on the hot path:
 
 * consumer lag per partition (:class:`ConsumerLagCollector`), read from a
-  callable, by default :func:`faust_consumer_positions` over the worker's
-  Faust consumer (wired with :meth:`Metrics.watch_consumer`);
+  callable: the worker's own positions and the high-water marks its consumer
+  last saw (``streams.loop.StreamLoop.lag_rows``);
 * the standard ``process_*`` metrics (CPU, resident memory, open fds, start
   time) of the worker process.
 
@@ -21,7 +21,7 @@ docs/MONITORING.md describes every metric, the dashboard and the alerts.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Collection, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -97,51 +97,6 @@ class ConsumerLagCollector(Collector):
         yield assigned
 
 
-def faust_consumer_positions(app: Any, topics: Collection[str]) -> Callable[[], list[Position]]:
-    """A lag source over a running Faust app's consumer, for :class:`ConsumerLagCollector`.
-
-    For each assigned partition of ``topics``: the end offset is the
-    high-water mark the consumer last saw in a fetch response (no broker
-    round trip on scrape); the position is the offset Faust last committed for
-    it (or the group's committed offset it resumed from), else one past the
-    last offset it read; None while unknown (nothing fetched yet), never a
-    guess. Runs in the metrics HTTP thread and only reads the consumer's
-    state (committed/read offsets and cached high-water marks): no broker
-    round trip per scrape.
-    """
-    wanted = frozenset(topics)
-
-    def read() -> list[Position]:
-        # Never *create* the consumer or monitor from the scrape thread: before
-        # the app has started there is simply nothing to report.
-        consumer = getattr(app, "_consumer", None)
-        monitor = getattr(app, "_monitor", None)
-        if consumer is None or monitor is None:
-            return []
-        # The consumer's own committed offsets are refreshed from the group on
-        # every assignment (so a partition taken over from another worker is
-        # right before our first commit) and dropped on revocation; the
-        # Monitor's public copy only knows our own commits.
-        committed = dict(getattr(consumer, "_committed_offset", None) or monitor.tp_committed_offsets)
-        read_offsets = dict(monitor.tp_read_offsets)
-        rows: list[Position] = []
-        for tp in consumer.assignment():
-            if tp.topic not in wanted:
-                continue
-            try:
-                end = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - revoked between assignment() and here
-                continue
-            position = committed.get(tp)
-            if position is None and read_offsets.get(tp) is not None:
-                position = read_offsets[tp] + 1
-            rows.append((tp.topic, tp.partition, None if end is None else int(end),
-                         None if position is None else int(position)))
-        return rows
-
-    return read
-
-
 class Metrics:
     """The worker's metrics on their own registry (one registry per worker process)."""
 
@@ -161,7 +116,12 @@ class Metrics:
         self.redis_up = Gauge("redis_up", "1 when the last Redis write succeeded, 0 during an outage.", namespace=ns, registry=r)
         self.kafka_produce_errors = Counter("kafka_produce_errors_total", "Output records Kafka did not acknowledge (each is produced again).", namespace=ns, registry=r)
         self.model_caught_up = Counter("model_caught_up_events_total", "Events the models learned on resuming a partition, re-read from the broker because their checkpoint predates the committed offset (profiles already held them).", namespace=ns, registry=r)
-        self.input_refetched = Counter("input_refetched_total", "Input messages Faust fetched but never delivered, read again from the broker (streams/offset_guard.py).", namespace=ns, registry=r)
+        self.outputs_parked_total = Counter("outputs_parked_total", "Output records refused for good (too large, not authorised) and parked: logged with their source, not retried.", ["topic"], namespace=ns, registry=r)
+        self.fenced_writes = Counter("fenced_writes_total", "Redis keys not written because a newer owner holds their partition (this worker had lost it).", namespace=ns, registry=r)
+        self.takeovers = Counter("partition_takeovers_total", "Partitions this worker took over (marker written, state restored).", namespace=ns, registry=r)
+        self.restored_records = Counter("changelog_records_restored_total", "Changelog records read while taking partitions over.", namespace=ns, registry=r)
+        self.stale_records = Counter("changelog_stale_records_total", "Changelog records ignored on restore: written by an owner that had already lost the partition.", namespace=ns, registry=r)
+        self.restore_seconds = Histogram("partition_restore_seconds", "Time to take one partition over (marker, changelog read, model catch-up).", namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
         self.live_evaluated = Counter("live_evaluated_total", "Events judged by the live prequential hit rate.", namespace=ns, registry=r)
         self.live_hits = Counter("live_hits_total", "Events whose item was in the top-K shown before it happened.", ["model"], namespace=ns, registry=r)
         self.users = Gauge("users", "Customers with a profile in this worker.", namespace=ns, registry=r)
@@ -241,9 +201,8 @@ class Metrics:
             self.registry.register(self._lag_collector)
         return self._lag_collector
 
-    def watch_consumer(self, app: Any, topics: Collection[str]) -> ConsumerLagCollector:
-        """Expose the consumer lag of a Faust ``app`` on ``topics`` (one line of wiring)."""
-        return self.watch_consumer_lag(faust_consumer_positions(app, topics))
+    def outputs_parked(self, topic: str) -> None:
+        self.outputs_parked_total.labels(topic).inc()
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

@@ -73,14 +73,16 @@ class DeliveryReport:
 
 
 def _send(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
-          on_delivery: Callable, partition: int | None = None) -> None:
+          on_delivery: Callable, partition: int | None = None, headers: list | None = None) -> None:
     """Queue one message (to ``partition``, else the key's); waits while librdkafka's queue is full."""
+    kwargs: dict = {"on_delivery": on_delivery}
+    if partition is not None:
+        kwargs["partition"] = partition
+    if headers:
+        kwargs["headers"] = headers
     while True:
         try:
-            if partition is None:
-                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-            else:
-                producer.produce(topic, value=value, key=key, partition=partition, on_delivery=on_delivery)
+            producer.produce(topic, value=value, key=key, **kwargs)
             return
         except BufferError:  # local queue full: let librdkafka drain, then retry
             producer.poll(0.05)

@@ -59,6 +59,11 @@ class Settings:
     metrics_port: int = _doc(9464, "Prometheus metrics port of the worker (one per worker).", min=0, max=65535)
     data_dir: str = _doc("run/worker", "Directory for the worker's local table state.")
     worker_id: str = _doc("", "Stable id of this worker (names its model checkpoint). Default: hostname:metrics_port.")
+    commit_interval_s: float = _doc(1.0, "Seconds between position records (the worker's commits): a crash "
+                                    "replays at most this much input.", min=0.01, max=3600.0)
+    generation_epoch: int = _doc(0, "Added above the consumer group's generation on every changelog record; raise it "
+                                 "only after the broker deleted the consumer group (docs/RELIABILITY.md).",
+                                 min=0, max=2**20)
     checkpoint_interval_s: float = _doc(300.0, "Seconds between model checkpoints (0 = only at shutdown).", min=0.0, max=86400.0)
     model_catch_up_max_events: int = _doc(100_000, "On resuming a partition, most events between the models' "
                                           "checkpoint and the committed offset re-read so the models learn them "
@@ -131,6 +136,11 @@ class Settings:
             values[f.name] = _coerce(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def changelog_topic(self) -> str:
+        """The profiles' changelog: one partition per input partition (streams/state/changelog.py)."""
+        return f"{self.app_id}-profiles-changelog"
 
     @property
     def effective_worker_id(self) -> str:

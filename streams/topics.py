@@ -10,7 +10,7 @@ from streams.settings import Settings
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
-    """Every topic the product reads or writes (Faust creates its own changelogs)."""
+    """Every topic the product reads or writes."""
     p, rf = settings.partitions, settings.replication_factor
     specs = [NewTopic(name, p, rf) for name in settings.input_topics]
     # Catalogue: one record per item, latest wins, so compaction keeps it small.
@@ -19,6 +19,10 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs.append(NewTopic(settings.topic_dead_letter, p, rf))
     # Same partition count as the inputs: a user's commands reach the worker owning the user.
     specs.append(NewTopic(settings.topic_control, p, rf))
+    # The profiles' changelog, partition for partition with the inputs. Not
+    # compacted: restoring depends on the order of takeover markers and the
+    # records around them (docs/RELIABILITY.md), which compaction would lose.
+    specs.append(NewTopic(settings.changelog_topic, p, rf, config={"cleanup.policy": "delete", "retention.ms": "-1"}))
     return specs
 
 
@@ -45,3 +49,28 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             break
         time.sleep(0.1)
     return created
+
+
+class TopicLayoutError(RuntimeError):
+    """Topics the worker consumes together do not have the same number of partitions."""
+
+
+def check_copartitioned(settings: Settings, timeout: float = 30.0) -> int:
+    """The partition count shared by the inputs, control, catalogue and changelog topics.
+
+    A worker owns partition ``p`` of all of them together (the range
+    assignor hands partition ``p`` of every topic to one member), so their
+    counts must be equal; otherwise some partitions would have no state or
+    no owner. Raises :class:`TopicLayoutError` naming the topics.
+    """
+    admin = AdminClient(settings.kafka_client_config())
+    names = [*settings.input_topics, settings.topic_control, settings.topic_items, settings.changelog_topic]
+    topics = admin.list_topics(timeout=timeout).topics
+    counts = {name: len(topics[name].partitions) for name in names if name in topics}
+    missing = [n for n in names if n not in counts]
+    if missing:
+        raise TopicLayoutError(f"topics {missing} do not exist")
+    if len(set(counts.values())) != 1:
+        raise TopicLayoutError("topics consumed together must have the same number of partitions, got "
+                               + ", ".join(f"{name}: {n}" for name, n in counts.items()))
+    return next(iter(counts.values()))

@@ -6,12 +6,16 @@ import gc
 import logging
 import os
 import threading
+from typing import Callable
 
 from faust.worker import Worker
 
 import agents
 from streams.app import create_app
+from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.topics import check_copartitioned, ensure_topics
+from streams.wiring import build_runtime
 
 
 log = logging.getLogger(__name__)
@@ -20,19 +24,25 @@ log = logging.getLogger(__name__)
 class BoundedShutdownWorker(Worker):
     """A Faust worker that exits within ``shutdown_timeout_s`` of being told to stop.
 
-    Faust's shutdown flushes outputs and commits offsets; with the broker gone
-    both retry forever (the worker's outputs are re-produced until
-    acknowledged, by design), so a worker asked to stop then never exits
-    (seen: orphaned workers surviving SIGTERM for over an hour). Exiting
-    without that flush is what a crash does, and crashes are safe here: the
-    offsets not committed are replayed on restart and the profiles' dedupe
-    window makes the replay harmless (docs/RELIABILITY.md).
+    Stopping flushes outputs and writes positions; with the broker or Redis
+    gone both retry forever (outputs are re-produced until acknowledged, by
+    design), so a worker asked to stop would never exit. Exiting without that
+    flush is what a crash does, and crashes are safe here: what follows the
+    last position record is processed again by the next owner, and the
+    per-customer deduplication makes that harmless (docs/RELIABILITY.md).
     """
 
-    def __init__(self, app, *, shutdown_timeout_s: float, **kwargs) -> None:
+    def __init__(self, app, *, shutdown_timeout_s: float, prepare: Callable[[], None] | None = None,
+                 **kwargs) -> None:
         super().__init__(app, **kwargs)
         self.shutdown_timeout_s = shutdown_timeout_s
+        self.prepare = prepare
         self._deadline: threading.Timer | None = None
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()  # logging is set up here
+        if self.prepare is not None:  # before the app's tasks start
+            self.prepare()
 
     def _schedule_shutdown(self, signal) -> None:  # every stop signal goes through here
         if self._deadline is None:
@@ -49,32 +59,41 @@ class BoundedShutdownWorker(Worker):
         os._exit(75)  # EX_TEMPFAIL: a supervisor should restart it
 
 
-def build_app(settings: Settings):
+def build_app(settings: Settings, metrics: Metrics | None = None):
+    """The worker's Faust app with its runtime built (what tests and tools use in process)."""
     app = create_app(settings)
+    app.runtime = build_runtime(settings, metrics)
     agents.register(app)
     return app
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Block until SIGTERM/SIGINT; Faust then stops agents after the current
-    batch, flushes the producer and commits acked offsets before exiting, or
-    the process exits after ``shutdown_timeout_s`` if that cannot finish."""
-    app = build_app(settings)
+    """Block until SIGTERM/SIGINT; the loop then finishes its batch, writes positions and a model
+    checkpoint and leaves the group, or the process exits after ``shutdown_timeout_s``."""
+    ensure_topics(settings)
+    check_copartitioned(settings)
+    metrics = Metrics()
     if settings.metrics_port:
-        app.metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port)
+    app = create_app(settings)
+    agents.register(app)
+
+    def prepare() -> None:  # once logging is set up, so restoring the models is logged
+        app.runtime = build_runtime(settings, metrics)
+        tune_gc()
+
     worker = BoundedShutdownWorker(app, loglevel=loglevel, quiet=True,
-                                   shutdown_timeout_s=settings.shutdown_timeout_s)
+                                   shutdown_timeout_s=settings.shutdown_timeout_s, prepare=prepare)
     # At loglevel >= WARNING Faust's spinner sets the root logger to DEBUG, so
     # every logger.debug() in Faust/aiokafka builds a LogRecord (~4% of a worker).
     worker.spinner = None
-    tune_gc()
     worker.execute_from_commandline()
 
 
 def tune_gc() -> None:
     """Fewer, cheaper garbage collections for a long-running worker.
 
-    Faust allocates several objects per message, so CPython's default gen-0
+    The worker allocates several objects per message, so CPython's default gen-0
     threshold (700 allocations) runs a collection every few events, and the
     full collections walk every live object of the models' state, which grows
     with customers. Our state has almost no reference cycles, so collecting

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import msgspec
@@ -56,6 +57,10 @@ def bad_messages(s) -> list[tuple[str, bytes | None, bytes | None, str]]:
         (b, b"ub", b'{"a":' * 5000 + b"1" + b"}" * 5000, "too_deep"),
         (b, b"ub", b'{"pad": "' + b"x" * 70_000 + b'"}', "oversized"),
         (b, b"somebody-else", j(user_id="ub"), "key_mismatch"),
+        (b, None, j(event_id="no-key"), "key_mismatch"),  # unkeyed: it may reach a worker not owning "ub"
+        (p, b"ub", j(price=3.0)[:-1] + b', "price": -5}', "duplicate_field"),
+        (b, b"ub", j(ts=str(NOW_MS)), "invalid_value"),  # epoch ms as a string
+        (b, b"ub", j(ts="2026-01-01T00:00:00"), "invalid_value"),  # no offset
     ]
 
 
@@ -84,14 +89,17 @@ def test_bad_messages_are_dead_lettered_and_valid_ones_processed(settings, start
 
     letters = [decode_dead_letter(m.value()) for m in read_topic(settings, settings.topic_dead_letter)]
     assert len(letters) == len(bad)
-    by_value = {}
+    by_digest = {}
     for dl in letters:
         assert dl.reason in REASONS and dl.detail
         assert dl.topic in settings.input_topics and dl.offset >= 0 and dl.partition >= 0
-        original = base64.b64decode(dl.value) if dl.value is not None else b""
-        by_value[original] = dl
+        kept = base64.b64decode(dl.value) if dl.value is not None else b""
+        # Whole when it fits the input limit, else its first bytes (identified by size and digest).
+        assert dl.truncated == (dl.value_size > settings.max_message_bytes)
+        assert len(kept) == min(dl.value_size, settings.max_message_bytes)
+        by_digest[dl.value_sha256] = dl
     for topic, key, value, reason in bad:
-        dl = by_value.get(value)
+        dl = by_digest.get(hashlib.sha256(value or b"").hexdigest() if value is not None else None)
         assert dl is not None, f"bad message not dead-lettered: {value[:60]!r}"
         assert dl.reason == reason, f"{value[:60]!r}: expected {reason}, got {dl.reason} ({dl.detail})"
         assert dl.topic == topic

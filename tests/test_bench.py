@@ -39,7 +39,7 @@ def test_small_bench_run_reports_every_key(tmp_path, monkeypatch):
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("throughput_eps", "faust_bare_eps", "faust_default_eps", "raw_consume_eps"):
+    for key in ("throughput_eps", "bare_loop_eps", "faust_default_eps", "raw_consume_eps"):
         assert isinstance(report[key], float) and report[key] > 0, (key, report[key])
     fresh = report["freshness_ms"]
     assert set(fresh) >= {"p50", "p95", "p99", "n"}

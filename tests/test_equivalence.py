@@ -25,6 +25,7 @@ def test_agents_and_replay_give_the_same_recommendations(settings, start_worker,
     # order the events were produced, which is the order replay reads them.
     mixed = f"{settings.redis_prefix}.events"
     s = settings.replace(topic_browse=mixed, topic_click=mixed, topic_purchase=mixed, partitions=1,
+                         topic_items=mixed + ".items", topic_control=mixed + ".control",
                          app_id=settings.app_id + "-eq", worker_id="w-eq", checkpoint_interval_s=0.5)
     ensure_topics(s)
     sim = ShopperSimulator(n_users=50, n_items=300, seed=41)

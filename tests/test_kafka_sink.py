@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.kafka_sink import KafkaSink
+from streams.kafka_sink import KafkaSink, OutputLost
 from streams.metrics import Metrics
 
 pytestmark = pytest.mark.integration
@@ -35,41 +33,38 @@ def _read_all(settings, topic: str, partition: int, end: int) -> list[tuple[byte
     return out
 
 
-def test_sealed_changelog_batches_end_at_the_high_watermark(settings):
-    """Faust recovers a table only up to the partition's high watermark; after
-    every flush it must cover every record of the batch (tansu reports the
-    base offset of the last record batch + 1, so the last record goes alone)."""
-    topic = f"{settings.redis_prefix}.sealed-changelog"
-    _create(settings, topic, 2)
-    sink = KafkaSink(settings, Metrics(process_metrics=False))
-    sent = {0: [], 1: []}
-    for batch in range(3):
-        for i in range(9):
-            partition, key, value = i % 2, f'"u{i}"'.encode(), f"b{batch}-{i}".encode()
-            sink.produce_sealed(topic, key, value, partition)
-            sent[partition].append((key, value))
-        asyncio.run(sink.flush())
-        assert sink.pending() == 0
-        probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": topic + "-probe"})
-        try:
-            for partition in (0, 1):
-                low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-                assert high == len(sent[partition]), (batch, partition, high)
-        finally:
-            probe.close()
-    for partition in (0, 1):
-        assert _read_all(settings, topic, partition, len(sent[partition])) == sent[partition]
-
-
-def test_a_tombstone_and_unsealed_records_are_delivered_on_flush(settings):
+def test_records_headers_and_a_tombstone_are_delivered_on_flush(settings):
     topic = f"{settings.redis_prefix}.plain"
     _create(settings, topic, 1)
     sink = KafkaSink(settings, Metrics(process_metrics=False))
-    sink.produce(topic, b"k1", b"v1")
+    sink.produce(topic, b"k1", b"v1", 0, [("rs.gen", b"\x00" * 8)])
     sink.produce(topic, b"k1", None)
-    asyncio.run(sink.flush())
+    sink.flush()
     assert sink.pending() == 0
     assert _read_all(settings, topic, 0, 2) == [(b"k1", b"v1"), (b"k1", None)]
+
+
+def test_a_record_too_large_for_the_producer_is_parked_not_raised(settings):
+    """A recommendation or dead letter the producer refuses for good is logged and counted; the rest goes on."""
+    topic = f"{settings.redis_prefix}.parked"
+    _create(settings, topic, 1)
+    metrics = Metrics(process_metrics=False)
+    sink = KafkaSink(settings, metrics)
+    sink.produce(topic, b"big", b"x" * 2_000_000)  # above librdkafka's message.max.bytes (1 MB)
+    sink.produce(topic, b"k", b"fits")
+    sink.flush()
+    assert metrics.registry.get_sample_value("recostream_outputs_parked_total", {"topic": topic}) == 1
+    assert _read_all(settings, topic, 0, 1) == [(b"k", b"fits")]
+
+
+def test_a_refused_changelog_record_stops_the_worker(settings):
+    """A changelog record cannot be parked: the state depends on it, so the flush raises and no position moves."""
+    topic = f"{settings.redis_prefix}.essential"
+    _create(settings, topic, 1)
+    sink = KafkaSink(settings, Metrics(process_metrics=False), essential_topics=frozenset({topic}))
+    sink.produce(topic, b"big", b"x" * 2_000_000)
+    with pytest.raises(OutputLost):
+        sink.flush()
 
 
 def test_collect_serves_acknowledged_records_without_waiting(settings):

@@ -410,8 +410,8 @@ def test_dashboard_and_alert_queries_against_live_worker(settings, start_worker,
                 break
             time.sleep(1)
         assert not empty, ("dashboard expressions without data:\n" + "\n".join(empty) + "\n(consumer lag and segment "
-                           "sizes need the worker's wiring: Metrics.watch_consumer(app, topics) when the agents are "
-                           "registered, and Metrics.observe_segments(outcome.profiles) per micro-batch)")
+                           "sizes need the worker's wiring: Metrics.watch_consumer_lag(loop.lag_rows) in streams/wiring.py, "
+                           "and Metrics.observe_segments(outcome.profiles) per micro-batch)")
 
         # The template variable's query (label_values(<selector>, instance)) finds this worker.
         dash = dashboard()
@@ -432,7 +432,8 @@ def test_dashboard_and_alert_queries_against_live_worker(settings, start_worker,
         assert all(float(s["value"][1]) >= 0 for s in lag)
         assigned = {s["metric"]["topic"]: float(s["value"][1])
                     for s in api.result(f"recostream_consumer_assigned_partitions{{{sel}}}")}
-        assert assigned == {t: float(settings.partitions) for t in [*settings.input_topics, settings.topic_items]}
+        assert assigned == {t: float(settings.partitions)
+                            for t in [*settings.input_topics, settings.topic_control, settings.topic_items]}
         segments = api.result(f"sum by (segment) (recostream_segment_customers{{{sel}}})")
         assert sum(float(s["value"][1]) for s in segments) == api.scalar(f"sum(recostream_users{{{sel}}})")
         assert api.scalar(f"sum(recostream_live_evaluated_total{{{sel}}})") > 0

@@ -100,7 +100,7 @@ def test_models_learn_what_a_crash_left_between_their_checkpoint_and_the_committ
         Published during the worker's start-up, part of a batch would be
         dropped by Faust and recovered by the worker's guards instead (their
         own test: the burst test above); here the subject is the models."""
-        wait_until(lambda: "Worker ready" in worker.log(), 60, "the worker ready", worker=worker)
+        wait_until(lambda: "worker ready" in worker.log(), 60, "the worker ready", worker=worker)
         publish_events(producer, s, batch, live_ts=True)
         wait_until(lambda: scrape_metric(s, "recostream_events_processed_total") >= len(batch), 60,
                    f"{len(batch)} events processed", worker=worker)

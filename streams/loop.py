@@ -1,0 +1,258 @@
+"""The worker's consumer loop: consume a micro-batch, process it, record positions, repeat.
+
+One thread owns the consumer and everything it drives (ownership,
+processing, outputs, checkpoints), so the order of operations is the order
+of the code: a partition is restored inside the assignment callback, before
+the consumer can return any of its messages; positions are written between
+batches; a revocation writes them inside the revocation callback, before the
+group moves the partition. docs/RELIABILITY.md argues why that loses nothing.
+
+Error policy: a message the broker reports as an error is logged (librdkafka
+retries transient ones); a fatal consumer error, or any exception out of a
+batch, stops the loop without writing positions for the batch (the worker
+exits non-zero and the batch is processed again by the next owner).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from streams.checkpoint import Checkpointer
+from streams.contract import ContractError
+from streams.kafka_sink import KafkaSink
+from streams.metrics import Metrics, Position
+from streams.ownership import Ownership
+from streams.pipeline import BatchProcessor
+from streams.privacy import ACTIONS, decode_command
+from streams.settings import Settings
+from streams.state.changelog import generation, group_generation
+
+log = logging.getLogger(__name__)
+
+
+def make_consumer(settings: Settings) -> Consumer:
+    """The worker group's consumer: manual positions, range assignment (partition ``p`` of every topic together)."""
+    return Consumer({
+        **settings.kafka_client_config(),
+        "group.id": settings.app_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",
+        "session.timeout.ms": int(settings.kafka_session_timeout_s * 1000),
+        "heartbeat.interval.ms": int(settings.kafka_heartbeat_interval_s * 1000),
+        # tansu holds every fetch for the whole wait even when data is there.
+        "fetch.wait.max.ms": settings.kafka_fetch_max_wait_ms,
+        "logger": logging.getLogger("librdkafka"),
+    })
+
+
+class StreamLoop:
+    def __init__(self, settings: Settings, consumer_factory: Callable[[], Any], ownership: Ownership,
+                 processor: BatchProcessor, outputs: KafkaSink, checkpointer: Checkpointer, metrics: Metrics) -> None:
+        self.settings = settings
+        self.consumer_factory = consumer_factory
+        self.ownership = ownership
+        self.store = ownership.store
+        self.processor = processor
+        self.outputs = outputs
+        self.checkpointer = checkpointer
+        self.metrics = metrics
+        self.topic_types = settings.input_topics
+        self.topics = [*settings.input_topics, settings.topic_control, settings.topic_items]
+        self._stopping = threading.Event()
+        self._submitted: collections.deque[Callable[[], None]] = collections.deque()
+        self._lag: list[Position] = []
+        self._max_queued = 8 * settings.batch_max_events
+        self.consumer: Any = None
+        self._callback_error: BaseException | None = None
+        self._failed = False
+        #: Set once the loop has joined the group (for tests and ``up``).
+        self.started = threading.Event()
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, record positions and leave the group."""
+        self._stopping.set()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop's thread between batches (the models are not thread-safe)."""
+        self._submitted.append(fn)
+
+    def lag_rows(self) -> list[Position]:
+        """``(topic, partition, high watermark, committed position)`` per owned partition (for metrics)."""
+        return list(self._lag)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        s = self.settings
+        consumer = self.consumer = self.consumer_factory()
+        consumer.subscribe(self.topics, on_assign=self._guarded(self._on_assign),
+                           on_revoke=self._guarded(self._on_revoke), on_lost=self._guarded(self._on_lost))
+        self.started.set()
+        next_commit = time.monotonic() + s.commit_interval_s
+        try:
+            while not self._stopping.is_set():
+                batch = consumer.consume(s.batch_max_events, s.batch_max_wait_s)
+                self._raise_callback_error()
+                self._run_submitted()
+                if batch:
+                    self._handle(batch)
+                if self.processor.sink.restarted:
+                    self.processor.sink.restarted = False
+                    self.processor.remirror()
+                self.outputs.collect()
+                if self.outputs.pending() > self._max_queued:  # the broker is slow: wait for it
+                    self.outputs.flush()
+                if time.monotonic() >= next_commit:
+                    self.commit()
+                    next_commit = time.monotonic() + s.commit_interval_s
+                self.checkpointer.maybe_save()
+            self.commit()
+            self.checkpointer.save()
+        except BaseException:
+            self._failed = True  # the revocation inside close() must not write positions now
+            consumer.close()
+            raise
+        consumer.close()  # leaves the group; the revocation writes positions first
+        self._raise_callback_error()
+        self.outputs.flush()
+
+    def _guarded(self, callback: Callable[[Any, list], None]) -> Callable[[Any, list], None]:
+        """A rebalance callback whose exception is raised from the loop, not lost inside librdkafka.
+
+        An exception escaping a callback surfaces from ``consume()`` as a
+        librdkafka error object, not always an ``Exception``; kept here, it
+        is raised as itself once ``consume()`` returns.
+        """
+        def guarded(consumer: Any, partitions: list) -> None:
+            try:
+                callback(consumer, partitions)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by _raise_callback_error
+                self._callback_error = self._callback_error or exc
+        return guarded
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            exc, self._callback_error = self._callback_error, None
+            raise exc
+
+    def commit(self) -> None:
+        """Record the positions reached (after every output before them is acknowledged)."""
+        if self.ownership.write_positions():
+            offsets = self.ownership.offsets()
+            if offsets:
+                try:
+                    self.consumer.commit(offsets=offsets, asynchronous=True)
+                except Exception as exc:  # noqa: BLE001 - advisory: positions live in the changelog
+                    log.debug("group commit failed: %s", exc)
+        self._refresh_lag()
+
+    def _run_submitted(self) -> None:
+        while self._submitted:
+            self._submitted.popleft()()
+
+    def _handle(self, batch: list[Any]) -> None:
+        owned = self.store.partitions
+        inputs, items = [], []
+        control, catalogue = self.settings.topic_control, self.settings.topic_items
+        for msg in batch:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise RuntimeError(f"fatal consumer error: {err}")
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            if msg.partition() not in owned:
+                continue  # a partition whose takeover found a newer owner
+            topic = msg.topic()
+            if topic in self.topic_types:
+                inputs.append(msg)
+            elif topic == catalogue:
+                items.append(msg)
+            elif topic == control:
+                if inputs:  # a command applies after the events before it
+                    self.processor.process(inputs)
+                    inputs = []
+                self._control(msg)
+        if inputs:
+            self.processor.process(inputs)
+        if items:
+            self.processor.check_items(items)
+        for msg in batch:
+            if msg.error() is None:
+                state = owned.get(msg.partition())
+                if state is not None:
+                    state.positions[msg.topic()] = msg.offset() + 1
+
+    def _control(self, msg: Any) -> None:
+        """A forget command erases the customer from profiles, models and Redis, then checkpoints."""
+        try:
+            command = decode_command(msg.value() or b"")
+            if command.action not in ACTIONS:
+                raise ContractError("invalid_value", f"unknown control action {command.action[:40]!r}")
+        except (msgspec.DecodeError, ContractError) as exc:
+            err = exc if isinstance(exc, ContractError) else ContractError("invalid_value", f"control message: {exc}")
+            self.processor.send_dead_letter(err, msg)
+            return
+        self.processor.forget(command.user_id, msg.partition())
+        self.checkpointer.save()  # no saved model may keep the customer
+
+    def _refresh_lag(self) -> None:
+        rows: list[Position] = []
+        for partition, state in self.store.partitions.items():
+            for topic, position in state.committed.items():
+                try:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                except Exception:  # noqa: BLE001 - not fetched yet
+                    high = -1
+                rows.append((topic, partition, high if high >= 0 else None, position))
+        self._lag = rows
+
+    # ------------------------------------------------------------------ rebalances
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        gen = generation(group_generation(consumer.consumer_group_metadata()), self.settings.generation_epoch)
+        topics: dict[int, list[str]] = {}
+        for tp in partitions:
+            topics.setdefault(tp.partition, []).append(tp.topic)
+        began = time.perf_counter()
+        starts = self.ownership.take(topics, gen, topics)
+        assigned = [TopicPartition(tp.topic, tp.partition, starts[tp.partition][tp.topic])
+                    for tp in partitions if tp.partition in starts]
+        self.processor.catch_up_models({(tp.topic, tp.partition): tp.offset for tp in assigned
+                                        if tp.topic in self.topic_types})
+        consumer.assign(assigned)
+        self.metrics.restore_seconds.observe(time.perf_counter() - began)
+        self._refresh_lag()
+        log.info("worker ready: owns partitions %s in generation %d", sorted(starts), gen)
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        owned = sorted({tp.partition for tp in partitions} & set(self.store.partitions))
+        if owned and not self._failed:
+            self.ownership.write_positions(owned)
+            self.outputs.flush()
+            offsets = self.ownership.offsets(owned)
+            if offsets:
+                try:
+                    consumer.commit(offsets=offsets, asynchronous=False)
+                except Exception as exc:  # noqa: BLE001 - advisory: positions live in the changelog
+                    log.info("group commit on revocation failed: %s", exc)
+        self.ownership.release({tp.partition for tp in partitions})
+        consumer.unassign()
+        self._lag = []
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        log.warning("lost %d partitions (this worker was expelled from the group, e.g. paused longer than "
+                    "the session timeout); their state is dropped, their new owner restores it",
+                    len({tp.partition for tp in partitions}))
+        self.ownership.release({tp.partition for tp in partitions})
+        consumer.unassign()
+        self._lag = []

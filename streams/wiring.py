@@ -1,0 +1,59 @@
+"""The composition root: every runtime component of a worker, built once with its collaborators.
+
+Each component gets what it uses through its constructor; nothing is looked
+up at run time. :func:`build_runtime` is the one place that knows the whole
+graph:
+
+    settings -> metrics, Redis sink, Kafka sink, engine (from its checkpoint)
+             -> store, processor, ownership, checkpointer -> loop
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from models.engine import PersonalisationEngine
+from streams.checkpoint import Checkpointer, load_engine
+from streams.kafka_sink import KafkaSink
+from streams.loop import StreamLoop, make_consumer
+from streams.metrics import Metrics
+from streams.ownership import Ownership
+from streams.pipeline import BatchProcessor
+from streams.redis_sink import RedisSink
+from streams.settings import Settings
+from streams.state.store import ProfileStore
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    metrics: Metrics
+    engine: PersonalisationEngine
+    outputs: KafkaSink
+    sink: RedisSink
+    processor: BatchProcessor
+    checkpointer: Checkpointer
+    loop: StreamLoop
+
+
+def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime:
+    """Build a worker's components; the engine comes from this worker's last checkpoint, if any."""
+    s = settings
+    metrics = metrics or Metrics()
+    sink = RedisSink(s.redis_url, s.redis_prefix, s.recs_ttl_s, metrics, app_id=s.app_id)
+    checkpoint_key = sink.keys.checkpoint(s.app_id, s.effective_worker_id)
+    engine = sink._retrying(lambda: load_engine(redis.Redis.from_url(s.redis_url, socket_timeout=30),
+                                                checkpoint_key)) or \
+        PersonalisationEngine(top_n=s.top_n, exclude=s.exclude, n_segments=s.n_segments,
+                              dedupe_window=s.dedupe_window, seed=s.seed)
+    outputs = KafkaSink(s, metrics, essential_topics=frozenset({s.changelog_topic}))
+    store = ProfileStore()
+    processor = BatchProcessor(s, engine, store, outputs, sink, metrics)
+    ownership = Ownership(s, store, outputs, sink, metrics, s.effective_worker_id)
+    checkpointer = Checkpointer(engine, outputs.flush, s.redis_url, checkpoint_key, s.checkpoint_interval_s,
+                                metrics=metrics)
+    loop = StreamLoop(s, lambda: make_consumer(s), ownership, processor, outputs, checkpointer, metrics)
+    metrics.watch_consumer_lag(loop.lag_rows)
+    return Runtime(s, metrics, engine, outputs, sink, processor, checkpointer, loop)
