@@ -5,9 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DURATION ?= 60
 
-.PHONY: install demo test soak clean
+.PHONY: install demo test soak clean monitoring-tools
 
-install: $(STAMP)
+install: $(STAMP) monitoring-tools
+
+# prometheus and promtool for the monitoring tests: Debian's package, or a message saying what to install.
+monitoring-tools:
+	@ops/bin/ensure-prometheus
 
 # Re-installs only when pyproject.toml changes; `pip install -e` is idempotent.
 $(STAMP): pyproject.toml
@@ -16,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: install
+demo: $(STAMP)
 	$(BIN)/recostream up --duration $(DEMO_DURATION)
 
 test: install

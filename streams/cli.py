@@ -42,19 +42,27 @@ def settings(as_json: bool) -> None:
     current = _settings()  # a bad value fails here, naming the variable
     if as_json:
         click.echo(json.dumps(current.redacted(), indent=2))
-    else:
-        click.echo(_env_help())
+        return
+    click.echo(_env_help())
+    defaults = Settings().redacted()
+    changed = {k: v for k, v in current.redacted().items() if v != defaults[k]}
+    if changed:
+        click.echo("\ncurrent values that differ from the defaults (secrets masked):")
+        for name, value in changed.items():
+            click.echo(f"  RECOSTREAM_{name.upper()}={value}")
 
 
 @cli.command()
 @click.option("--loglevel", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
 def worker(loglevel: str) -> None:
-    """Run one Faust worker against the configured Kafka and Redis.
+    """Run one worker against the configured Kafka and Redis.
 
     This is what docker-compose runs, once per replica. It needs
     RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS) and
-    RECOSTREAM_REDIS_URL (or REDIS_URL). SIGTERM drains the current batch,
-    flushes outputs, commits and exits.
+    RECOSTREAM_REDIS_URL (or REDIS_URL). SIGTERM finishes the current batch,
+    records positions, checkpoints the models and exits. A Redis that refuses
+    the credentials, or topics with different partition counts, stop it at
+    start with a message.
     """
     from streams.worker import run_worker  # noqa: PLC0415  (Faust import is slow)
 
@@ -62,7 +70,13 @@ def worker(loglevel: str) -> None:
     if not s.kafka_bootstrap_servers or not s.redis_url:
         raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS and RECOSTREAM_REDIS_URL "
                                "(or use `recostream up`, which starts an embedded stack)")
-    run_worker(s, loglevel=loglevel)
+    from streams.redis_sink import RedisAccessDenied  # noqa: PLC0415
+    from streams.topics import TopicLayoutError  # noqa: PLC0415
+
+    try:
+        run_worker(s, loglevel=loglevel)
+    except (RedisAccessDenied, TopicLayoutError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()

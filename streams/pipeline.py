@@ -262,7 +262,7 @@ class BatchProcessor:
         self.outputs.produce(self.settings.topic_recommendations, user_id.encode(), None)
         self.outputs.flush()
         self.sink.delete_user(user_id)
-        log.info("forgot customer %s", user_id[:8] + "…")
+        log.info("forgot a customer of partition %d (profile, models, Redis keys)", partition)
 
     def send_dead_letter(self, err: ContractError, msg: Any) -> None:
         """Queue ``msg`` for the dead-letter topic (acknowledged before its position is written)."""

@@ -43,6 +43,7 @@ import time
 from typing import Callable, Mapping, Sequence, TypeVar
 
 import redis
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -118,6 +119,16 @@ return fence
 """
 
 
+class RedisAccessDenied(RuntimeError):
+    """Redis refused the worker's credentials or permissions: retrying cannot help."""
+
+
+def _denied(exc: Exception) -> bool:
+    text = str(exc)
+    return isinstance(exc, (AuthenticationError, AuthorizationError)) or (
+        isinstance(exc, ResponseError) and text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")))
+
+
 class RedisSink:
     def __init__(self, url: str, prefix: str, ttl_s: int, metrics: Metrics, app_id: str = "recostream",
                  max_backoff_s: float = 5.0) -> None:
@@ -141,7 +152,12 @@ class RedisSink:
         while True:
             try:
                 result = attempt()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+                if _denied(exc):
+                    raise RedisAccessDenied(f"Redis refused access ({exc}); check RECOSTREAM_REDIS_URL "
+                                            "(its password, user and ACLs)") from None
+                if isinstance(exc, ResponseError):
+                    raise
                 self.metrics.redis_errors.inc()
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
@@ -169,6 +185,10 @@ class RedisSink:
                         "writing every owned customer's keys again")
             self.restarted = True
         self._run_id = run_id
+
+    def check(self) -> None:
+        """Fail fast when Redis refuses the credentials (an outage is waited out, not an error)."""
+        self._retrying(self.client.ping)
 
     def fence_key(self, partition: int) -> str:
         return self.keys.fence(self.app_id, partition)

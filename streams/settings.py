@@ -54,10 +54,10 @@ class Settings:
     replication_factor: int = _doc(1, "Replication factor for topics the app creates.", min=1, max=16)
 
     # --- worker ---
-    app_id: str = _doc("recostream", "Faust app id (consumer group id and table changelog prefix).")
+    app_id: str = _doc("recostream", "Consumer group id; names the changelog topic and the models' checkpoint keys.")
     web_port: int = _doc(6066, "Faust web port of the worker.", min=1, max=65535)
     metrics_port: int = _doc(9464, "Prometheus metrics port of the worker (one per worker).", min=0, max=65535)
-    data_dir: str = _doc("run/worker", "Directory for the worker's local table state.")
+    data_dir: str = _doc("run/worker", "Directory for the worker runtime's local files.")
     worker_id: str = _doc("", "Stable id of this worker (names its model checkpoint). Default: hostname:metrics_port.")
     commit_interval_s: float = _doc(1.0, "Seconds between position records (the worker's commits): a crash "
                                     "replays at most this much input.", min=0.01, max=3600.0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,6 +26,12 @@ from streams.settings import Settings, settings_env
 from streams.topics import ensure_topics
 
 WORKER_STOP_TIMEOUT_S = 20.0
+# What another process needs to join the stack `up` started (not its ports or worker id).
+STACK_SETTINGS = frozenset(f"RECOSTREAM_{name.upper()}" for name in (
+    "kafka_bootstrap_servers", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+    "kafka_sasl_password", "kafka_ssl_cafile", "redis_url", "redis_prefix", "app_id", "partitions",
+    "topic_browse", "topic_click", "topic_purchase", "topic_items", "topic_recommendations",
+    "topic_dead_letter", "topic_control", "pseudonymize_key"))
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -58,6 +66,31 @@ def stop_process(proc: subprocess.Popen, timeout: float = WORKER_STOP_TIMEOUT_S)
     return proc.returncode
 
 
+def write_env_file(run_dir: Path, values: dict[str, str]) -> Path:
+    """``run_dir/env``: ``export`` lines for the running stack, readable by its owner only (0600).
+
+    ``source run/up-<pid>/env`` points ``recostream produce``, ``forget``, a
+    second ``worker`` or any Kafka/Redis client at the stack.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "env"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("# the stack `recostream up` started; source it: . " + str(path) + "\n")
+        for name, value in values.items():
+            out.write(f"export {name}={shlex.quote(value)}\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
 def count_keys(client: redis.Redis, pattern: str) -> int:
     return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
 
@@ -82,12 +115,16 @@ def run_up(settings: Settings, *, duration: float, rate: float, users: int, n_it
         else:
             say(f"[green]broker[/]  using {settings.kafka_bootstrap_servers}")
         if not settings.redis_url:
-            stack.redis = start_redis(run_dir)
+            # A password of this run only: another local user cannot read the customers' data.
+            password = secrets.token_urlsafe(24)
+            stack.redis = start_redis(run_dir, password=password)
             stack.servers.append(stack.redis)
-            settings = settings.replace(redis_url=stack.redis_url)
-            say(f"[green]redis[/]   redis-server (embedded) at {settings.redis_url}")
+            settings = settings.replace(redis_url=f"redis://:{password}@127.0.0.1:{stack.redis.port}/0")
+            say(f"[green]redis[/]   redis-server (embedded) at {masked_url(settings.redis_url)}")
         else:
-            say(f"[green]redis[/]   using {settings.redis_url}")
+            say(f"[green]redis[/]   using {masked_url(settings.redis_url)}")
+        env_file = write_env_file(run_dir, {k: v for k, v in settings_env(settings).items() if k in STACK_SETTINGS})
+        say(f"[green]env[/]     {env_file} (source it to point produce, forget or a client at this stack)")
         settings = settings.replace(data_dir=str(run_dir / "worker"))
         created = ensure_topics(settings)
         say(f"[green]topics[/]  {', '.join(created) or 'already present'}")

@@ -43,6 +43,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
     s = settings
     metrics = metrics or Metrics()
     sink = RedisSink(s.redis_url, s.redis_prefix, s.recs_ttl_s, metrics, app_id=s.app_id)
+    sink.check()
     checkpoint_key = sink.keys.checkpoint(s.app_id, s.effective_worker_id)
     engine = sink._retrying(lambda: load_engine(redis.Redis.from_url(s.redis_url, socket_timeout=30),
                                                 checkpoint_key)) or \

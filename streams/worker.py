@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import threading
@@ -13,6 +14,7 @@ from faust.worker import Worker
 import agents
 from streams.app import create_app
 from streams.metrics import Metrics
+from streams.redis_sink import RedisSink
 from streams.settings import Settings
 from streams.topics import check_copartitioned, ensure_topics
 from streams.wiring import build_runtime
@@ -73,12 +75,14 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     ensure_topics(settings)
     check_copartitioned(settings)
     metrics = Metrics()
+    RedisSink(settings.redis_url, settings.redis_prefix, settings.recs_ttl_s, metrics).check()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     app = create_app(settings)
     agents.register(app)
 
     def prepare() -> None:  # once logging is set up, so restoring the models is logged
+        log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
         app.runtime = build_runtime(settings, metrics)
         tune_gc()
 

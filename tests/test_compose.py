@@ -109,7 +109,7 @@ def test_the_stack_has_what_the_product_needs(compose):
     wenv = _env(worker)
     assert wenv["RECOSTREAM_METRICS_PORT"] == "9464"
     assert wenv["RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS"].split(":")[0] == "kafka"
-    assert wenv["RECOSTREAM_REDIS_URL"].startswith("redis://redis:")
+    assert wenv["RECOSTREAM_REDIS_URL"].endswith("@redis:6379/0")
     assert _command(services["generator"])[:2] == ["recostream", "produce"]
     assert "--rate" in _command(services["generator"])
 
