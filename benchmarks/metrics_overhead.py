@@ -4,7 +4,7 @@ Runs :class:`streams.pipeline.BatchProcessor.process` (decode, dead-letter,
 learn with the real engine, build outputs, every metric call) on generated
 micro-batches twice, side by side on identical input: once with the real
 :class:`streams.metrics.Metrics` and once with a null ``Metrics`` whose
-every metric is a no-op. Kafka, the profiles table and Redis are replaced by
+every metric is a no-op. Kafka and Redis are replaced by
 in-memory stand-ins so that only CPU work in the worker's process is timed.
 Batches of the two variants are interleaved (each with its own engine fed
 the same events) so drift affects both alike; medians are compared.
@@ -20,7 +20,6 @@ Prints one JSON object. docs/MONITORING.md quotes the numbers.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import platform
@@ -41,6 +40,7 @@ from streams.generator import ShopperSimulator  # noqa: E402
 from streams.metrics import EVENT_TYPES, Metrics  # noqa: E402
 from streams.pipeline import BatchProcessor  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+from streams.state.store import PartitionState, ProfileStore  # noqa: E402
 
 _encode = msgspec.json.Encoder().encode
 
@@ -73,36 +73,45 @@ class NullMetrics(Metrics):
     def observe_segments(self, profiles) -> None: ...
 
 
-class _Table(dict):
-    """The profiles table's interface, in memory."""
-
-    changelog_topic_name = "profiles-changelog"
-
-    def put_local(self, key, value, partition):
-        self[key] = value
-
-
 class _Outputs:
     """streams.kafka_sink.KafkaSink's interface, dropping every record."""
 
-    def produce(self, topic, key, value, partition=None):
+    def produce(self, topic, key, value, partition=None, headers=None):
         pass
 
-    produce_sealed = produce
-
-    async def flush(self):
+    def flush(self):
         pass
-
-    def collect(self):
-        pass
-
-    def pending(self):
-        return 0
 
 
 class _Sink:
-    async def write(self, recs, profiles, model):
-        pass
+    """streams.redis_sink.RedisSink's interface, dropping every write."""
+
+    def write(self, parts, model):
+        return 0
+
+
+class _Message:
+    """The confluent-kafka ``Message`` methods the pipeline reads."""
+
+    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value")
+
+    def __init__(self, topic, partition, offset, key, value):
+        self._topic, self._partition, self._offset, self._key, self._value = topic, partition, offset, key, value
+
+    def topic(self):
+        return self._topic
+
+    def partition(self):
+        return self._partition
+
+    def offset(self):
+        return self._offset
+
+    def key(self):
+        return self._key
+
+    def value(self):
+        return self._value
 
 
 def make_processor(settings: Settings, metrics: Metrics, catalogue: list[dict]) -> BatchProcessor:
@@ -110,9 +119,10 @@ def make_processor(settings: Settings, metrics: Metrics, catalogue: list[dict]) 
                                    dedupe_window=settings.dedupe_window, seed=settings.seed)
     for item in catalogue:
         engine.upsert_item(item["item_id"], item.get("category"), item.get("available", True))
-    app = SimpleNamespace(settings_=settings, engine=engine, profiles=_Table(),
-                          consumer=SimpleNamespace(_committed_offset={}))
-    return BatchProcessor(app, metrics, _Sink(), _Outputs())
+    store = ProfileStore()
+    for partition in range(settings.partitions):
+        store.adopt(partition, PartitionState(gen=0))
+    return BatchProcessor(settings, engine, store, _Outputs(), _Sink(), metrics)
 
 
 def make_batches(settings: Settings, n_batches: int, batch_size: int, users: int, items: int) -> tuple[list, list]:
@@ -127,9 +137,7 @@ def make_batches(settings: Settings, n_batches: int, batch_size: int, users: int
             payload = {**payload, "type": etype, "ts": now_ms}
             tp = (topic_of[etype], hash(payload["user_id"]) % settings.partitions)
             offset = next_offset[tp] = next_offset.get(tp, -1) + 1
-            msg = SimpleNamespace(topic=tp[0], key=payload["user_id"].encode(), value=_encode(payload),
-                                  partition=tp[1], offset=offset, tp=tp)
-            batch.append(SimpleNamespace(message=msg))
+            batch.append(_Message(tp[0], tp[1], offset, payload["user_id"].encode(), _encode(payload)))
         batches.append(batch)
     return batches, sim.catalogue()
 
@@ -139,16 +147,13 @@ def time_pipeline(args) -> dict:
     batches, catalogue = make_batches(settings, args.batches, args.batch_size, args.users, args.items)
     on = make_processor(settings, Metrics(process_metrics=False), list(catalogue))
     off = make_processor(settings, NullMetrics(), list(catalogue))
-    loop = asyncio.new_event_loop()
     t_on, t_off = [], []
     for i, batch in enumerate(batches):
         order = (on, off) if i % 2 else (off, on)  # alternate who goes first
         for proc in order:
             t0 = time.perf_counter()
-            loop.run_until_complete(proc.process(batch))
-            loop.run_until_complete(proc.drain())  # the batch's (in-memory) writes, metrics included
+            proc.process(batch)  # the batch's (in-memory) writes, metrics included
             (t_on if proc is on else t_off).append(time.perf_counter() - t0)
-    loop.close()
     warm = max(1, len(batches) // 10)  # the first batches build the models: skip them
     t_on, t_off = t_on[warm:], t_off[warm:]
     n = args.batch_size

@@ -86,6 +86,24 @@ class Catalog:
     def item_id(self, row: int) -> str:
         return self._ids[row]
 
+    def category_of(self, item_id: str) -> str | None:
+        """The category name of ``item_id``, or ``None`` when the item or its category is unknown.
+
+        >>> cat = Catalog(); _ = cat.upsert("sku-1", category="shoes"); _ = cat.upsert("sku-2")
+        >>> cat.category_of("sku-1"), cat.category_of("sku-2"), cat.category_of("nope")
+        ('shoes', None, None)
+        """
+        row = self._rows.get(item_id)
+        if row is None:
+            return None
+        code = int(self._category[row])
+        if code < 0:
+            return None
+        names = self.__dict__.get("_names")
+        if names is None or len(names) != len(self._categories):
+            names = self.__dict__["_names"] = sorted(self._categories, key=self._categories.__getitem__)
+        return names[code]
+
     def category_code(self, category: str) -> int:
         code = self._categories.get(category)
         if code is None:

@@ -180,6 +180,7 @@ class PersonalisationEngine:
         model_offsets = self.model_offsets
         part_hash = self._part_hash
         learn_one = self.ranker.learn_one
+        item_category = self.ranker.item_category
         counts = self._item_counts
         learned_items = self._pop_pending
         learned_by_type = out.learned_by_type
@@ -208,8 +209,10 @@ class PersonalisationEngine:
                 applied = False
                 redelivery = seen_at is None or seen_at == position
             else:
+                # An event without a category counts in the catalogue's category of its item.
+                category = ev.category if ev.category is not None else item_category(ev.item_id)
                 applied = apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
-                                      ts=ev.ts, category=ev.category, price=ev.price, quantity=ev.quantity,
+                                      ts=ev.ts, category=category, price=ev.price, quantity=ev.quantity,
                                       order_id=ev.order_id, window=window, offset=position)
                 redelivery = not applied and position >= 0 and seen_offset(profile, ev.event_id) == position
             if applied:

@@ -224,6 +224,10 @@ class StreamingRecommender(abc.ABC):
         """Add or update a catalogue item (category, availability)."""
         self.catalog.upsert(item_id, category=category, available=available)
 
+
+    def item_category(self, item_id: str) -> str | None:
+        """The catalogue's category of ``item_id`` (``None`` when unknown)."""
+        return self.catalog.category_of(item_id)
     def learn_one(self, user_id: str, item_id: str, event_type: str = "click", ts: float | None = None) -> None:
         """Learn from one interaction; ``ts`` is in epoch seconds."""
         try:

@@ -10,6 +10,7 @@ import click
 
 from streams.bench import bench
 from streams.bench_engine import bench_engine
+from streams.convert import convert_command
 from streams.replay import replay
 from streams.settings import Settings, SettingsError, describe
 
@@ -130,6 +131,9 @@ def forget(user_id: str, wait_s: float) -> None:
     s = _settings()
     if not s.kafka_bootstrap_servers:
         raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS)")
+    if wait_s and not s.redis_url:
+        raise click.UsageError("--wait needs RECOSTREAM_REDIS_URL (or REDIS_URL) to check that the customer's "
+                               "keys are gone; set it, or pass --wait 0 to only publish the command")
     uid = pseudonym(user_id, s.pseudonymize_key)
     producer = make_producer(s)
     producer.produce(s.topic_control, key=uid.encode(),
@@ -137,7 +141,7 @@ def forget(user_id: str, wait_s: float) -> None:
     if producer.flush(30):
         raise click.ClickException("the forget command could not be delivered to Kafka")
     result = {"user_id": uid, "published": True, "erased_from_redis": None}
-    if wait_s and s.redis_url:
+    if wait_s:
         import redis  # noqa: PLC0415
 
         from streams.redis_sink import RedisKeys  # noqa: PLC0415
@@ -157,18 +161,29 @@ def forget(user_id: str, wait_s: float) -> None:
 @click.option("--rate", default=200.0, show_default=True, help="Generated events per second.")
 @click.option("--users", default=300, show_default=True, help="Simulated shoppers.")
 @click.option("--items", "n_items", default=1000, show_default=True, help="Catalogue size.")
-@click.option("--metrics-port", default=9464, show_default=True, help="Worker metrics port (0 = off).")
+@click.option("--metrics-port", type=int, default=None,
+              help="Worker metrics port (0 = off). Default: RECOSTREAM_METRICS_PORT if set, else a free port.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object.")
-def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int, as_json: bool) -> None:
+def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int | None, as_json: bool) -> None:
     """Run the whole system: broker, Redis, topics, a worker and a shopper generator.
 
     Starts the embedded tansu broker and redis-server on loopback unless
-    KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point at running services. Ctrl-C, or
-    the end of --duration, stops everything it started.
+    KAFKA_BOOTSTRAP_SERVERS / REDIS_URL point at running services, and writes
+    run/up-<pid>/env for other commands to source. Ctrl-C, SIGTERM, SIGHUP or
+    the end of --duration stop everything it started; its children also stop
+    if `up` itself is killed.
     """
-    from streams.up import run_up  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
-    summary = run_up(_settings(metrics_port=metrics_port), duration=duration, rate=rate, users=users,
+    from streams.up import PortTaken, choose_metrics_port, run_up  # noqa: PLC0415
+
+    if metrics_port is None and os.environ.get("RECOSTREAM_METRICS_PORT"):
+        metrics_port = _settings().metrics_port
+    try:
+        port = choose_metrics_port(metrics_port)
+    except PortTaken as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = run_up(_settings(metrics_port=port), duration=duration, rate=rate, users=users,
                      n_items=n_items, as_json=as_json)
     if as_json:
         click.echo(json.dumps(summary))
@@ -177,6 +192,7 @@ def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int
 
 
 cli.add_command(replay)
+cli.add_command(convert_command, name="convert")
 cli.add_command(bench)
 cli.add_command(bench_engine)
 

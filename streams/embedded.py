@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,12 +99,35 @@ class Server:
             self.proc.wait(timeout)
 
 
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the process that started it dies, even by SIGKILL.
+
+    Linux's ``PR_SET_PDEATHSIG``; elsewhere a no-op (``stop()`` still cleans up
+    on every normal exit). Pass as ``preexec_fn``.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415 - only in the child, only on Linux
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _spawn(name: str, argv: list[str], port: int, log_dir: Path) -> Server:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=die_with_parent)
     log.close()
     server = Server(name, port, proc, log_path)
     try:

@@ -101,13 +101,17 @@ class Ownership:
         """Produce a takeover marker per partition; their offsets once the broker acknowledged them."""
         key, value, headers = marker_record(gen, self.worker_id)
         offsets: dict[int, int] = {}
+        # Every earlier output first, so each marker travels alone and is the last record of its
+        # partition: tansu reports a partition's end as the base offset of its last record batch
+        # + 1, and the restore must be able to read up to the marker.
+        self.outputs.flush()
         for attempt in range(10):
             acked: list[Any] = []
             todo = [p for p in partitions if p not in offsets]
             for partition in todo:
                 self.outputs.producer.produce(self.topic, value=value, key=key, partition=partition,
                                               headers=headers, on_delivery=lambda err, msg: acked.append((err, msg)))
-            self.outputs.flush()  # every earlier output of this worker first, then the markers
+            self.outputs.flush()
             while len(acked) < len(todo):
                 self.outputs.producer.poll(0.1)
             for err, msg in acked:

@@ -227,6 +227,7 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown):
 
     if plot_path:
         plot_rolling(ev, plot_path)
+        click.echo(f"wrote the rolling hit rate of every model to {plot_path}", err=True)
     result = result_json(ev, n_bad)
     if as_json:
         click.echo(json.dumps(result))

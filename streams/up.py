@@ -12,13 +12,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import msgspec
 import redis
 from rich.console import Console
 
-from streams.embedded import EmbeddedStack, start_broker, start_redis
+from streams.embedded import EmbeddedStack, die_with_parent, free_port, port_is_free, start_broker, start_redis
 from streams.generator import ShopperSimulator
 from streams.produce import make_producer, publish_catalogue, publish_events
 from streams.redis_sink import RedisKeys
@@ -43,11 +44,12 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def spawn_worker(settings: Settings, log_path: Path, loglevel: str = "info") -> subprocess.Popen:
+    """A ``recostream worker`` child in its own process group; it gets SIGTERM if its parent dies."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", loglevel],
                                 env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = WORKER_STOP_TIMEOUT_S) -> int:
@@ -95,12 +97,55 @@ def count_keys(client: redis.Redis, pattern: str) -> int:
     return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
 
 
+class PortTaken(RuntimeError):
+    """A configured port is in use by another process."""
+
+
+def choose_metrics_port(requested: int | None) -> int:
+    """``requested`` if free (0: metrics off); ``None``: any free port. Raises :class:`PortTaken`."""
+    if requested is None:
+        return free_port()
+    if requested and not port_is_free(requested):
+        raise PortTaken(f"metrics port {requested} is in use by another process: free it, pick another "
+                        "with --metrics-port (RECOSTREAM_METRICS_PORT), or leave it unset for a free port")
+    return requested
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """SIGTERM and SIGHUP (what ``timeout``, systemd and a closed terminal send) stop ``up`` like Ctrl-C."""
+    seen: list[int] = []
+
+    def interrupt(signum, frame):
+        if not seen:  # once: a second signal must not cut the clean-up short
+            seen.append(signum)
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_up(settings: Settings, *, duration: float, rate: float, users: int, n_items: int,
            as_json: bool = False, run_dir: Path | None = None) -> dict:
-    console = Console(stderr=True)
+    with stop_signals_interrupt():
+        try:
+            return _run_up(settings, duration=duration, rate=rate, users=users, n_items=n_items,
+                           as_json=as_json, run_dir=run_dir)
+        except KeyboardInterrupt:  # a signal before the main loop: everything started is stopped already
+            return {"error": "interrupted while starting"}
+
+
+def _run_up(settings: Settings, *, duration: float, rate: float, users: int, n_items: int,
+            as_json: bool = False, run_dir: Path | None = None) -> dict:
+    console = Console(stderr=True, soft_wrap=True)  # URLs and paths never wrapped mid-line
     say = console.print
     run_dir = run_dir or Path("run") / f"up-{os.getpid()}"
     started = time.monotonic()
+    wall_start = time.time()
     stack = EmbeddedStack()
     worker: subprocess.Popen | None = None
     stop = threading.Event()
@@ -124,6 +169,7 @@ def run_up(settings: Settings, *, duration: float, rate: float, users: int, n_it
         else:
             say(f"[green]redis[/]   using {masked_url(settings.redis_url)}")
         env_file = write_env_file(run_dir, {k: v for k, v in settings_env(settings).items() if k in STACK_SETTINGS})
+        summary["env_file"] = str(env_file)
         say(f"[green]env[/]     {env_file} (source it to point produce, forget or a client at this stack)")
         settings = settings.replace(data_dir=str(run_dir / "worker"))
         created = ensure_topics(settings)
@@ -166,6 +212,7 @@ def run_up(settings: Settings, *, duration: float, rate: float, users: int, n_it
         stop.set()
         gen.join(10)
         summary.update(_summary(r, keys, sim, settings, produced[0], first_rec_s, time.monotonic() - started))
+        summary["started_at"] = _iso(wall_start)
         if not as_json:
             _print_summary(console, summary)
         return summary
@@ -205,6 +252,7 @@ def _summary(r: redis.Redis, keys: RedisKeys, sim: ShopperSimulator, settings: S
             "redis_key": keys.recs(user),
         }
     model = {k.decode(): v.decode() for k, v in r.hgetall(keys.model).items()}
+    model["updated_at_iso"] = _iso(model.get("updated_at"))
     return {
         "seconds": round(elapsed, 1),
         "events_produced": produced,
@@ -218,20 +266,37 @@ def _summary(r: redis.Redis, keys: RedisKeys, sim: ShopperSimulator, settings: S
     }
 
 
+def _iso(epoch: float | str | None) -> str | None:
+    if epoch in (None, ""):
+        return None
+    return datetime.fromtimestamp(float(epoch), timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _print_summary(console: Console, s: dict) -> None:
     console.rule("recostream up: summary")
-    console.print(f"ran {s['seconds']} s, produced {s['events_produced']} events, "
-                  f"{s['users_with_recommendations']} users have recommendations")
-    console.print(f"first recommendation after {s['time_to_first_recommendation_s']} s; model {s['model']}")
-    console.print(f"Redis keys: {s['redis_keys']}")
-    if s.get("sample_user"):
-        u = s["sample_user"]
-        console.print(f"sample user {u['user_id']} ({u['events']} events, segment {u['segment']}): "
-                      f"hidden preferences {u['hidden_preferences']}")
-        console.print("  top-5: " + ", ".join(f"{r['item_id']} ({r['category']}, {r['score']})" for r in u["recommended"][:5]))
-        console.print(f"  top-10 recommended categories: {u['recommended_categories']}")
-        console.print(f"  while running, read it with: .venv/bin/redis-cli -u <redis url> GET {u['redis_key']}")
-    if s.get("metrics_url"):
-        console.print(f"metrics were at {s['metrics_url']}")
+    model = s.get("model") or {}
+    rows = [
+        ("ran", f"{s['seconds']} s, {s['events_produced']} events produced"),
+        ("recommendations", f"{s['users_with_recommendations']} customers, the first after "
+                            f"{s['time_to_first_recommendation_s']} s"),
+        ("model", f"{model.get('version', '?')} interactions learned, {model.get('users', '?')} customers, "
+                  f"{model.get('items', '?')} items, last update {model.get('updated_at_iso', '?')}"),
+        ("Redis keys", ", ".join(f"{k}: {v}" for k, v in s["redis_keys"].items())),
+    ]
+    u = s.get("sample_user")
+    if u:
+        rows += [
+            ("sample customer", f"{u['user_id']}: {u['events']} events, hidden tastes {u['hidden_preferences']}, "
+                                f"segment {u['segment']} (one of the behaviour clusters a customer is assigned to "
+                                "from RFM and category features)"),
+            ("  top 5", ", ".join(f"{r['item_id']} ({r['category']}, {r['score']})" for r in u["recommended"][:5])),
+            ("  top 10 by category", ", ".join(f"{k} {v}" for k, v in u["recommended_categories"].items())),
+        ]
+    if s.get("env_file"):
+        rows.append(("next time", f"while `up` runs, `. {s['env_file']}` points produce, forget, a second worker "
+                                  "or redis-cli -u \"$RECOSTREAM_REDIS_URL\" at the stack"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        console.print(f"{key:<{width}}  {value}")
     if s.get("error"):
         console.print(f"[red]{s['error']}[/]")

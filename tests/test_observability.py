@@ -322,6 +322,16 @@ tests:
         exp_alerts: [{exp_labels: {severity: ticket, instance: "w1:9464", outcome: failed}}]
       # Half an hour later it has cleared.
       - {eval_time: 50m, alertname: RecostreamCheckpointFailing, exp_alerts: []}
+  - interval: 1m
+    input_series:
+      # One dead letter parked at minute 5.
+      - {series: 'recostream_outputs_parked_total{instance="w1:9464", topic="dead-letter"}', values: '0x4 1x60'}
+    alert_rule_test:
+      - {eval_time: 4m, alertname: RecostreamOutputsParked, exp_alerts: []}
+      - eval_time: 6m
+        alertname: RecostreamOutputsParked
+        exp_alerts: [{exp_labels: {severity: ticket, instance: "w1:9464", topic: dead-letter}}]
+      - {eval_time: 40m, alertname: RecostreamOutputsParked, exp_alerts: []}
 """
 
 

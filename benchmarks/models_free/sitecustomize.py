@@ -11,14 +11,14 @@ and replaces the three model calls of a batch with near-free ones:
 * ``CustomerSegments.learn_predict_many`` puts everyone in segment 0.
 
 Everything else of the worker runs unchanged: decoding and validation, dedupe,
-profiles in the changelog-backed table, the Redis writes, the
-``recommendations`` topic, metrics, commits. So ``throughput_eps`` of such a
-run is what the product would reach if the models cost nothing, measured next
-to ``faust_bare_eps`` in the same run::
+profiles and their changelog, the Redis writes, the ``recommendations`` topic,
+metrics, positions. So ``throughput_eps`` of such a run is what the product
+would reach if the models cost nothing, measured next to ``bare_loop_eps`` in
+the same run::
 
     PYTHONPATH=benchmarks/models_free .venv/bin/recostream bench --freshness-seconds 0 --json
 
-Results: docs/BENCHMARKS.md, "Session 6". Never on the path of a real worker.
+Results: docs/BENCHMARKS.md. Never on the path of a real worker.
 """
 
 from __future__ import annotations
