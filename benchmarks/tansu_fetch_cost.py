@@ -9,7 +9,7 @@ storage), then, for a growing number of small record batches in topic ``t``
   p50 and the broker's CPU over the loop (share of one core);
 * ``produce_only``: produce-and-acknowledge round trips, no consumer.
 
-Seen on the 2-core machine of docs/BENCHMARKS.md ("Session 4"): the cost of a
+Seen on the 2-core machine of docs/BENCHMARKS.md: the cost of a
 fetch that returns data grows with the number of record batches already in
 the partition (tansu 0.6's memory engine), while produce cost and idle fetches
 do not; a topic's batch count only grows (no retention, no DeleteRecords).
