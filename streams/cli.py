@@ -22,6 +22,15 @@ def _settings(**overrides) -> Settings:
         raise click.UsageError(str(exc)) from None
 
 
+def _reach_kafka(settings: Settings) -> None:
+    from streams.topics import KafkaUnreachable, check_kafka  # noqa: PLC0415
+
+    try:
+        check_kafka(settings)
+    except KafkaUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _env_help() -> str:
     return "\n".join(f"  {name} (default {default}): {help}" for name, default, help in describe())
 
@@ -72,11 +81,11 @@ def worker(loglevel: str) -> None:
         raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS and RECOSTREAM_REDIS_URL "
                                "(or use `recostream up`, which starts an embedded stack)")
     from streams.redis_sink import RedisAccessDenied  # noqa: PLC0415
-    from streams.topics import TopicLayoutError  # noqa: PLC0415
+    from streams.topics import KafkaUnreachable, TopicLayoutError  # noqa: PLC0415
 
     try:
         run_worker(s, loglevel=loglevel)
-    except (RedisAccessDenied, TopicLayoutError) as exc:
+    except (RedisAccessDenied, TopicLayoutError, KafkaUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -99,6 +108,7 @@ def produce(n_events: int, rate: float, users: int, n_items: int, seed: int, csv
     s = _settings()
     if not s.kafka_bootstrap_servers:
         raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS)")
+    _reach_kafka(s)
     if create_topics:
         from streams.topics import ensure_topics  # noqa: PLC0415
 
@@ -134,6 +144,7 @@ def forget(user_id: str, wait_s: float) -> None:
     if wait_s and not s.redis_url:
         raise click.UsageError("--wait needs RECOSTREAM_REDIS_URL (or REDIS_URL) to check that the customer's "
                                "keys are gone; set it, or pass --wait 0 to only publish the command")
+    _reach_kafka(s)
     uid = pseudonym(user_id, s.pseudonymize_key)
     producer = make_producer(s)
     producer.produce(s.topic_control, key=uid.encode(),

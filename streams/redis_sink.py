@@ -186,9 +186,21 @@ class RedisSink:
             self.restarted = True
         self._run_id = run_id
 
-    def check(self) -> None:
-        """Fail fast when Redis refuses the credentials (an outage is waited out, not an error)."""
-        self._retrying(self.client.ping)
+    def check(self, timeout_s: float = 30.0) -> None:
+        """At start: fail, naming the setting, when Redis refuses the credentials or does not answer in time."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.client.ping()
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+                if _denied(exc):
+                    raise RedisAccessDenied(f"Redis refused access ({exc}); check RECOSTREAM_REDIS_URL "
+                                            "(its password, user and ACLs)") from None
+                if isinstance(exc, ResponseError) or time.monotonic() > deadline:
+                    raise RedisAccessDenied(f"cannot reach Redis within {timeout_s:.0f} s ({exc}); check "
+                                            "RECOSTREAM_REDIS_URL") from None
+                time.sleep(0.5)
 
     def fence_key(self, partition: int) -> str:
         return self.keys.fence(self.app_id, partition)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.settings import Settings
+
+_quiet = logging.getLogger("librdkafka.check")
+_quiet.setLevel(logging.CRITICAL)  # the reachability check reports its own failure
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
@@ -24,6 +28,24 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     # records around them (docs/RELIABILITY.md), which compaction would lose.
     specs.append(NewTopic(settings.changelog_topic, p, rf, config={"cleanup.policy": "delete", "retention.ms": "-1"}))
     return specs
+
+
+class KafkaUnreachable(RuntimeError):
+    """The configured Kafka cluster did not answer."""
+
+
+def check_kafka(settings: Settings, timeout: float = 15.0) -> None:
+    """Raise :class:`KafkaUnreachable`, naming the setting, when the cluster does not answer in ``timeout``."""
+    from confluent_kafka import KafkaException  # noqa: PLC0415
+
+    try:
+        AdminClient({**settings.kafka_client_config(), "logger": _quiet}).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnreachable(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers!r} within {timeout:.0f} s "
+            f"(RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS, and RECOSTREAM_KAFKA_SECURITY_PROTOCOL/SASL settings if the "
+            f"cluster needs them): {exc.args[0].str() if exc.args and hasattr(exc.args[0], 'str') else exc}"
+        ) from None
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:

@@ -16,7 +16,7 @@ from streams.app import create_app
 from streams.metrics import Metrics
 from streams.redis_sink import RedisSink
 from streams.settings import Settings
-from streams.topics import check_copartitioned, ensure_topics
+from streams.topics import check_copartitioned, check_kafka, ensure_topics
 from streams.wiring import build_runtime
 
 
@@ -72,6 +72,7 @@ def build_app(settings: Settings, metrics: Metrics | None = None):
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Block until SIGTERM/SIGINT; the loop then finishes its batch, writes positions and a model
     checkpoint and leaves the group, or the process exits after ``shutdown_timeout_s``."""
+    check_kafka(settings)
     ensure_topics(settings)
     check_copartitioned(settings)
     metrics = Metrics()

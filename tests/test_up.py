@@ -84,6 +84,7 @@ def test_sigterm_stops_everything_and_prints_the_summary(tmp_path):
             pass  # already taken by someone else: same situation
         proc = _start_up(tmp_path, "--json", "--rate", "300")
         children = _wait_for_recommendations(proc, tmp_path)
+        _use_the_env_file(tmp_path)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     _assert_gone(children)
@@ -97,6 +98,25 @@ def test_sigterm_stops_everything_and_prints_the_summary(tmp_path):
     assert summary["model"]["updated_at_iso"].endswith("Z")
     env_file = tmp_path / summary["env_file"]
     assert env_file.stat().st_mode & 0o077 == 0 and "RECOSTREAM_REDIS_URL" in env_file.read_text()
+
+
+def _use_the_env_file(tmp_path: Path) -> None:
+    """Another process joins the running stack through run/up-<pid>/env: produce works, Redis needs the
+    run's password."""
+    import redis
+
+    env_file = next(tmp_path.glob("run/up-*/env"))
+    script = f'. "{env_file}" && "{sys.executable}" -m streams.cli produce --events 50 --no-create-topics'
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("RECOSTREAM_")})
+    assert done.returncode == 0 and json.loads(done.stdout.strip().splitlines()[-1])["events"] == 50, done.stderr
+    url = subprocess.run(["bash", "-c", f'. "{env_file}" && printf %s "$RECOSTREAM_REDIS_URL"'],
+                         capture_output=True, text=True, check=True).stdout
+    assert redis.Redis.from_url(url).ping()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(url.replace(url.split("@")[0], "redis://:wrong")).ping()
+    with pytest.raises((redis.exceptions.AuthenticationError, redis.exceptions.ResponseError)):  # no password
+        redis.Redis.from_url("redis://" + url.split("@")[1]).get("x")
 
 
 def test_sigkill_of_up_leaves_no_process_behind(tmp_path):
@@ -117,6 +137,12 @@ def test_a_taken_metrics_port_is_a_clear_error_before_anything_starts(tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and f"metrics port {port} is in use" in err, err
     assert time.monotonic() - started < 15 and not list(tmp_path.glob("run/up-*"))
+
+
+def test_a_command_that_cannot_reach_kafka_names_the_setting():
+    result = CliRunner().invoke(cli, ["produce", "--events", "5"],
+                                env={"RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert result.exit_code == 1 and "RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS" in result.output, result.output
 
 
 def test_forget_without_redis_says_which_setting_is_missing():
