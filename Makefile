@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/recostream up --duration $(DEMO_DURATION)
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # The fault suite (tests/test_faults.py) SOAK_RUNS times, each run with new random fault timings;

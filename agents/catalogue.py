@@ -25,6 +25,6 @@ def register(app) -> None:
                     on_removed=lambda item_id: submit(lambda: engine.upsert_item(item_id, available=False)),
                     should_stop=lambda: app.should_stop,
                 )
-            except Exception:  # noqa: BLE001 - the catalogue must keep following; the loop is unaffected
+            except Exception:  # the catalogue must keep following; the loop is unaffected
                 log.exception("following the catalogue failed; starting again in 1 s")
                 await asyncio.sleep(1.0)

@@ -33,14 +33,14 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prometheus_client import generate_latest  # noqa: E402
+from prometheus_client import generate_latest
 
-from models.engine import PersonalisationEngine  # noqa: E402
-from streams.generator import ShopperSimulator  # noqa: E402
-from streams.metrics import EVENT_TYPES, Metrics  # noqa: E402
-from streams.pipeline import BatchProcessor  # noqa: E402
-from streams.settings import Settings  # noqa: E402
-from streams.state.store import PartitionState, ProfileStore  # noqa: E402
+from models.engine import PersonalisationEngine
+from streams.generator import ShopperSimulator
+from streams.metrics import EVENT_TYPES, Metrics
+from streams.pipeline import BatchProcessor
+from streams.settings import Settings
+from streams.state.store import PartitionState, ProfileStore
 
 _encode = msgspec.json.Encoder().encode
 

@@ -36,15 +36,22 @@ learn them when the worker reads them again.
 from __future__ import annotations
 
 import heapq
+import pickle
 import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence
 
-import pickle
-
-from models.profile import (FEATURE_KEYS, Profile, applied_offset, apply_event, feature_matrix, mark_applied,
-                            new_profile, seen_offset)
+from models.profile import (
+    FEATURE_KEYS,
+    Profile,
+    applied_offset,
+    apply_event,
+    feature_matrix,
+    mark_applied,
+    new_profile,
+    seen_offset,
+)
 from models.ranker import HybridRanker
 from models.segments import CustomerSegments
 
@@ -350,7 +357,7 @@ class PersonalisationEngine:
 
     @classmethod
     def loads(cls, data: bytes) -> "PersonalisationEngine":
-        state = pickle.loads(data)  # noqa: S301 - our own checkpoint, from our own store
+        state = pickle.loads(data)  # our own checkpoint, from our own store
         if state.get("format") != 1:
             raise ValueError(f"unsupported engine checkpoint format {state.get('format')!r}")
         engine = cls(**state["params"])

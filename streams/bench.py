@@ -127,7 +127,7 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | 
 
 
 def percentiles(values: list[float], qs=(50, 95, 99)) -> dict[str, float | int | None]:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     if not values:
         return {f"p{q}": None for q in qs} | {"n": 0}
@@ -174,9 +174,9 @@ def generate_events(n: int, users: int, items: int, seed: int, on_progress: Call
     same catalogue ids and categories), whose streams are merged by time:
     many shoppers are active from the start, as in a real shop.
     """
-    import heapq  # noqa: PLC0415
+    import heapq
 
-    from streams.generator import ShopperSimulator  # noqa: PLC0415
+    from streams.generator import ShopperSimulator
 
     n_sims = max(1, -(-users // 2500))
     sims = [ShopperSimulator(n_users=-(-users // n_sims), n_items=items, n_categories=16, seed=seed + k,
@@ -211,9 +211,9 @@ def stamp_now(events: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
 
 async def _assigned_consumer(settings: Settings, topics: list[str], **config: Any) -> tuple[Any, list]:
     """A started aiokafka consumer (no group) assigned every partition of ``topics``."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streams.catalogue import _security  # noqa: PLC0415
+    from streams.catalogue import _security
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, **config, **_security(settings))
@@ -255,7 +255,7 @@ def raw_consume_eps(settings: Settings, topics: list[str], expect: int, timeout:
 
 def bare_loop_eps(settings: Settings, topics: list[str], expect: int, timeout: float = 300.0) -> dict:
     """The worker's consumer, in its own group, taking micro-batches and doing nothing with them."""
-    from streams.loop import make_consumer  # noqa: PLC0415
+    from streams.loop import make_consumer
 
     consumer = make_consumer(settings.replace(app_id=f"{settings.app_id}-ref-loop-{uuid.uuid4().hex[:6]}"))
     try:
@@ -282,9 +282,9 @@ def run_faust_reference(settings: Settings, mode: str, expect: int, run_dir: Pat
                         overrides: dict | None = None, transport: str = "kafka",
                         timeout: float = 600.0, on_progress: Callable[[int], None] | None = None) -> dict:
     """Run the no-op Faust agent (``mode``: a label of the run) in a child process."""
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
-    from streams.up import stop_process, worker_env  # noqa: PLC0415
+    from streams.up import stop_process, worker_env
 
     tag = uuid.uuid4().hex[:6]
     out = run_dir / f"faust-{mode}-{tag}.json"
@@ -325,8 +325,8 @@ def run_faust_reference(settings: Settings, mode: str, expect: int, run_dir: Pat
 
 def _faust_reference_child(spec: dict) -> None:
     """Entry point of the child process: a Faust worker with one no-op agent."""
-    import faust  # noqa: PLC0415
-    from faust.worker import Worker  # noqa: PLC0415
+    import faust
+    from faust.worker import Worker
 
     settings = Settings.from_env()
     mode, expect = spec["mode"], int(spec["expect"])
@@ -393,8 +393,8 @@ def _faust_reference_child(spec: dict) -> None:
 
 class Workers:
     def __init__(self, settings: Settings, n: int, run_dir: Path) -> None:
-        from streams.embedded import free_port  # noqa: PLC0415
-        from streams.up import spawn_worker  # noqa: PLC0415
+        from streams.embedded import free_port
+        from streams.up import spawn_worker
 
         self.ports = []
         self.procs = []
@@ -427,7 +427,7 @@ class Workers:
         return sum(metric_sum(s, name) for s in samples)
 
     def stop(self) -> None:
-        from streams.up import stop_process  # noqa: PLC0415
+        from streams.up import stop_process
 
         for proc in self.procs:
             stop_process(proc)
@@ -487,13 +487,13 @@ class RecsWatcher:
     """
 
     def __init__(self, redis_url: str, prefix: str) -> None:
-        import redis  # noqa: PLC0415
+        import redis
 
         self.client = redis.Redis.from_url(redis_url)
         self.ok = True
         try:
             self.client.config_set("notify-keyspace-events", "K$")
-        except Exception:  # noqa: BLE001 - managed Redis may forbid CONFIG: fall back to the worker histogram
+        except Exception:  # managed Redis may forbid CONFIG: fall back to the worker histogram
             self.ok = False
         db = self.client.connection_pool.connection_kwargs.get("db", 0)
         self.channel_prefix = f"__keyspace@{db}__:{prefix}:recs:"
@@ -513,7 +513,7 @@ class RecsWatcher:
         self._thread.start()
 
     def _run(self) -> None:
-        import msgspec  # noqa: PLC0415
+        import msgspec
 
         decode = msgspec.json.Decoder().decode
         n = len(self.channel_prefix)
@@ -562,9 +562,9 @@ def offer_events(settings: Settings, events: list[tuple[str, dict]], rate: float
     Returns ``(user, produce time, event time, event id)`` per event and the rate achieved.
     librdkafka's default linger (5 ms), as a shop's producer would have; latencies
     count from the produce call, so the linger is part of them."""
-    import msgspec  # noqa: PLC0415
+    import msgspec
 
-    from streams.produce import DeliveryReport, _send, make_producer  # noqa: PLC0415
+    from streams.produce import DeliveryReport, _send, make_producer
 
     encode = msgspec.json.Encoder().encode
     producer = make_producer(settings, **{"linger.ms": 5})
@@ -599,7 +599,7 @@ def _by_window(latencies: list[tuple[float, float]], t0: float) -> list[dict]:
 
 async def _tail(settings: Settings, topics: list[str], received: dict[str, float], ready: threading.Event,
                 stop: threading.Event) -> None:
-    import msgspec  # noqa: PLC0415
+    import msgspec
 
     event_id = msgspec.json.Decoder(dict).decode
     consumer, tps = await _assigned_consumer(settings, topics, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
@@ -629,7 +629,7 @@ def measure_broker_freshness(settings: Settings, sim, rate: float, seconds: floa
     topic layout and event mix, on topics of their own) read by a plain aiokafka
     consumer with the worker's fetch wait; latency = produce call -> consumed.
     Nothing of the product runs, so the worker's freshness cannot be lower."""
-    from streams.topics import ensure_topics  # noqa: PLC0415
+    from streams.topics import ensure_topics
 
     ref = broker_reference(settings)
     ensure_topics(ref)
@@ -720,8 +720,8 @@ def measure_freshness(settings: Settings, workers: Workers, sim, rate: float, se
 
 
 def _progress():
-    from rich.console import Console  # noqa: PLC0415
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=Console(stderr=True), transient=False)
@@ -730,9 +730,9 @@ def _progress():
 def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, users: int, items: int,
               freshness_seconds: float, references: bool = True, seed: int = 7,
               py_spy_dir: Path | None = None, run_dir: Path | None = None, say: Callable[[str], None] = lambda m: None) -> dict:
-    from streams.embedded import EmbeddedStack, start_broker, start_redis  # noqa: PLC0415
-    from streams.produce import make_producer, publish_catalogue, publish_events  # noqa: PLC0415
-    from streams.topics import ensure_topics  # noqa: PLC0415
+    from streams.embedded import EmbeddedStack, start_broker, start_redis
+    from streams.produce import make_producer, publish_catalogue, publish_events
+    from streams.topics import ensure_topics
 
     tag = f"bench{os.getpid()}{uuid.uuid4().hex[:4]}"
     run_dir = run_dir or Path("run") / tag
@@ -867,7 +867,7 @@ def run_bench(settings: Settings, *, n_events: int, rate: float, workers: int, u
 
 def py_spy_command() -> str | None:
     """The py-spy executable (on PATH or beside this Python), if installed: it is optional."""
-    import shutil  # noqa: PLC0415
+    import shutil
 
     beside = Path(sys.executable).with_name("py-spy")
     return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
@@ -875,7 +875,7 @@ def py_spy_command() -> str | None:
 
 def _start_py_spy(pool: Workers, out_dir: Path, phase: str) -> list:
     """Sample every worker with py-spy (collapsed stacks, all threads, idle included) during one phase."""
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
     exe = py_spy_command()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -890,7 +890,7 @@ def _start_py_spy(pool: Workers, out_dir: Path, phase: str) -> list:
 
 
 def _stop_py_spy(spies: list) -> None:
-    import signal  # noqa: PLC0415
+    import signal
 
     for spy in spies:
         with contextlib.suppress(ProcessLookupError):
@@ -898,23 +898,23 @@ def _stop_py_spy(spies: list) -> None:
     for spy in spies:
         try:
             spy.wait(30)
-        except Exception:  # noqa: BLE001
+        except Exception:
             spy.kill()
 
 
 def _cleanup_external(settings: Settings, external: dict) -> None:
     with contextlib.suppress(Exception):
         if external["redis"]:
-            import redis  # noqa: PLC0415
+            import redis
 
             r = redis.Redis.from_url(settings.redis_url)
             for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
                 r.delete(key)
     with contextlib.suppress(Exception):
         if external["kafka"]:
-            from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+            from confluent_kafka.admin import AdminClient
 
-            from streams.topics import topic_specs  # noqa: PLC0415
+            from streams.topics import topic_specs
 
             admin = AdminClient(settings.kafka_client_config())
             refs = list(broker_reference(settings).input_topics)
@@ -953,7 +953,7 @@ def bench(n_events: int, rate: float, workers: int, users: int, n_items: int, fr
     events/s for --freshness-seconds. Progress goes to stderr;
     --json prints one JSON object with every number to stdout.
     """
-    from rich.console import Console  # noqa: PLC0415
+    from rich.console import Console
 
     try:
         settings = Settings.from_env()
@@ -974,7 +974,7 @@ def bench(n_events: int, rate: float, workers: int, users: int, n_items: int, fr
 
 
 def _print(console, r: dict) -> None:
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     table = Table(title=f"recostream bench: {r['events']} events, {r['workers']} worker(s), "
                         f"{r['partitions']} partitions")

@@ -40,7 +40,7 @@ def to_events(raw: list[tuple[str, dict]]) -> tuple[list[Any], list[tuple[str, i
     Events go to the topic of their type, partitioned by user id (as the
     producer keys them), with consecutive offsets per topic-partition.
     """
-    from streams.contract import Event  # noqa: PLC0415
+    from streams.contract import Event
 
     events, positions = [], []
     offsets: dict[str, int] = {}
@@ -59,11 +59,11 @@ def run_bench_engine(n_events: int = 60_000, batch: int = 1000, users: int = 50_
                      seed: int = 7, on_generated: Callable[[int], None] | None = None,
                      on_processed: Callable[[int], None] | None = None) -> dict:
     """Generate the events, process them in micro-batches and return the report (a JSON-friendly dict)."""
-    from models.engine import PersonalisationEngine  # noqa: PLC0415
-    from models.profile import encode_profile  # noqa: PLC0415
-    from streams.bench import generate_events  # noqa: PLC0415
-    from streams.state.store import PartitionState, ProfileStore  # noqa: PLC0415
-    from streams.settings import Settings  # noqa: PLC0415
+    from models.engine import PersonalisationEngine
+    from models.profile import encode_profile
+    from streams.bench import generate_events
+    from streams.settings import Settings
+    from streams.state.store import PartitionState, ProfileStore
 
     sim, raw = generate_events(n_events, users, items, seed, on_generated)
     events, positions = to_events(raw)
@@ -151,8 +151,8 @@ def bench_engine(n_events: int, batch: int, users: int, n_items: int, seed: int,
     with profiles kept as encoded bytes, as the worker keeps them. Progress
     goes to stderr; --json prints one JSON object to stdout.
     """
-    from rich.console import Console  # noqa: PLC0415
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -165,7 +165,7 @@ def bench_engine(n_events: int, batch: int, users: int, n_items: int, seed: int,
     if as_json:
         click.echo(json.dumps(result))
         return
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     table = Table(title=f"recostream bench-engine: {result['events']} events, batches of {result['batch']}, "
                         f"{result['shoppers_per_batch']} shoppers per batch")

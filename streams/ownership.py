@@ -110,7 +110,7 @@ class Ownership:
             todo = [p for p in partitions if p not in offsets]
             for partition in todo:
                 self.outputs.producer.produce(self.topic, value=value, key=key, partition=partition,
-                                              headers=headers, on_delivery=lambda err, msg: acked.append((err, msg)))
+                                              headers=headers, on_delivery=lambda err, msg, acked=acked: acked.append((err, msg)))
             self.outputs.flush()
             while len(acked) < len(todo):
                 self.outputs.producer.poll(0.1)

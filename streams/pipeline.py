@@ -200,7 +200,7 @@ class BatchProcessor:
         for ev, msg, pos in valid:
             try:
                 outcome = self.engine.process([ev], _Overlay(profiles, self.store), positions=[pos])
-            except Exception as exc:  # noqa: BLE001 - parked in the dead-letter topic with the reason
+            except Exception as exc:  # parked in the dead-letter topic with the reason
                 self.send_dead_letter(ContractError("processing_error", f"{type(exc).__name__}: {exc}"[:500]), msg)
                 continue
             profiles.update(outcome.profiles)

@@ -13,7 +13,7 @@ from streams.settings import Settings
 
 
 def _progress() -> Progress:
-    from rich.console import Console  # noqa: PLC0415
+    from rich.console import Console
 
     return Progress(console=Console(stderr=True), transient=True)
 
@@ -40,7 +40,7 @@ def produce_csv(settings: Settings, path: Path, *, rate: float | None) -> dict:
     position in time order, so publishing the same file twice is deduplicated
     by the workers rather than double-counted.
     """
-    from streams.replay import read_events  # noqa: PLC0415
+    from streams.replay import read_events
 
     bad: list[str] = []
     events, n_bad = read_events(str(path), on_bad_row=lambda line, why: bad.append(f"line {line}: {why}"),

@@ -36,7 +36,7 @@ class KafkaUnreachable(RuntimeError):
 
 def check_kafka(settings: Settings, timeout: float = 15.0) -> None:
     """Raise :class:`KafkaUnreachable`, naming the setting, when the cluster does not answer in ``timeout``."""
-    from confluent_kafka import KafkaException  # noqa: PLC0415
+    from confluent_kafka import KafkaException
 
     try:
         AdminClient({**settings.kafka_client_config(), "logger": _quiet}).list_topics(timeout=timeout)

@@ -19,7 +19,6 @@ from streams.settings import Settings
 from streams.topics import check_copartitioned, check_kafka, ensure_topics
 from streams.wiring import build_runtime
 
-
 log = logging.getLogger(__name__)
 
 

@@ -126,8 +126,8 @@ def read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list:
 
 def scrape_metric(settings: Settings, name: str) -> float:
     """Sum of every sample of metric ``name`` on the worker's /metrics (0 if not up yet)."""
-    import urllib.error  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
+    import urllib.error
+    import urllib.request
 
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=2).read().decode()
@@ -141,9 +141,9 @@ class StreamProducer:
     """Publishes generated events continuously from a thread, remembering each one."""
 
     def __init__(self, settings: Settings, sim, rate: float) -> None:
-        import threading  # noqa: PLC0415
+        import threading
 
-        from streams.produce import make_producer  # noqa: PLC0415
+        from streams.produce import make_producer
 
         self.settings, self.sim, self.rate = settings, sim, rate
         self.sent: list[tuple[str, dict]] = []  # acknowledged by the broker
@@ -159,13 +159,13 @@ class StreamProducer:
             yield pair
 
     def _run(self) -> None:
-        from streams.produce import publish_events  # noqa: PLC0415
+        from streams.produce import publish_events
 
         try:
             # Only events the broker acknowledged count as sent.
             publish_events(self._producer, self.settings, self._events(), rate=self.rate, live_ts=True,
                            on_delivered=self.sent.append)
-        except Exception as exc:  # noqa: BLE001 - reported by stop()
+        except Exception as exc:  # reported by stop()
             self.failure = exc
 
     def __enter__(self) -> "StreamProducer":
@@ -190,9 +190,9 @@ class StreamProducer:
 
 def profile_totals(redis_client, settings: Settings, users) -> dict[str, int]:
     """Events counted in each user's profile mirror in Redis (0 if none yet)."""
-    import msgspec  # noqa: PLC0415
+    import msgspec
 
-    from streams.redis_sink import RedisKeys  # noqa: PLC0415
+    from streams.redis_sink import RedisKeys
 
     keys = RedisKeys(settings.redis_prefix)
     raws = redis_client.mget([keys.profile(u) for u in users])

@@ -98,7 +98,7 @@ def test_bad_messages_are_dead_lettered_and_valid_ones_processed(settings, start
         assert dl.truncated == (dl.value_size > settings.max_message_bytes)
         assert len(kept) == min(dl.value_size, settings.max_message_bytes)
         by_digest[dl.value_sha256] = dl
-    for topic, key, value, reason in bad:
+    for topic, _key, value, reason in bad:
         dl = by_digest.get(hashlib.sha256(value or b"").hexdigest() if value is not None else None)
         assert dl is not None, f"bad message not dead-lettered: {value[:60]!r}"
         assert dl.reason == reason, f"{value[:60]!r}: expected {reason}, got {dl.reason} ({dl.detail})"

@@ -485,7 +485,7 @@ def _mutate(draw, doc):
     None when several reasons are legitimate)."""
     kind = draw(_KINDS)
     doc = dict(doc)
-    dump = lambda d: json.dumps(d).encode()  # noqa: E731
+    dump = lambda d: json.dumps(d).encode()  # noqa: E731 - a one-line helper of the strategy
     if kind == "drop":
         del doc[draw(_REQUIRED)]
         return dump(doc), "missing_field"

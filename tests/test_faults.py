@@ -80,8 +80,8 @@ class Cluster:
     def wait_processing(self, *names: str, more_than: float = 100, timeout: float = 60) -> None:
         for name in names:
             base = self.processed(name) if self.handles[name].alive() else 0
-            wait_until(lambda: self.processed(name) > base + more_than, timeout, f"worker {name} processing",
-                       worker=self.handles[name])
+            wait_until(lambda name=name, base=base: self.processed(name) > base + more_than, timeout,
+                       f"worker {name} processing", worker=self.handles[name])
 
     def wait_log(self, name: str, text: str, after: int, timeout: float = 60, interval: float = 0.02) -> int:
         """Wait for ``text`` in worker ``name``'s log after character ``after``; its position."""

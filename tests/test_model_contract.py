@@ -140,7 +140,9 @@ def test_exclusion_rules(make):
         model.learn_one(user, "x", "purchase", 1.0)
         model.learn_one(user, "y", "click", 2.0)
     model.learn_one("d", "z", "browse", 3.0)
-    items = lambda exclude: {i for i, _ in model.recommend(["a"], n=10, exclude=exclude)[0]}
+    def items(exclude):
+        return {i for i, _ in model.recommend(["a"], n=10, exclude=exclude)[0]}
+
     assert items("none") == {"x", "y", "z"}
     assert items("purchased") == {"y", "z"}
     assert items("interacted") == {"z"}

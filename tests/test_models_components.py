@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 
+from models.baselines import PopularityBaseline
 from models.catalog import Catalog
 from models.covisit import CoVisitation, SparseRows
 from models.evaluation import prequential
 from models.mf import ImplicitMF
 from models.popularity import DecayClock, TrendingPopularity
-from models.baselines import PopularityBaseline
 
 
 def test_catalog_grows_past_capacity_and_keeps_rows():

@@ -13,8 +13,8 @@ from streams.generator import ShopperSimulator
 from streams.privacy import pseudonym
 from streams.produce import make_producer, publish_catalogue, publish_events
 from streams.redis_sink import RedisKeys
-from streams.state.changelog import Restore
 from streams.settings import settings_env
+from streams.state.changelog import Restore
 from tests.conftest import read_topic, scrape_metric, wait_until
 
 pytestmark = pytest.mark.integration
