@@ -29,18 +29,25 @@ def _reader(settings: Settings) -> Consumer:
                      "enable.partition.eof": False, "logger": logging.getLogger("librdkafka")})
 
 
-def read_until(settings: Settings, topic: str, ends: dict[int, int], timeout_s: float = 60.0) -> dict[int, list[Any]]:
-    """Every message of each partition ``p`` of ``topic`` from its log start up to offset ``ends[p]``
-    (exclusive), read at once; raises like :func:`read_range`."""
-    out: dict[int, list[Any]] = {p: [] for p in ends}
-    todo = {p for p, end in ends.items() if end > 0}
+def read_ranges(settings: Settings, topic: str, ranges: dict[int, tuple[int | None, int]],
+                timeout_s: float = 60.0) -> dict[int, list[Any]]:
+    """The messages at offsets ``[start, end)`` of each partition ``{p: (start, end)}`` of ``topic``, read
+    at once (``start=None``: from the log start).
+
+    A partition is done at its first message at or past ``end - 1``; offsets
+    deleted by retention are simply absent. Raises ``TimeoutError`` when
+    ``timeout_s`` pass without a message while a range is not complete, and
+    ``RuntimeError`` on a broker error.
+    """
+    out: dict[int, list[Any]] = {p: [] for p in ranges}
+    todo = {p for p, (start, end) in ranges.items() if end > (start or 0)}
     if not todo:
         return out
     consumer = _reader(settings)
     try:
         # Offset 0, not OFFSET_BEGINNING: resolving "beginning" costs a round of offset
         # requests (~0.5 s on tansu); a log that starts later resets to its start.
-        consumer.assign([TopicPartition(topic, p, 0) for p in sorted(todo)])
+        consumer.assign([TopicPartition(topic, p, ranges[p][0] or 0) for p in sorted(todo)])
         deadline = time.monotonic() + timeout_s
         while todo and time.monotonic() < deadline:
             # consume() waits its whole timeout unless num_messages arrive: keep it short.
@@ -54,12 +61,13 @@ def read_until(settings: Settings, topic: str, ends: dict[int, int], timeout_s: 
                 p = msg.partition()
                 if p not in todo:
                     continue
-                if msg.offset() < ends[p]:
+                end = ranges[p][1]
+                if msg.offset() < end:
                     out[p].append(msg)
-                if msg.offset() >= ends[p] - 1:
+                if msg.offset() >= end - 1:
                     todo.discard(p)
         if todo:
-            raise TimeoutError(f"reading {topic} partitions {sorted(todo)} up to {ends} did not complete in "
+            raise TimeoutError(f"reading {topic} partitions {sorted(todo)} of {ranges} did not complete in "
                                f"{timeout_s:.0f} s")
         return out
     finally:
@@ -68,37 +76,8 @@ def read_until(settings: Settings, topic: str, ends: dict[int, int], timeout_s: 
 
 def read_range(settings: Settings, topic: str, partition: int, start: int | None, end: int,
                timeout_s: float = 30.0) -> list[Any]:
-    """The messages at offsets ``[start, end)`` of one partition (``start=None``: from the log start).
-
-    Stops at the first message at or past ``end``; offsets deleted by retention
-    are simply absent. Raises ``TimeoutError`` when ``timeout_s`` pass without
-    a message while the range is not complete, and ``RuntimeError`` on a
-    broker error.
-    """
-    if start is not None and start >= end:
-        return []
-    consumer = _reader(settings)
-    out: list[Any] = []
-    try:
-        consumer.assign([TopicPartition(topic, partition, 0 if start is None else start)])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = consumer.consume(num_messages=10_000, timeout=_POLL_S)
-            if not batch:
-                continue
-            deadline = time.monotonic() + timeout_s
-            for msg in batch:
-                if msg.error() is not None:
-                    raise RuntimeError(f"reading {topic}:{partition}: {msg.error()}")
-                if msg.offset() >= end:
-                    return out
-                out.append(msg)
-            if out and out[-1].offset() >= end - 1:
-                return out
-        raise TimeoutError(f"reading {topic}:{partition} up to offset {end} got only {len(out)} messages "
-                           f"(last offset {out[-1].offset() if out else None}) in {timeout_s:.0f} s")
-    finally:
-        consumer.close()
+    """The messages at offsets ``[start, end)`` of one partition (see :func:`read_ranges`)."""
+    return read_ranges(settings, topic, {partition: (start, end)}, timeout_s)[partition]
 
 
 def committed_offsets(settings: Settings, tps: Iterable[tuple[str, int]], timeout_s: float = 10.0) -> dict:

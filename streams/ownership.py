@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 from confluent_kafka import TopicPartition
 
-from streams.kafka_read import committed_offsets, read_until
+from streams.kafka_read import committed_offsets, read_ranges
 from streams.kafka_sink import KafkaSink
 from streams.metrics import Metrics
 from streams.redis_sink import RedisSink
@@ -61,7 +61,7 @@ class Ownership:
         partitions = sorted(partitions)
         log.info("taking partitions %s over in generation %d", partitions, gen)
         markers = self._write_markers(partitions, gen)
-        logs = read_until(self.settings, self.topic, {p: markers[p] + 1 for p in partitions})
+        logs = read_ranges(self.settings, self.topic, {p: (None, markers[p] + 1) for p in partitions})
         starts: dict[int, dict[str, int]] = {}
         for partition in partitions:
             restore = Restore()
