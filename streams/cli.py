@@ -1,18 +1,36 @@
-"""The ``recostream`` command line: up, worker, produce, replay."""
+"""The ``recostream`` command line: up, worker, produce, forget, replay, convert, bench, settings."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from streams.bench import bench
-from streams.bench_engine import bench_engine
-from streams.convert import convert_command
-from streams.replay import replay
 from streams.settings import Settings, SettingsError, describe
+
+# Tools are imported when their command runs: a worker's process loads none of them.
+TOOLS = {
+    "replay": "streams.replay:replay",
+    "convert": "streams.convert:convert_command",
+    "bench": "streams.bench:bench",
+    "bench-engine": "streams.bench_engine:bench_engine",
+}
+
+
+class _Commands(click.Group):
+    """The CLI's commands, the tools among them loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *TOOLS])
+
+    def get_command(self, ctx: click.Context | None, name: str) -> click.Command | None:
+        if name in TOOLS:
+            module, attr = TOOLS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
 
 
 def _settings(**overrides) -> Settings:
@@ -35,7 +53,7 @@ def _env_help() -> str:
     return "\n".join(f"  {name} (default {default}): {help}" for name, default, help in describe())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="recostream")
 def cli() -> None:
     """recostream: shop events in Kafka -> fresh personal recommendations in Redis.
@@ -202,10 +220,6 @@ def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int
         sys.exit(1)
 
 
-cli.add_command(replay)
-cli.add_command(convert_command, name="convert")
-cli.add_command(bench)
-cli.add_command(bench_engine)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -11,11 +12,11 @@ from streams.cli import cli
 from streams.settings import settings_env
 from tests.conftest import read_topic
 
-COMMANDS = sorted(cli.commands)
+COMMANDS = sorted(cli.list_commands(click.Context(cli)))
 
 
 def test_expected_commands_exist():
-    assert {"up", "worker", "produce", "replay", "forget", "settings"} <= set(COMMANDS)
+    assert {"up", "worker", "produce", "replay", "convert", "bench", "bench-engine", "forget", "settings"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -65,3 +66,17 @@ def test_produce_csv_publishes_rows_and_reports_bad_ones(settings, tmp_path):
     purchase = json.loads(read_topic(settings, settings.topic_purchase)[0].value())
     assert purchase["user_id"] == "u1" and purchase["type"] == "purchase" and purchase["ts"] == 1714557660000
     assert purchase["price"] == 9.5
+
+
+def test_the_worker_process_loads_no_tool():
+    """Benchmark, demo launcher, embedded servers, generator, replay and convert stay out of a worker."""
+    import subprocess
+    import sys
+
+    code = ("import sys, streams.cli as c; c.cli.get_command(None, 'worker'); import streams.worker; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('streams.'))))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                 .stdout.split())
+    tools = {"streams.bench", "streams.bench_engine", "streams.up", "streams.embedded", "streams.generator",
+             "streams.replay", "streams.convert", "streams.producing"}
+    assert "streams.worker" in loaded and not loaded & tools, loaded & tools
