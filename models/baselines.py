@@ -13,7 +13,8 @@ from models.covisit import SparseRows
 from models.popularity import TrendingPopularity
 from models.ranker import StreamingRecommender
 
-__all__ = ["PopularityBaseline", "CooccurrenceBaseline", "DecayedCooccurrenceBaseline"]
+__all__ = ["PopularityBaseline", "CooccurrenceBaseline", "DecayedCooccurrenceBaseline", "RepeatBaseline",
+           "RepeatCooccurrenceBaseline"]
 
 
 class PopularityBaseline(StreamingRecommender):
@@ -121,3 +122,66 @@ class DecayedCooccurrenceBaseline(CooccurrenceBaseline):
 
     def __init__(self, window: int = 20, decay: float = 0.9, seed: int = 0):
         super().__init__(window=window, decay=decay, seed=seed)
+
+
+def _recent_first(history) -> list[int]:
+    """Distinct rows of a user's history, most recent first."""
+    seen: set[int] = set()
+    out = []
+    for row in reversed(history):
+        if row not in seen:
+            seen.add(row)
+            out.append(row)
+    return out
+
+
+class RepeatBaseline(StreamingRecommender):
+    """The customer's own last ``window`` distinct items, most recent first, and nothing else.
+
+    Shoppers come back to what they looked at; with re-views allowed
+    (``exclude="purchased"``) this is the first thing a ranker must beat.
+
+    >>> m = RepeatBaseline()
+    >>> for item in "xyzy":
+    ...     m.learn_one("a", item)
+    >>> [item for item, _ in m.recommend(["a"], n=5, exclude="purchased")[0]]
+    ['y', 'z', 'x']
+    >>> m.recommend(["a"], n=5, exclude="interacted")
+    [[]]
+    """
+
+    def __init__(self, window: int = 20, seed: int = 0):
+        self.window = window
+        super().__init__(history_size=window, seed=seed)
+
+    def _learn(self, user_id, user, row, weight, ts):
+        pass
+
+    def _scores(self, user_id, user, n_items):
+        scores = np.full(n_items, -np.inf)
+        if user is not None:
+            rows = _recent_first(user.history)
+            scores[rows] = np.arange(len(rows), 0, -1, dtype=float)
+        return scores
+
+
+class RepeatCooccurrenceBaseline(DecayedCooccurrenceBaseline):
+    """:class:`RepeatBaseline`'s list, then decayed co-occurrence (:class:`DecayedCooccurrenceBaseline`) to fill it.
+
+    >>> m = RepeatCooccurrenceBaseline()
+    >>> for user, items in {"a": "xy", "b": "xz"}.items():
+    ...     for item in items:
+    ...         m.learn_one(user, item)
+    >>> [item for item, _ in m.recommend(["a"], n=3, exclude="purchased")[0]]
+    ['y', 'x', 'z']
+    """
+
+    def _scores(self, user_id, user, n_items):
+        scores = super()._scores(user_id, user, n_items)
+        if user is None or not user.history:
+            return scores
+        top = scores.max() if n_items else 0.0
+        rows = _recent_first(user.history)
+        # Above every co-occurrence score, most recent first.
+        scores[rows] = top + 1.0 + np.arange(len(rows), 0, -1, dtype=float)
+        return scores

@@ -15,7 +15,13 @@ from datetime import datetime, timezone
 
 import click
 
-from models.baselines import CooccurrenceBaseline, DecayedCooccurrenceBaseline, PopularityBaseline
+from models.baselines import (
+    CooccurrenceBaseline,
+    DecayedCooccurrenceBaseline,
+    PopularityBaseline,
+    RepeatBaseline,
+    RepeatCooccurrenceBaseline,
+)
 from models.evaluation import Evaluation, prequential
 from models.ranker import EVENT_WEIGHTS, EXCLUDE_RULES, HybridRanker
 
@@ -127,6 +133,8 @@ def build_models(seed: int | None = None) -> dict:
         "popularity": PopularityBaseline(),
         "cooccurrence": CooccurrenceBaseline(window=20),
         "cooccurrence_decayed": DecayedCooccurrenceBaseline(window=20, decay=0.9),
+        "repeat": RepeatBaseline(window=20),
+        "repeat_cooccurrence": RepeatCooccurrenceBaseline(window=20, decay=0.9),
     }
 
 
