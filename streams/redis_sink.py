@@ -146,7 +146,7 @@ class RedisSink:
         self._write_batch = self.client.register_script(WRITE_BATCH)
         self._raise_fence = self.client.register_script(RAISE_FENCE)
 
-    def _retrying(self, attempt: Callable[[], T]) -> T:
+    def retrying(self, attempt: Callable[[], T]) -> T:
         """Run ``attempt()`` until it succeeds (see module doc)."""
         backoff = 0.05
         while True:
@@ -207,7 +207,7 @@ class RedisSink:
 
     def raise_fence(self, partition: int, gen: int) -> int:
         """Make ``gen`` the lowest generation whose writes to ``partition`` are accepted; the fence after."""
-        return int(self._retrying(lambda: self._raise_fence(keys=[self.fence_key(partition)], args=[gen])))
+        return int(self.retrying(lambda: self._raise_fence(keys=[self.fence_key(partition)], args=[gen])))
 
     def write(self, parts: Sequence[tuple[int, int, Mapping[str, bytes], Mapping[str, bytes]]],
               model: Mapping[str, str | int | float]) -> int:
@@ -227,13 +227,13 @@ class RedisSink:
             values += recs.values()
             values += profiles.values()
         args += values
-        fenced = int(self._retrying(lambda: self._write_batch(keys=keys, args=args)))
+        fenced = int(self.retrying(lambda: self._write_batch(keys=keys, args=args)))
         if fenced:
             self.metrics.fenced_writes.inc(fenced)
         return fenced
 
     def delete_user(self, user_id: str) -> None:
-        self._retrying(lambda: self.client.delete(self.keys.recs(user_id), self.keys.profile(user_id)))
+        self.retrying(lambda: self.client.delete(self.keys.recs(user_id), self.keys.profile(user_id)))
 
     def close(self) -> None:
         self.client.close()

@@ -181,10 +181,20 @@ class Settings:
         for k in ("kafka_sasl_password", "pseudonymize_key"):
             if out[k]:
                 out[k] = "***"
-        if "@" in out["redis_url"]:
-            scheme, rest = out["redis_url"].split("://", 1)
-            out["redis_url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        out["redis_url"] = masked_url(out["redis_url"])
         return out
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its credentials replaced by ``***``.
+
+    >>> masked_url("redis://:s3cret@127.0.0.1:6379/0"), masked_url("redis://127.0.0.1:6379/0")
+    ('redis://***@127.0.0.1:6379/0', 'redis://127.0.0.1:6379/0')
+    """
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def env_name(field_name: str) -> str:

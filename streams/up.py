@@ -23,7 +23,7 @@ from streams.embedded import EmbeddedStack, die_with_parent, free_port, port_is_
 from streams.generator import ShopperSimulator
 from streams.produce import make_producer, publish_catalogue, publish_events
 from streams.redis_sink import RedisKeys
-from streams.settings import Settings, settings_env
+from streams.settings import Settings, masked_url, settings_env
 from streams.topics import ensure_topics
 
 WORKER_STOP_TIMEOUT_S = 20.0
@@ -83,14 +83,6 @@ def write_env_file(run_dir: Path, values: dict[str, str]) -> Path:
             out.write(f"export {name}={shlex.quote(value)}\n")
     os.chmod(path, 0o600)
     return path
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def count_keys(client: redis.Redis, pattern: str) -> int:

@@ -45,7 +45,7 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
     sink = RedisSink(s.redis_url, s.redis_prefix, s.recs_ttl_s, metrics, app_id=s.app_id)
     sink.check()
     checkpoint_key = sink.keys.checkpoint(s.app_id, s.effective_worker_id)
-    engine = sink._retrying(lambda: load_engine(redis.Redis.from_url(s.redis_url, socket_timeout=30),
+    engine = sink.retrying(lambda: load_engine(redis.Redis.from_url(s.redis_url, socket_timeout=30),
                                                 checkpoint_key)) or \
         PersonalisationEngine(top_n=s.top_n, exclude=s.exclude, n_segments=s.n_segments,
                               dedupe_window=s.dedupe_window, seed=s.seed)
