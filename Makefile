@@ -27,7 +27,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# The fault suite (tests/test_faults.py) SOAK_RUNS times, each run with new random fault timings;
+# The fault suite (tests/integration/test_faults.py) SOAK_RUNS times, each run with new random fault timings;
 # stops at the first failing run (its log stays in run/).
 SOAK_RUNS ?= 10
 soak: install
@@ -35,7 +35,7 @@ soak: install
 	@for i in $$(seq $(SOAK_RUNS)); do \
 	  seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
 	  echo "soak run $$i of $(SOAK_RUNS): RECOSTREAM_FAULT_SEED=$$seed"; \
-	  RECOSTREAM_FAULT_SEED=$$seed $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_faults.py \
+	  RECOSTREAM_FAULT_SEED=$$seed $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/integration/test_faults.py \
 	    > run/soak-$$i.log 2>&1; status=$$?; \
 	  grep -E ': produced|kills that|passed|failed' run/soak-$$i.log; \
 	  [ $$status -eq 0 ] || { echo "soak run $$i failed: run/soak-$$i.log"; exit 1; }; \

@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prometheus_client import generate_latest
 
 from models.engine import PersonalisationEngine
-from streams.generator import ShopperSimulator
 from streams.metrics import EVENT_TYPES, Metrics
 from streams.pipeline import BatchProcessor
 from streams.settings import Settings
 from streams.state.store import PartitionState, ProfileStore
+from streams.tools.generator import ShopperSimulator
 
 _encode = msgspec.json.Encoder().encode
 
@@ -74,7 +74,7 @@ class NullMetrics(Metrics):
 
 
 class _Outputs:
-    """streams.kafka_sink.KafkaSink's interface, dropping every record."""
+    """streams.sinks.kafka.KafkaSink's interface, dropping every record."""
 
     def produce(self, topic, key, value, partition=None, headers=None):
         pass
@@ -84,7 +84,7 @@ class _Outputs:
 
 
 class _Sink:
-    """streams.redis_sink.RedisSink's interface, dropping every write."""
+    """streams.sinks.redis.RedisSink's interface, dropping every write."""
 
     def write(self, parts, model):
         return 0

@@ -1,6 +1,6 @@
 """What a consumer fetch costs the embedded broker as a partition accumulates record batches.
 
-Starts its own embedded tansu (``streams.embedded.start_broker``, memory
+Starts its own embedded tansu (``streams.tools.embedded.start_broker``, memory
 storage), then, for a growing number of small record batches in topic ``t``
 (one partition), measures at the tail of ``t`` and of an empty topic ``u``:
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.embedded import start_broker
+from streams.tools.embedded import start_broker
 
 
 def cpu_seconds(pid: int) -> float:

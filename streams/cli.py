@@ -13,10 +13,10 @@ from streams.settings import Settings, SettingsError, describe
 
 # Tools are imported when their command runs: a worker's process loads none of them.
 TOOLS = {
-    "replay": "streams.replay:replay",
-    "convert": "streams.convert:convert_command",
-    "bench": "streams.bench:bench",
-    "bench-engine": "streams.bench_engine:bench_engine",
+    "replay": "streams.tools.replay:replay",
+    "convert": "streams.tools.convert:convert_command",
+    "bench": "streams.tools.bench:bench",
+    "bench-engine": "streams.tools.bench_engine:bench_engine",
 }
 
 
@@ -41,7 +41,7 @@ def _settings(**overrides) -> Settings:
 
 
 def _reach_kafka(settings: Settings) -> None:
-    from streams.topics import KafkaUnreachable, check_kafka
+    from streams.kafka.topics import KafkaUnreachable, check_kafka
 
     try:
         check_kafka(settings)
@@ -98,8 +98,8 @@ def worker(loglevel: str) -> None:
     if not s.kafka_bootstrap_servers or not s.redis_url:
         raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS and RECOSTREAM_REDIS_URL "
                                "(or use `recostream up`, which starts an embedded stack)")
-    from streams.redis_sink import RedisAccessDenied
-    from streams.topics import KafkaUnreachable, TopicLayoutError
+    from streams.kafka.topics import KafkaUnreachable, TopicLayoutError
+    from streams.sinks.redis import RedisAccessDenied
 
     try:
         run_worker(s, loglevel=loglevel)
@@ -121,14 +121,14 @@ def worker(loglevel: str) -> None:
 def produce(n_events: int, rate: float, users: int, n_items: int, seed: int, csv_path: Path | None,
             live_ts: bool, create_topics: bool) -> None:
     """Publish the catalogue and shop events (generated, or from a CSV file) to Kafka."""
-    from streams.producing import produce_csv, produce_generated
+    from streams.tools.producing import produce_csv, produce_generated
 
     s = _settings()
     if not s.kafka_bootstrap_servers:
         raise click.UsageError("set RECOSTREAM_KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BOOTSTRAP_SERVERS)")
     _reach_kafka(s)
     if create_topics:
-        from streams.topics import ensure_topics
+        from streams.kafka.topics import ensure_topics
 
         ensure_topics(s)
     if csv_path:
@@ -153,8 +153,8 @@ def forget(user_id: str, wait_s: float) -> None:
     """
     import time
 
+    from streams.kafka.produce import make_producer
     from streams.privacy import ControlCommand, encode_command, pseudonym
-    from streams.produce import make_producer
 
     s = _settings()
     if not s.kafka_bootstrap_servers:
@@ -173,7 +173,7 @@ def forget(user_id: str, wait_s: float) -> None:
     if wait_s:
         import redis
 
-        from streams.redis_sink import RedisKeys
+        from streams.sinks.redis import RedisKeys
 
         keys, client = RedisKeys(s.redis_prefix), redis.Redis.from_url(s.redis_url)
         deadline = time.monotonic() + wait_s
@@ -204,7 +204,7 @@ def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int
     """
     import os
 
-    from streams.up import PortTaken, choose_metrics_port, run_up
+    from streams.tools.up import PortTaken, choose_metrics_port, run_up
 
     if metrics_port is None and os.environ.get("RECOSTREAM_METRICS_PORT"):
         metrics_port = _settings().metrics_port

@@ -24,15 +24,15 @@ from typing import Any, Callable
 import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams.checkpoint import Checkpointer
+from streams.checkpointing.checkpointer import Checkpointer
 from streams.contract import ContractError
-from streams.kafka_sink import KafkaSink
 from streams.metrics import Metrics, Position
-from streams.ownership import Ownership
 from streams.pipeline import BatchProcessor
 from streams.privacy import ACTIONS, decode_command
 from streams.settings import Settings
+from streams.sinks.kafka import KafkaSink
 from streams.state.changelog import generation, group_generation
+from streams.state.ownership import Ownership
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Error policy per stage:
   the worker stays up and no valid event is lost, only parked for replay.
 * sinks: Redis writes are retried until they succeed (backpressure); Kafka
   outputs are queued on the producer and acknowledged at the next flush
-  (``streams/kafka_sink.py``). Any other exception leaves this module: the
+  (``streams/sinks/kafka.py``). Any other exception leaves this module: the
   loop then stops without writing a position (a crash, replayed by the next
   owner).
 
@@ -37,12 +37,12 @@ import numpy as np
 from models.engine import BatchOutcome
 from models.profile import Profile, encode_profile, profile_summary
 from streams.contract import ContractError, Limits, Recommendation, ScoredItem, dead_letter, decode_event, decode_item
-from streams.kafka_read import read_range
-from streams.kafka_sink import KafkaSink
+from streams.kafka.read import read_range
 from streams.metrics import Metrics
 from streams.privacy import pseudonym
-from streams.redis_sink import RedisSink
 from streams.settings import Settings
+from streams.sinks.kafka import KafkaSink
+from streams.sinks.redis import RedisSink
 from streams.state.changelog import gen_header
 from streams.state.store import ProfileStore
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import redis
 
 from models.engine import PersonalisationEngine
-from streams.checkpoint import Checkpointer, load_engine
-from streams.kafka_sink import KafkaSink
+from streams.checkpointing.checkpointer import Checkpointer, load_engine
 from streams.loop import StreamLoop, make_consumer
 from streams.metrics import Metrics
-from streams.ownership import Ownership
 from streams.pipeline import BatchProcessor
-from streams.redis_sink import RedisSink
 from streams.settings import Settings
+from streams.sinks.kafka import KafkaSink
+from streams.sinks.redis import RedisSink
+from streams.state.ownership import Ownership
 from streams.state.store import ProfileStore
 
 

@@ -13,10 +13,10 @@ from faust.worker import Worker
 
 import agents
 from streams.app import create_app
+from streams.kafka.topics import check_copartitioned, check_kafka, ensure_topics
 from streams.metrics import Metrics
-from streams.redis_sink import RedisSink
 from streams.settings import Settings
-from streams.topics import check_copartitioned, check_kafka, ensure_topics
+from streams.sinks.redis import RedisSink
 from streams.wiring import build_runtime
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Kafka client wrappers: configuration, producers, topic administration, bounded reads."""

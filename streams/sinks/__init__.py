@@ -1,0 +1,1 @@
+"""Where a batch's outputs go: Kafka topics (changelog, recommendations, dead letters) and Redis."""

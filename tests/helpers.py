@@ -1,0 +1,130 @@
+"""What the integration tests share: a worker process, waiting, reading topics, metrics and Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import msgspec
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.kafka.produce import make_producer, publish_events
+from streams.settings import Settings
+from streams.sinks.redis import RedisKeys
+from streams.tools.scrape import metric_sum, scrape
+from streams.tools.up import spawn_worker, stop_process
+
+
+class WorkerHandle:
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc = spawn_worker(settings, log_path)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        return stop_process(self.proc)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2,
+               worker: WorkerHandle | None = None):
+    """Poll ``predicate`` until truthy; fail with ``what`` (and the worker log) on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if worker is not None and not worker.alive():
+            pytest.fail(f"worker died while waiting for {what}:\n{worker.log()[-4000:]}")
+        time.sleep(interval)
+    tail = f"\nworker log:\n{worker.log()[-4000:]}" if worker is not None else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}{tail}")
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list:
+    """Every message currently in ``topic`` (all partitions, from the beginning)."""
+    c = Consumer({**settings.kafka_client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        meta = c.list_topics(topic, timeout=timeout).topics[topic]
+        tps = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=timeout)[1] for tp in tps}
+        c.assign(tps)
+        out, done = [], {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(tps) and time.monotonic() < deadline:
+            for msg in c.consume(1000, timeout=0.5):
+                if msg.error():
+                    continue
+                out.append(msg)
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    done.add(msg.partition())
+        return out
+    finally:
+        c.close()
+
+
+def scrape_metric(settings: Settings, name: str) -> float:
+    """Sum of every sample of metric ``name`` on the worker's /metrics (0 if not up yet)."""
+    return metric_sum(scrape(settings.metrics_port), name)
+
+
+class StreamProducer:
+    """Publishes generated events continuously from a thread, remembering each one."""
+
+    def __init__(self, settings: Settings, sim, rate: float) -> None:
+        self.settings, self.sim, self.rate = settings, sim, rate
+        self.sent: list[tuple[str, dict]] = []  # acknowledged by the broker
+        self.failure: Exception | None = None
+        self._stop = threading.Event()
+        self._producer = make_producer(settings)
+        self._thread = threading.Thread(target=self._run, name="stream-producer", daemon=True)
+
+    def _events(self):
+        for pair in self.sim.events(10**9):
+            if self._stop.is_set():
+                return
+            yield pair
+
+    def _run(self) -> None:
+        try:
+            # Only events the broker acknowledged count as sent.
+            publish_events(self._producer, self.settings, self._events(), rate=self.rate, live_ts=True,
+                           on_delivered=self.sent.append)
+        except Exception as exc:  # reported by stop()
+            self.failure = exc
+
+    def __enter__(self) -> "StreamProducer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        if self.failure is not None:  # expectations use acknowledged events only
+            print(f"note: the test's producer reported: {self.failure}")
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def expected_totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, payload in self.sent:
+            out[payload["user_id"]] = out.get(payload["user_id"], 0) + 1
+        return out
+
+
+def profile_totals(redis_client, settings: Settings, users) -> dict[str, int]:
+    """Events counted in each user's profile mirror in Redis (0 if none yet)."""
+    keys = RedisKeys(settings.redis_prefix)
+    raws = redis_client.mget([keys.profile(u) for u in users])
+    return {u: (sum(msgspec.json.decode(r)["counts"].values()) if r else 0) for u, r in zip(users, raws)}
