@@ -34,6 +34,8 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
+from models.events import BROWSE, CLICK, EVENT_TYPES, PURCHASE
+
 __all__ = [
     "EVENT_TYPES",
     "MAX_RECENT_ITEMS",
@@ -56,9 +58,6 @@ __all__ = [
     "profile_summary",
 ]
 
-# Duplicated from streams.contract on purpose: models/ must stay importable
-# without the streaming stack.
-EVENT_TYPES: tuple[str, ...] = ("browse", "click", "purchase")
 _EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 
 MAX_RECENT_ITEMS = 20
@@ -299,7 +298,7 @@ def apply_event(
     if category is not None:
         _count_category(profile.category_counts, category, max_categories)
 
-    if event_type == "purchase":
+    if event_type == PURCHASE:
         if profile.last_purchase is None or ts > profile.last_purchase:
             profile.last_purchase = ts
         if price is not None:
@@ -439,7 +438,7 @@ def features(profile: Profile, now: float) -> dict[str, float]:
     counts = profile.counts
     browse = counts.get("browse", 0)
     click = counts.get("click", 0)
-    purchase = counts.get("purchase", 0)
+    purchase = counts.get(PURCHASE, 0)
     recency, orders, monetary = rfm(profile, now)
     monetary = max(monetary, 0.0)
     inactive = 0.0 if profile.last_seen is None else max(0.0, (now - profile.last_seen) / _DAY)
@@ -485,7 +484,7 @@ def feature_matrix(profiles: Sequence[Profile], now) -> np.ndarray:
     rows = []
     for p in profiles:
         c = p.counts
-        rows.append((c.get("browse", 0), c.get("click", 0), c.get("purchase", 0),
+        rows.append((c.get(BROWSE, 0), c.get(CLICK, 0), c.get(PURCHASE, 0),
                      nan if p.first_seen is None else p.first_seen,
                      nan if p.last_seen is None else p.last_seen,
                      nan if p.last_purchase is None else p.last_purchase,

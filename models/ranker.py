@@ -36,14 +36,12 @@ import numpy as np
 
 from models.catalog import Catalog, grow_to
 from models.covisit import CoVisitation, _ranges
+from models.events import EVENT_WEIGHTS, PURCHASE
 from models.mf import ImplicitMF
 from models.popularity import TrendingPopularity
 
 __all__ = ["EVENT_WEIGHTS", "EXCLUDE_RULES", "StreamingRecommender", "ItemState", "HybridRanker"]
 
-#: Default strength of each event type. A purchase says more about taste than
-#: a click, a click more than a page view; the ratios (not the scale) matter.
-EVENT_WEIGHTS = {"browse": 1.0, "click": 1.0, "purchase": 1.5}
 
 #: Values accepted by ``recommend(..., exclude=...)``.
 EXCLUDE_RULES = ("purchased", "interacted", "none")
@@ -241,7 +239,7 @@ class StreamingRecommender(abc.ABC):
         if user is None:
             user = self._users[user_id] = _User(self.history_size)
         self._learn(user_id, user, row, weight, ts)
-        user.push(row, weight, event_type == "purchase")
+        user.push(row, weight, event_type == PURCHASE)
         self._n_learned += 1
 
     def recommend(self, user_ids: Sequence[str], n: int = 20, exclude: str = "purchased") -> list[list[tuple[str, float]]]:

@@ -31,30 +31,48 @@ def _security(settings: Settings) -> dict[str, Any]:
     return conf
 
 
-async def follow_catalogue(settings: Settings, on_item: Callable[[CatalogItem], None],
-                           on_removed: Callable[[str], None], should_stop: Callable[[], bool]) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest", **_security(settings))
-    await consumer.start()
-    try:
-        partitions = None
-        while not partitions and not should_stop():
-            await consumer.topics()  # refreshes cluster metadata
-            partitions = consumer.partitions_for_topic(settings.topic_items)
-        if not partitions:
+class CatalogueFollower:
+    """Reads every partition of ``items`` from the beginning, forever, calling back per record.
+
+    ``on_item`` gets each decoded item, ``on_removed`` the id of each tombstone;
+    records that break the contract are skipped here (the worker's loop
+    dead-letters them once, from the partition it owns).
+    """
+
+    def __init__(self, settings: Settings, on_item: Callable[[CatalogItem], None],
+                 on_removed: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.on_item = on_item
+        self.on_removed = on_removed
+
+    async def follow(self, should_stop: Callable[[], bool]) -> None:
+        """Follow until ``should_stop()``; raises if the broker fails (the caller starts again)."""
+        settings = self.settings
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest", **_security(settings))
+        await consumer.start()
+        try:
+            partitions = None
+            while not partitions and not should_stop():
+                await consumer.topics()  # refreshes cluster metadata
+                partitions = consumer.partitions_for_topic(settings.topic_items)
+            if not partitions:
+                return
+            consumer.assign([TopicPartition(settings.topic_items, p) for p in sorted(partitions)])
+            while not should_stop():
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                for records in batches.values():
+                    for msg in records:
+                        self._apply(msg.key, msg.value)
+        finally:
+            await consumer.stop()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if value is None:
+            if key:
+                self.on_removed(key.decode("utf-8", "replace"))
             return
-        consumer.assign([TopicPartition(settings.topic_items, p) for p in sorted(partitions)])
-        while not should_stop():
-            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for records in batches.values():
-                for msg in records:
-                    if msg.value is None:
-                        if msg.key:
-                            on_removed(msg.key.decode("utf-8", "replace"))
-                        continue
-                    try:
-                        on_item(decode_item(msg.value))
-                    except ContractError:
-                        pass  # dead-lettered once, by the catalogue check agent
-    finally:
-        await consumer.stop()
+        try:
+            self.on_item(decode_item(value))
+        except ContractError:
+            pass  # dead-lettered once, by the owner of the partition

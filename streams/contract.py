@@ -48,6 +48,8 @@ from typing import Any, Union
 
 import msgspec
 
+from models.events import EVENT_TYPES
+
 __all__ = [
     "EVENT_TYPES",
     "REASONS",
@@ -68,8 +70,6 @@ __all__ = [
     "dead_letter",
 ]
 
-EVENT_TYPES: tuple[str, ...] = ("browse", "click", "purchase")
-"""Event types; each one is also the name of the topic that carries it."""
 
 REASONS: frozenset[str] = frozenset(
     {

@@ -28,9 +28,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from models.events import EVENT_TYPES
 from streams.contract import REASONS
 
-EVENT_TYPES = ("browse", "click", "purchase")
 # Consumed messages are counted before decoding: on a single mixed input topic
 # (all three RECOSTREAM_TOPIC_* equal) their type is not known yet.
 CONSUMED_TYPES = (*EVENT_TYPES, "mixed")

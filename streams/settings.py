@@ -17,6 +17,8 @@ import socket
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from models.events import EVENT_TYPES
+
 PREFIX = "RECOSTREAM_"
 ALIASES = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "redis_url": "REDIS_URL"}
 
@@ -157,12 +159,11 @@ class Settings:
         (Kafka orders within a partition, not across topics), which the
         sequence-aware ranker can use; three topics are the simpler contract.
         """
-        if self.topic_browse == self.topic_click == self.topic_purchase:
-            return {self.topic_browse: None}
-        return {self.topic_browse: "browse", self.topic_click: "click", self.topic_purchase: "purchase"}
+        topics = {self.topic_for(t): t for t in EVENT_TYPES}
+        return {self.topic_browse: None} if len(topics) == 1 else topics
 
     def topic_for(self, event_type: str) -> str:
-        return {"browse": self.topic_browse, "click": self.topic_click, "purchase": self.topic_purchase}[event_type]
+        return getattr(self, f"topic_{event_type}")
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) connection config, security included."""

@@ -5,7 +5,7 @@ up at run time. :func:`build_runtime` is the one place that knows the whole
 graph:
 
     settings -> metrics, Redis sink, Kafka sink, engine (from its checkpoint)
-             -> store, processor, ownership, checkpointer -> loop
+             -> store, processor, ownership, checkpointer -> loop -> catalogue follower
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import redis
 
 from models.engine import PersonalisationEngine
+from streams.catalogue import CatalogueFollower
 from streams.checkpointing.checkpointer import Checkpointer, load_engine
 from streams.loop import StreamLoop, make_consumer
 from streams.metrics import Metrics
@@ -36,6 +37,7 @@ class Runtime:
     processor: BatchProcessor
     checkpointer: Checkpointer
     loop: StreamLoop
+    catalogue: CatalogueFollower
 
 
 def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime:
@@ -57,4 +59,10 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime
                                 metrics=metrics)
     loop = StreamLoop(s, lambda: make_consumer(s), ownership, processor, outputs, checkpointer, metrics)
     metrics.watch_consumer_lag(loop.lag_rows)
-    return Runtime(s, metrics, engine, outputs, sink, processor, checkpointer, loop)
+    # Catalogue records reach the ranker on the loop's thread, between its batches.
+    catalogue = CatalogueFollower(
+        s,
+        on_item=lambda item: loop.submit(lambda: engine.upsert_item(item.item_id, item.category, item.available)),
+        on_removed=lambda item_id: loop.submit(lambda: engine.upsert_item(item_id, available=False)),
+    )
+    return Runtime(s, metrics, engine, outputs, sink, processor, checkpointer, loop, catalogue)

@@ -57,10 +57,10 @@ from typing import Any, Callable
 
 import click
 
+from models.events import EVENT_TYPES
 from streams.settings import Settings, SettingsError
 from streams.tools.scrape import histogram_buckets, metric_sum, scrape
 
-EVENT_TOPICS = ("browse", "click", "purchase")
 # Polled fast until the workers start (the start time is estimated from the
 # polls), then slowly: every scrape costs the worker a full exposition under
 # the GIL (at 20 scrapes/s, ~9 % of its samples), and the end time comes from
@@ -587,7 +587,7 @@ async def _tail(settings: Settings, topics: list[str], received: dict[str, float
 def broker_reference(settings: Settings) -> Settings:
     """The settings with each input topic replaced by the broker reference's own
     (``<topic>.broker-ref``: the same layout, a mixed topic stays one topic)."""
-    return settings.replace(**{f"topic_{t}": f"{getattr(settings, f'topic_{t}')}.broker-ref" for t in EVENT_TOPICS})
+    return settings.replace(**{f"topic_{t}": f"{getattr(settings, f'topic_{t}')}.broker-ref" for t in EVENT_TYPES})
 
 
 def measure_broker_freshness(settings: Settings, sim, rate: float, seconds: float,

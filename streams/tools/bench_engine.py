@@ -30,7 +30,6 @@ from typing import Any, Callable
 
 import click
 
-EVENT_TOPICS = ("browse", "click", "purchase")
 PARTITIONS = 4
 
 

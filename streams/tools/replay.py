@@ -23,7 +23,8 @@ from models.baselines import (
     RepeatCooccurrenceBaseline,
 )
 from models.evaluation import Evaluation, prequential
-from models.ranker import EVENT_WEIGHTS, EXCLUDE_RULES, HybridRanker
+from models.events import EVENT_WEIGHTS
+from models.ranker import EXCLUDE_RULES, HybridRanker
 
 __all__ = ["replay", "read_events", "parse_timestamp", "build_models", "run_replay"]
 
