@@ -1,4 +1,4 @@
-"""Streaming baselines with the same interface as :class:`~models.ranker.HybridRanker`.
+"""Streaming baselines with the same interface as :class:`~models.ranking.HybridRanker`.
 
 They exist to keep the ranker honest: ``recostream replay`` evaluates them in
 the same prequential run.
@@ -11,7 +11,7 @@ import numpy as np
 
 from models.covisit import SparseRows
 from models.popularity import TrendingPopularity
-from models.ranker import StreamingRecommender
+from models.ranking.base import StreamingRecommender
 
 __all__ = ["PopularityBaseline", "CooccurrenceBaseline", "DecayedCooccurrenceBaseline", "RepeatBaseline",
            "RepeatCooccurrenceBaseline"]
@@ -25,8 +25,13 @@ class PopularityBaseline(StreamingRecommender):
     >>> m = PopularityBaseline()
     >>> for user, item in [("a", "x"), ("b", "x"), ("b", "y")]:
     ...     m.learn_one(user, item)
-    >>> m.recommend(["c", "b"], n=2, exclude="interacted")
-    [[('x', 2.0), ('y', 1.0)], []]
+    >>> ids, scores = m.recommend(["c", "b"], n=2, exclude="interacted")
+    >>> ids
+    array([['x', 'y'],
+           [None, None]], dtype=object)
+    >>> scores
+    array([[  2.,   1.],
+           [-inf, -inf]])
 
     """
 
@@ -70,8 +75,9 @@ class CooccurrenceBaseline(StreamingRecommender):
     ...     for item in items:
     ...         m.learn_one(user, item)
     >>> m.learn_one("d", "x")
-    >>> [(item, round(score, 6)) for item, score in m.recommend(["d"], n=2, exclude="interacted")[0]]
-    [('y', 2.0), ('z', 1.0)]
+    >>> ids, scores = m.recommend(["d"], n=2, exclude="interacted")
+    >>> ids[0].tolist(), scores[0].round(6).tolist()
+    (['y', 'z'], [2.0, 1.0])
 
     """
 
@@ -141,13 +147,16 @@ class RepeatBaseline(StreamingRecommender):
     Shoppers come back to what they looked at; with re-views allowed
     (``exclude="purchased"``) this is the first thing a ranker must beat.
 
+    >>> from models.ranking import valid_counts, valid_part
     >>> m = RepeatBaseline()
     >>> for item in "xyzy":
     ...     m.learn_one("a", item)
-    >>> [item for item, _ in m.recommend(["a"], n=5, exclude="purchased")[0]]
+    >>> ids, scores = m.recommend(["a"], n=5, exclude="purchased")
+    >>> valid_part(ids, scores, 0)[0].tolist()
     ['y', 'z', 'x']
-    >>> m.recommend(["a"], n=5, exclude="interacted")
-    [[]]
+    >>> ids, scores = m.recommend(["a"], n=5, exclude="interacted")  # nothing else to offer
+    >>> valid_counts(scores).tolist()
+    [0]
     """
 
     def __init__(self, window: int = 20, seed: int = 0):
@@ -172,7 +181,8 @@ class RepeatCooccurrenceBaseline(DecayedCooccurrenceBaseline):
     >>> for user, items in {"a": "xy", "b": "xz"}.items():
     ...     for item in items:
     ...         m.learn_one(user, item)
-    >>> [item for item, _ in m.recommend(["a"], n=3, exclude="purchased")[0]]
+    >>> ids, _ = m.recommend(["a"], n=3, exclude="purchased")
+    >>> ids[0].tolist()
     ['y', 'x', 'z']
     """
 

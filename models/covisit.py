@@ -10,13 +10,13 @@ import numpy as np
 from models.catalog import grow_to
 from models.popularity import DecayClock
 
-__all__ = ["SparseRows", "CoVisitation"]
+__all__ = ["SparseRows", "CoVisitation", "concat_ranges"]
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The concatenation of ``arange(s, s + l)`` over ``zip(starts, lengths)``, without a Python loop.
 
-    >>> _ranges(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist()
+    >>> concat_ranges(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist()
     [5, 6, 9, 10, 11]
     """
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -94,15 +94,6 @@ class SparseRows:
             self._log.clear()
             self._log_seqs.clear()
 
-    def log_changes(self, row: int, rows: Sequence[int]) -> None:
-        """Note that ``row`` and ``rows`` changed without going through :meth:`add`."""
-        log = self._log
-        if log is not None:
-            log.append(row)
-            self._log_seqs.append(rows)
-            if len(log) > 1_000_000:  # nobody is reading: forget it all
-                self._forget_heads()
-
     def __len__(self) -> int:
         return len(self._slots)
 
@@ -129,8 +120,8 @@ class SparseRows:
         caps = np.array(self._cap, dtype=np.int64)
         starts = np.cumsum(caps) - caps
         lens = np.fromiter(map(len, self._slots), dtype=np.int64, count=n_rows)
-        src = _ranges(np.array(self._start, dtype=np.int64), lens)
-        dst = _ranges(starts, lens)
+        src = concat_ranges(np.array(self._start, dtype=np.int64), lens)
+        dst = concat_ranges(starts, lens)
         C = np.empty(len(self._C), dtype=np.int32)
         V = np.empty(len(self._V), dtype=np.float64)
         C[dst] = self._C[src]
@@ -208,9 +199,20 @@ class SparseRows:
         s = self._start[row]
         return self._C[s:s + n], self._V[s:s + n]
 
+    @property
+    def columns(self) -> np.ndarray:
+        """The slab of columns: row ``r``'s are at the positions of :meth:`regions` ``(r)``
+        (read only; valid until the next update)."""
+        return self._C
+
+    @property
+    def values(self) -> np.ndarray:
+        """The slab of values, in the layout of :attr:`columns` (read only; valid until the next update)."""
+        return self._V
+
     def regions(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slab start and length of each of ``rows`` (length 0 for unknown rows), for vectorised gathers
-        from :attr:`_C` and :attr:`_V` (valid until the next update)."""
+        from :attr:`columns` and :attr:`values` (valid until the next update)."""
         n_rows, slots, start = len(self._slots), self._slots, self._start
         if len(rows) <= 64:  # a few rows: no need to find the distinct ones first
             rows = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
@@ -238,15 +240,15 @@ class SparseRows:
         ...     rows.add(0, col, w)
         >>> rows.add(1, 3, 1.0)
         >>> pos, per = rows.strongest(np.array([0, 1]), 2)
-        >>> rows._C[pos].tolist(), per.tolist()  # row 0: the two 4.0s; row 1 has one entry
+        >>> rows.columns[pos].tolist(), per.tolist()  # row 0: the two 4.0s; row 1 has one entry
         ([8, 5, 3], [2, 1])
         >>> rows.add(0, 9, 5.0)  # 9 is now the strongest; of the tied 8 and 5, 5 stays
-        >>> rows._C[rows.strongest(np.array([0]), 2)[0]].tolist()
+        >>> rows.columns[rows.strongest(np.array([0]), 2)[0]].tolist()
         [9, 5]
         """
         starts, lens = self.regions(rows) if regions is None else regions
         if k is None or not len(lens) or int(lens.max()) <= k:
-            return _ranges(starts, lens), lens
+            return concat_ranges(starts, lens), lens
         if self._log is None:  # first reader: start logging changes
             self._log, self._log_seqs = [], []
             self._head_ok[:] = False
@@ -274,9 +276,9 @@ class SparseRows:
             self._compute_heads(np.unique(long_rows[stale]), k)
             at = self._head_at[long_rows]
         per = np.minimum(lens, k)
-        idx = _ranges(starts, per)
+        idx = concat_ranges(starts, per)
         offsets = np.cumsum(per) - per
-        idx[_ranges(offsets[long], per[long])] = self._head_pos[at].ravel()
+        idx[concat_ranges(offsets[long], per[long])] = self._head_pos[at].ravel()
         return idx, per
 
     def _compute_heads(self, rows: np.ndarray, k: int) -> None:
@@ -287,7 +289,7 @@ class SparseRows:
         starts = np.array([start[r] for r in rl], dtype=np.int64)
         w = int(lens.max())
         m = len(rl)
-        pos = _ranges(starts, lens)
+        pos = concat_ranges(starts, lens)
         line = np.repeat(np.arange(m), lens)
         j = np.arange(len(pos)) - np.repeat(np.cumsum(lens) - lens, lens)
         P = np.full((m, w), np.inf)  # minus the values; padding never selected (every row has > k)
@@ -343,7 +345,7 @@ class SparseRows:
         # compact and byte-identical for equal models.
         n_rows = len(self._slots)
         lengths = np.fromiter(map(len, self._slots), dtype=np.int64, count=n_rows)
-        idx = _ranges(np.array(self._start, dtype=np.int64), lengths)
+        idx = concat_ranges(np.array(self._start, dtype=np.int64), lengths)
         return {
             "max_neighbors": self.max_neighbors,
             "lengths": lengths,
@@ -358,7 +360,7 @@ class SparseRows:
         starts = np.cumsum(caps) - caps
         total = int(caps.sum())
         self._init_slab(max(1024, total + total // 2))
-        dst = _ranges(starts, lengths)
+        dst = concat_ranges(starts, lengths)
         cols = state["cols"].astype(np.int32)
         self._C[dst] = cols
         self._V[dst] = state["vals"].astype(np.float64)
@@ -447,7 +449,7 @@ class CoVisitation:
         rows = self.rows
         if top >= len(rows._slots):
             rows._ensure(top)
-        if rows._log is not None:  # SparseRows.log_changes, inlined
+        if rows._log is not None:  # the change log of SparseRows.strongest's cache: these rows change
             rows._log.append(row)
             rows._log_seqs.append(history if type(history) is tuple else tuple(history))
             if len(rows._log) > 1_000_000:
@@ -528,11 +530,11 @@ class CoVisitation:
         if not regions[1].sum():
             return np.empty(0, dtype=np.int64), np.empty(0)
         idx, lengths = self.rows.strongest(hist, per_row, regions)
-        cols = self.rows._C[idx]
+        cols = self.rows.columns[idx]
         # Each neighbour value times its history item's weight (the same
         # products as CoVisitation.score, summed in the same order).
         w = np.asarray(weights, dtype=np.float64) * norm_h
-        vals = self.rows._V[idx] * np.repeat(w, lengths)
+        vals = self.rows.values[idx] * np.repeat(w, lengths)
         order = np.argsort(cols, kind="stable")
         cols = cols[order]
         starts = np.flatnonzero(np.concatenate(([True], cols[1:] != cols[:-1])))

@@ -17,8 +17,9 @@ Exactly-once across crashes. Profiles and models are persisted separately
 checkpoints), so after a crash the redelivered events are new to one and old
 to the other. The engine therefore remembers, per source partition, the next
 offset its models have not learned (``model_offsets``, saved in every
-checkpoint), and the profile remembers the offset of each event id in its
-window. For an event at ``(partition, offset)``:
+checkpoint; a source partition is a ``(topic, partition)`` tuple), and the
+profile remembers the offset of each event id in its window. For an event at
+``(partition, offset)``:
 
 * id not in the window: new to the profile; the models learn it unless their
   offset for the partition is already past it;
@@ -42,6 +43,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, Sequence
 
+import numpy as np
+
 from models.profile import (
     FEATURE_KEYS,
     Profile,
@@ -52,22 +55,43 @@ from models.profile import (
     new_profile,
     seen_offset,
 )
-from models.ranker import HybridRanker
+from models.ranking import pickling
+from models.ranking.base import valid_counts
+from models.ranking.hybrid import HybridRanker
 from models.segments import CustomerSegments
 
+#: A source partition, ``(topic, partition)``: what event positions and ``model_offsets`` are keyed by.
+SourcePartition = tuple[str, int]
 
-def source_position(part: str, offset: int) -> int:
+
+def source_position(part: SourcePartition, offset: int) -> int:
     """One int naming a message: 20 bits of the topic-partition's hash, 40 of the offset.
 
     Kept in the profile beside each event id. The same id at the same offset
     on ANOTHER topic is a duplicate, not a redelivery, so the topic-partition
     must be part of it; a customer's events come from a handful of
-    topic-partitions, so a 20-bit hash practically never collides.
+    topic-partitions, so a 20-bit hash practically never collides. The hash
+    is the CRC-32 of ``"topic:partition"``: the profiles in the changelog
+    hold these positions, so it must stay what it is.
 
-    >>> source_position("click:0", 7) == source_position("click:0", 7) != source_position("browse:0", 7)
+    >>> source_position(("click", 0), 7) == source_position(("click", 0), 7) != source_position(("browse", 0), 7)
     True
     """
-    return (zlib.crc32(part.encode()) & 0xFFFFF) << 40 | offset
+    topic, partition = part
+    return (zlib.crc32(f"{topic}:{partition}".encode()) & 0xFFFFF) << 40 | offset
+
+
+def _source_partition(key: SourcePartition | str) -> SourcePartition:
+    """A ``model_offsets`` key of a checkpoint as a source partition: checkpoints of earlier
+    versions name partitions ``"topic:partition"`` (Kafka topic names cannot hold a ``:``).
+
+    >>> _source_partition("click:3"), _source_partition(("click", 3))
+    (('click', 3), ('click', 3))
+    """
+    if isinstance(key, str):
+        topic, _, partition = key.rpartition(":")
+        return topic, int(partition)
+    return key
 
 
 class Interaction(Protocol):
@@ -85,11 +109,43 @@ class Interaction(Protocol):
 
 
 @dataclass
+class TopN:
+    """Fresh top-N lists: row ``i`` of ``ids`` and ``scores`` is ``users[i]``'s, best first and
+    padded at its end (id ``None``, score ``-inf``: :mod:`models.ranking.base`).
+
+    >>> a = TopN(["u1", "u2"], np.array([["x"], ["y"]], dtype=object), np.array([[2.0], [1.0]]))
+    >>> a.update(TopN(["u1"], np.array([["z"]], dtype=object), np.array([[3.0]])))
+    >>> a.users, a.ids[:, 0].tolist(), len(a)  # like dict.update: first place, latest list
+    (['u1', 'u2'], ['z', 'y'], 2)
+    """
+
+    users: list[str] = field(default_factory=list)
+    ids: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=object))
+    scores: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def update(self, other: "TopN") -> None:
+        """Add ``other``'s lists; a customer in both keeps its place and gets ``other``'s list."""
+        if not other.users:
+            return
+        if not self.users:
+            self.users, self.ids, self.scores = list(other.users), other.ids, other.scores
+            return
+        row = {user: i for i, user in enumerate(self.users + other.users)}  # first place, last row
+        keep = list(row.values())
+        self.users = list(row)
+        self.ids = np.concatenate((self.ids, other.ids))[keep]
+        self.scores = np.concatenate((self.scores, other.scores))[keep]
+
+
+@dataclass
 class BatchOutcome:
     """What one micro-batch changed."""
 
     profiles: dict[str, Profile] = field(default_factory=dict)
-    recommendations: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    recommendations: TopN = field(default_factory=TopN)
     learned: int = 0
     learned_by_type: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
@@ -128,8 +184,8 @@ class PersonalisationEngine:
     >>> out = engine.process([ev, ev], profiles={})
     >>> out.learned, out.duplicates
     (1, 1)
-    >>> [item for item, _ in out.recommendations["u1"]]  # purchased i1 is excluded
-    ['i2', 'i3']
+    >>> out.recommendations.users, out.recommendations.ids  # purchased i1 is excluded
+    (['u1'], array([['i2', 'i3', None]], dtype=object))
     >>> out.profiles["u1"].counts["purchase"]
     1
     """
@@ -148,7 +204,7 @@ class PersonalisationEngine:
         # global popularity top list: the live quality metric compares them.
         self._shown: dict[str, tuple[str, ...]] = {}
         self._item_counts: dict[str, int] = {}
-        self.model_offsets: dict[str, int] = {}
+        self.model_offsets: dict[SourcePartition, int] = {}
         self.forgotten = 0  # customers forgotten so far: a change worth checkpointing
         #: Seconds spent per phase of :meth:`process` since creation (not model state).
         self.timings: dict[str, float] = dict.fromkeys(("learn", "segments", "recommend"), 0.0)
@@ -156,7 +212,7 @@ class PersonalisationEngine:
 
     def _init_caches(self) -> None:
         # Derived from the state above, never saved.
-        self._part_hash: dict[str, int] = {}  # source_position(part, 0) per topic-partition
+        self._part_hash: dict[SourcePartition, int] = {}  # source_position(part, 0) per topic-partition
         self._pop_top: list[str] | None = None  # popularity top list as of the last batch ...
         self._pop_pending: list[str] = []  # ... and the items learned since
         self._item_seq: dict[str, int] = {}  # first-seen rank of each item (ties of the top list)
@@ -169,30 +225,46 @@ class PersonalisationEngine:
     def model_version(self) -> int:
         return self.ranker.model_version
 
-    def process(self, events: Sequence[Interaction], profiles: Mapping[str, Profile],
-                *, positions: Sequence[tuple[str, int]] | None = None, recommend: bool = True) -> BatchOutcome:
+    def process(self, events: Sequence[Interaction], profiles: Mapping[str, Profile], *,
+                positions: Sequence[tuple[SourcePartition, int]] | None = None,
+                recommend: bool = True) -> BatchOutcome:
         """Learn from a micro-batch and refresh the touched customers' top-N.
 
         ``profiles`` is only read (customers seen before); the updated profiles
         of every touched customer are in the outcome, for the caller to store.
-        ``positions`` gives each event's source ``(partition key, offset)``
+        ``positions`` gives each event's source ``(partition, offset)``
         (see the module docstring); without it, deduplication is by id only.
         """
         clock = time.perf_counter
         t0 = clock()
         out = BatchOutcome()
+        latest_ts = self._learn_batch(events, profiles, positions, out)
+        t1 = clock()
+        if out.profiles:
+            self._assign_segments(out.profiles, latest_ts)
+        t2 = clock()
+        if recommend and out.profiles:
+            self._recommend_touched(out)
+        t3 = clock()
+        timings = self.timings
+        timings["learn"] += t1 - t0
+        timings["segments"] += t2 - t1
+        timings["recommend"] += t3 - t2
+        return out
+
+    def _learn_batch(self, events: Sequence[Interaction], profiles: Mapping[str, Profile],
+                     positions: Sequence[tuple[SourcePartition, int]] | None, out: BatchOutcome) -> float:
+        """Deduplicate, update the profiles (into ``out.profiles``) and let the models learn
+        (see the module docstring); returns the latest event time learned (0 if none)."""
         touched: dict[str, Profile] = out.profiles
         pop_top = self._popular(self.hit_k)
         latest_ts = 0.0
         model_offsets = self.model_offsets
-        part_hash = self._part_hash
         learn_one = self.ranker.learn_one
-        item_category = self.ranker.item_category
         counts = self._item_counts
         learned_items = self._pop_pending
         learned_by_type = out.learned_by_type
         shown_of = self._shown.get
-        window = self.dedupe_window
         for i, ev in enumerate(events):
             user = ev.user_id
             profile = touched.get(user)
@@ -202,36 +274,15 @@ class PersonalisationEngine:
                 part, offset, position, model_new = None, -1, -1, True
             else:
                 part, offset = positions[i]
-                h = part_hash.get(part)
-                if h is None:
-                    h = part_hash[part] = source_position(part, 0)
-                position = h | offset
+                position = self._position(part, offset)
                 model_new = offset >= model_offsets.get(part, 0)
-            last = applied_offset(profile, position) if position >= 0 else None
-            if last is not None and last >= offset:
-                # At or below the last event applied from its partition: a redelivery
-                # (after a crash or a rebalance), even if its id has left the window,
-                # unless the window holds its id at another position (a duplicate).
-                seen_at = seen_offset(profile, ev.event_id)
-                applied = False
-                redelivery = seen_at is None or seen_at == position
-            else:
-                # An event without a category counts in the catalogue's category of its item.
-                category = ev.category if ev.category is not None else item_category(ev.item_id)
-                applied = apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
-                                      ts=ev.ts, category=category, price=ev.price, quantity=ev.quantity,
-                                      order_id=ev.order_id, window=window, offset=position)
-                redelivery = not applied and position >= 0 and seen_offset(profile, ev.event_id) == position
-            if applied:
+            applied, redelivery = self._apply(profile, ev, position, offset)
+            if applied or redelivery:
+                # A redelivery's first delivery may have died before its outputs
+                # were written: refresh them (idempotent; counts do not change).
                 touched[user] = profile
-                if position >= 0:
-                    mark_applied(profile, position)
-            else:
+            if not applied:
                 out.duplicates += 1
-                if redelivery:
-                    # The first delivery may have died before its outputs were
-                    # written: refresh them (idempotent; counts do not change).
-                    touched[user] = profile
                 if not (redelivery and model_new):
                     continue  # a producer's duplicate, or a redelivery the models already know
                 # A redelivery the restored models have not learned yet: catch up.
@@ -253,29 +304,57 @@ class PersonalisationEngine:
             learned_by_type[etype] = learned_by_type.get(etype, 0) + 1
             if ts > latest_ts:
                 latest_ts = ts
+        return latest_ts
 
-        t1 = clock()
-        if touched:
-            profs = list(touched.values())
-            now = latest_ts or [p.last_seen for p in profs]
-            for profile, segment in zip(profs, self.segments.learn_predict_many(feature_matrix(profs, now),
-                                                                              FEATURE_KEYS)):
-                profile.segment = segment
+    def _position(self, part: SourcePartition, offset: int) -> int:
+        """:func:`source_position` of ``(part, offset)``, the partition's hash computed once."""
+        h = self._part_hash.get(part)
+        if h is None:
+            h = self._part_hash[part] = source_position(part, 0)
+        return h | offset
 
-        t2 = clock()
-        if recommend and touched:
-            users = list(touched)
-            for user, recs in zip(users, self.ranker.recommend(users, n=self.top_n, exclude=self.exclude)):
-                out.recommendations[user] = recs
-                self._shown[user] = tuple([item for item, _ in recs[: self.hit_k]])
-        t3 = clock()
-        timings = self.timings
-        timings["learn"] += t1 - t0
-        timings["segments"] += t2 - t1
-        timings["recommend"] += t3 - t2
-        return out
+    def _apply(self, profile: Profile, ev: Interaction, position: int, offset: int) -> tuple[bool, bool]:
+        """Apply ``ev`` (at ``position`` and ``offset``; -1: unknown) to ``profile`` unless the profile
+        holds it already: ``(applied, redelivery)``, a redelivery being the same message again (not
+        a producer's duplicate)."""
+        last = applied_offset(profile, position) if position >= 0 else None
+        if last is not None and last >= offset:
+            # At or below the last event applied from its partition: a redelivery
+            # (after a crash or a rebalance), even if its id has left the window,
+            # unless the window holds its id at another position (a duplicate).
+            seen_at = seen_offset(profile, ev.event_id)
+            return False, seen_at is None or seen_at == position
+        # An event without a category counts in the catalogue's category of its item.
+        category = ev.category if ev.category is not None else self.ranker.item_category(ev.item_id)
+        applied = apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
+                              ts=ev.ts, category=category, price=ev.price, quantity=ev.quantity,
+                              order_id=ev.order_id, window=self.dedupe_window, offset=position)
+        if applied:
+            if position >= 0:
+                mark_applied(profile, position)
+            return True, False
+        return False, position >= 0 and seen_offset(profile, ev.event_id) == position
 
-    def catch_up(self, events: Sequence[Interaction], positions: Sequence[tuple[str, int]],
+    def _assign_segments(self, touched: dict[str, Profile], latest_ts: float) -> None:
+        """Update the segments with the touched profiles and assign each its segment."""
+        profs = list(touched.values())
+        now = latest_ts or [p.last_seen for p in profs]
+        for profile, segment in zip(profs, self.segments.learn_predict_many(feature_matrix(profs, now),
+                                                                          FEATURE_KEYS)):
+            profile.segment = segment
+
+    def _recommend_touched(self, out: BatchOutcome) -> None:
+        """Rank the catalogue for the touched customers (one batched call) and remember what they
+        are shown (the live quality's reference)."""
+        users = list(out.profiles)
+        ids, scores = self.ranker.recommend(users, n=self.top_n, exclude=self.exclude)
+        out.recommendations = TopN(users, ids, scores)
+        hit_k = self.hit_k
+        shown = self._shown
+        for user, row, m in zip(users, ids[:, :hit_k].tolist(), valid_counts(scores[:, :hit_k]).tolist()):
+            shown[user] = tuple(row[:m])
+
+    def catch_up(self, events: Sequence[Interaction], positions: Sequence[tuple[SourcePartition, int]],
                  profiles: Mapping[str, Profile]) -> int:
         """Let the models learn events the profiles already hold; return how many they learned.
 
@@ -300,13 +379,14 @@ class PersonalisationEngine:
         >>> ev = [E(event_id=f"e{k}", user_id="u1", item_id=f"i{k}", type="click", ts=1.7e9 + k,
         ...         category="books", price=None, quantity=None, order_id=None) for k in (1, 2)]
         >>> snapshot = before.dumps()                      # checkpoint: models at offset 0
-        >>> out = before.process(ev, {}, positions=[("click:0", 0), ("click:0", 1)])
+        >>> click0 = ("click", 0)                           # topic "click", partition 0
+        >>> out = before.process(ev, {}, positions=[(click0, 0), (click0, 1)])
         >>> after = PersonalisationEngine.loads(snapshot)  # a crash later, restored
-        >>> after.catch_up(ev, [("click:0", 0), ("click:0", 1)], out.profiles)
+        >>> after.catch_up(ev, [(click0, 0), (click0, 1)], out.profiles)
         2
         >>> after.model_offsets, after.model_version == before.model_version
-        ({'click:0': 2}, True)
-        >>> after.catch_up(ev, [("click:0", 0), ("click:0", 1)], out.profiles)  # already learned
+        ({('click', 0): 2}, True)
+        >>> after.catch_up(ev, [(click0, 0), (click0, 1)], out.profiles)  # already learned
         0
         """
         learn_one = self.ranker.learn_one
@@ -325,7 +405,7 @@ class PersonalisationEngine:
                 if ev.event_id in unplaced:
                     continue
                 unplaced.add(ev.event_id)
-            elif seen_at != source_position(part, offset):
+            elif seen_at != self._position(part, offset):
                 continue
             learn_one(ev.user_id, ev.item_id, ev.type, ev.ts)
             counts[ev.item_id] = counts.get(ev.item_id, 0) + 1
@@ -333,7 +413,9 @@ class PersonalisationEngine:
             learned += 1
         return learned
 
-    def recommend(self, user_ids: Sequence[str], n: int | None = None) -> list[list[tuple[str, float]]]:
+    def recommend(self, user_ids: Sequence[str], n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` (default ``top_n``) of each customer, with the engine's exclusion rule: ``(ids, scores)``
+        (see :meth:`models.ranking.StreamingRecommender.recommend`)."""
         return self.ranker.recommend(list(user_ids), n=n or self.top_n, exclude=self.exclude)
 
     def forget_user(self, user_id: str) -> None:
@@ -357,7 +439,14 @@ class PersonalisationEngine:
 
     @classmethod
     def loads(cls, data: bytes) -> "PersonalisationEngine":
-        state = pickle.loads(data)  # our own checkpoint, from our own store
+        """The engine of a checkpoint written by :meth:`dumps`, by this version or an earlier one.
+
+        Checkpoints outlive upgrades: classes that moved are found at their new
+        place (:class:`models.ranking.pickling.CheckpointUnpickler`), and
+        ``model_offsets`` keyed by ``"topic:partition"`` strings get
+        ``(topic, partition)`` keys.
+        """
+        state = pickling.load(data)  # our own checkpoint, from our own store
         if state.get("format") != 1:
             raise ValueError(f"unsupported engine checkpoint format {state.get('format')!r}")
         engine = cls(**state["params"])
@@ -365,7 +454,7 @@ class PersonalisationEngine:
         engine.segments = CustomerSegments.loads(state["segments"])
         engine._shown = state["shown"]
         engine._item_counts = state["item_counts"]
-        engine.model_offsets = state["model_offsets"]
+        engine.model_offsets = {_source_partition(k): v for k, v in state["model_offsets"].items()}
         engine._init_caches()
         return engine
 

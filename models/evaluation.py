@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.ranking.base import valid_part
+
 __all__ = ["Event", "ModelScore", "Evaluation", "prequential"]
 
 #: ``(ts_seconds, user_id, item_id, event_type)``
@@ -130,10 +132,10 @@ def prequential(
             positions.append(count - 1)
             for name in names:
                 t0 = clock()
-                recs = models[name].recommend([user], n=k, exclude=exclude)[0]
+                ids, scores = models[name].recommend([user], n=k, exclude=exclude)
                 t_rec[name] += clock() - t0
                 rank = 0.0
-                for r, (rec_item, _) in enumerate(recs, 1):
+                for r, rec_item in enumerate(valid_part(ids, scores, 0)[0].tolist(), 1):
                     recommended[name].add(rec_item)
                     if rec_item == item:
                         rank = 1.0 / r

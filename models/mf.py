@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import copy
 import sys
-from collections.abc import Container
+from collections.abc import Container, Sequence
 
 import numpy as np
 from river import optim, reco
@@ -13,7 +13,6 @@ from river import optim, reco
 from models.catalog import grow_to
 
 __all__ = ["ImplicitMF"]
-
 
 
 class ImplicitMF:
@@ -278,8 +277,9 @@ class ImplicitMF:
         return np.unique(np.concatenate(changed)) if changed else np.zeros(0, dtype=np.int64)
 
     @property
-    def _factors(self) -> np.ndarray:
-        """Item factors by catalogue row (a mirror of River's ``i_latents``)."""
+    def item_factors(self) -> np.ndarray:
+        """Item factors by catalogue row, one row per item seen (River's ``i_latents`` are views
+        of its rows; read only)."""
         return self._F
 
     def forget_user(self, user: str) -> None:
@@ -295,6 +295,21 @@ class ImplicitMF:
 
     # -- reading (never mutates) ------------------------------------------
 
+    def user_factors(self, users: Sequence[str]) -> np.ndarray:
+        """Factor vectors of ``users``, one row each (a new array; zeros for users without factors).
+
+        >>> mf = ImplicitMF(n_factors=2, seed=1, block_size=1)
+        >>> mf.learn_one("ann", "a", 0, 1.0)
+        >>> U = mf.user_factors(["ann", "zoe"])
+        >>> U.shape, bool(U[0].any()), U[1].tolist()
+        ((2, 2), True, [0.0, 0.0])
+        """
+        get = self._uix.get  # the users' rows of the user matrix (River's latents are views of them)
+        at = np.array([get(user, -1) for user in users], dtype=np.int64)
+        U = self._U.take(np.maximum(at, 0), axis=0) if len(self._U) else np.zeros((len(at), self.n_factors))
+        U[at < 0] = 0.0
+        return U
+
     def user_vector(self, user: str) -> np.ndarray | None:
         return self.model.u_latents[user] if user in self.model.u_latents else None
 
@@ -307,11 +322,6 @@ class ImplicitMF:
         m = min(n_items, len(self._F))
         out[:m] = self._F[:m] @ u
         return out
-
-    def scores_of(self, user_vec: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``item_factors[rows] @ user_vec`` (rows must be < ``len(item factors)``): the same
-        arithmetic as :meth:`score`, for a subset of the catalogue."""
-        return self._F[rows] @ user_vec
 
     def predict_one(self, user: str, item_id: str) -> float:
         u = self.user_vector(user)

@@ -23,7 +23,9 @@ from streams.wiring import Runtime
 
 class _NoKafka(BootStrategy):
     # Faust's own consumer, producer, topic conductor and table manager are
-    # not started: the worker's loop owns its Kafka clients.
+    # not started: the worker's loop owns its Kafka clients, every one of
+    # them configured by Settings.kafka_client_config() (security included).
+    # The app's broker URL is only a setting Faust requires.
     enable_kafka = False
     enable_web = False
 

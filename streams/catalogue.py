@@ -1,71 +1,103 @@
 """Following the compacted ``items`` topic: every worker needs the whole catalogue.
 
-A consumer-group agent would split the catalogue across workers, so each worker
-reads every partition of ``items`` itself, from the beginning, without a group
+A consumer-group member would get only some partitions of ``items``, so each
+worker reads every partition itself, from the beginning, outside any group
 (the topic is compacted: it holds one record per item). A tombstone (null
 value) means the item left the catalogue: it becomes unavailable.
+
+The consumer is a confluent-kafka client configured by
+``Settings.kafka_client_config()``, like every Kafka client of the worker,
+so the security settings reach it the same way. Its blocking poll runs in a
+thread of its own (:meth:`CatalogueFollower.follow` awaits it), so the
+Faust event loop is never blocked; each poll waits at most ``poll_s``, which
+bounds how long stopping takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import ssl
-from typing import Any, Callable
+import threading
+import time
+from typing import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from streams.contract import CatalogItem, ContractError, decode_item
+from streams.kafka.read import assigned_consumer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-def _security(settings: Settings) -> dict[str, Any]:
-    proto = settings.kafka_security_protocol
-    conf: dict[str, Any] = {"security_protocol": proto}
-    if proto.endswith("SSL"):
-        conf["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
-    if proto.startswith("SASL"):
-        conf.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_sasl_username,
-                    sasl_plain_password=settings.kafka_sasl_password)
-    return conf
+# A catalogue change may take this long to reach the models; a shorter wait
+# would only make the broker answer more empty fetches.
+_FETCH_WAIT_MS = 500
 
 
 class CatalogueFollower:
     """Reads every partition of ``items`` from the beginning, forever, calling back per record.
 
-    ``on_item`` gets each decoded item, ``on_removed`` the id of each tombstone;
-    records that break the contract are skipped here (the worker's loop
-    dead-letters them once, from the partition it owns).
+    ``on_item`` gets each decoded item, ``on_removed`` the id of each
+    tombstone. Both run on the follower's thread, so they must only hand the
+    change over (the composition root submits it to the worker's loop, whose
+    thread owns the models). Records that break the contract are skipped
+    here: the worker's loop dead-letters them once, from the partition it
+    owns.
     """
 
     def __init__(self, settings: Settings, on_item: Callable[[CatalogItem], None],
-                 on_removed: Callable[[str], None]) -> None:
+                 on_removed: Callable[[str], None], poll_s: float = 0.5) -> None:
         self.settings = settings
         self.on_item = on_item
         self.on_removed = on_removed
+        self.poll_s = poll_s
 
     async def follow(self, should_stop: Callable[[], bool]) -> None:
-        """Follow until ``should_stop()``; raises if the broker fails (the caller starts again)."""
-        settings = self.settings
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest", **_security(settings))
-        await consumer.start()
+        """Follow until ``should_stop()``; raises if the broker fails for good (the caller starts again).
+
+        Cancelling it stops the thread after its current poll and waits for
+        the consumer to close, so no client outlives the task.
+        """
+        stopped = threading.Event()
+        thread = asyncio.ensure_future(asyncio.to_thread(self.run, lambda: stopped.is_set() or should_stop()))
         try:
-            partitions = None
-            while not partitions and not should_stop():
-                await consumer.topics()  # refreshes cluster metadata
-                partitions = consumer.partitions_for_topic(settings.topic_items)
+            await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            stopped.set()
+            await thread
+            raise
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """The blocking follower: assign every partition of ``items`` at its start and poll until ``should_stop()``."""
+        topic = self.settings.topic_items
+        consumer = assigned_consumer(self.settings, "catalogue", **{"fetch.wait.max.ms": _FETCH_WAIT_MS})
+        try:
+            partitions = self._partitions(consumer, topic, should_stop)
             if not partitions:
                 return
-            consumer.assign([TopicPartition(settings.topic_items, p) for p in sorted(partitions)])
+            # Offset 0 rather than "beginning": no offset lookup first, and a
+            # log that starts later (compacted, or trimmed) resets to its start.
+            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
             while not should_stop():
-                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-                for records in batches.values():
-                    for msg in records:
-                        self._apply(msg.key, msg.value)
+                for msg in consumer.consume(num_messages=5000, timeout=self.poll_s):
+                    err = msg.error()
+                    if err is None:
+                        self._apply(msg.key(), msg.value())
+                    elif err.fatal():
+                        raise KafkaException(err)
+                    else:  # librdkafka retries transient errors itself
+                        log.warning("catalogue consumer error: %s", err)
         finally:
-            await consumer.stop()
+            consumer.close()
+
+    def _partitions(self, consumer, topic: str, should_stop: Callable[[], bool]) -> list[int]:
+        """The partitions of ``topic`` once it exists ([] if told to stop first)."""
+        while not should_stop():
+            meta = consumer.list_topics(topic, timeout=max(self.poll_s, 1.0)).topics.get(topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                return sorted(meta.partitions)
+            time.sleep(self.poll_s)
+        return []
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:

@@ -15,7 +15,7 @@ from streams.settings import Settings, SettingsError, describe
 TOOLS = {
     "replay": "streams.tools.replay:replay",
     "convert": "streams.tools.convert:convert_command",
-    "bench": "streams.tools.bench:bench",
+    "bench": "streams.tools.bench.command:bench",
     "bench-engine": "streams.tools.bench_engine:bench_engine",
 }
 

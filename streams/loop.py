@@ -3,9 +3,11 @@
 One thread owns the consumer and everything it drives (ownership,
 processing, outputs, checkpoints), so the order of operations is the order
 of the code: a partition is restored inside the assignment callback, before
-the consumer can return any of its messages; positions are written between
-batches; a revocation writes them inside the revocation callback, before the
-group moves the partition. docs/RELIABILITY.md argues why that loses nothing.
+the consumer can return any of its messages; positions are recorded between
+batches, every ``commit_interval_s``, by the position checkpoint
+(``streams/checkpointing/positions.py``, which drains every output first); a
+revocation records them inside the revocation callback, before the group
+moves the partition. docs/RELIABILITY.md argues why that loses nothing.
 
 Error policy: a message the broker reports as an error is logged (librdkafka
 retries transient ones); a fatal consumer error, or any exception out of a
@@ -25,6 +27,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.checkpointing.checkpointer import Checkpointer
+from streams.checkpointing.positions import PositionCheckpoint
 from streams.contract import ContractError
 from streams.metrics import Metrics, Position
 from streams.pipeline import BatchProcessor
@@ -56,13 +59,15 @@ def make_consumer(settings: Settings) -> Consumer:
 
 class StreamLoop:
     def __init__(self, settings: Settings, consumer_factory: Callable[[], Any], ownership: Ownership,
-                 processor: BatchProcessor, outputs: KafkaSink, checkpointer: Checkpointer, metrics: Metrics) -> None:
+                 processor: BatchProcessor, outputs: KafkaSink, positions: PositionCheckpoint,
+                 checkpointer: Checkpointer, metrics: Metrics) -> None:
         self.settings = settings
         self.consumer_factory = consumer_factory
         self.ownership = ownership
         self.store = ownership.store
         self.processor = processor
         self.outputs = outputs
+        self.positions = positions
         self.checkpointer = checkpointer
         self.metrics = metrics
         self.topic_types = settings.input_topics
@@ -145,9 +150,9 @@ class StreamLoop:
             raise exc
 
     def commit(self) -> None:
-        """Record the positions reached (after every output before them is acknowledged)."""
-        if self.ownership.write_positions():
-            offsets = self.ownership.offsets()
+        """Record the positions reached (:class:`PositionCheckpoint`: after every output before them is durable)."""
+        if self.positions.commit():
+            offsets = self.positions.offsets()
             if offsets:
                 try:
                     self.consumer.commit(offsets=offsets, asynchronous=True)
@@ -237,9 +242,8 @@ class StreamLoop:
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         owned = sorted({tp.partition for tp in partitions} & set(self.store.partitions))
         if owned and not self._failed:
-            self.ownership.write_positions(owned)
-            self.outputs.flush()
-            offsets = self.ownership.offsets(owned)
+            self.positions.commit(owned, acknowledged=True)  # before the partition moves
+            offsets = self.positions.offsets(owned)
             if offsets:
                 try:
                     consumer.commit(offsets=offsets, asynchronous=False)

@@ -4,8 +4,9 @@ Names are namespaced ``recostream_``, in base units (seconds, bytes), with
 ``_total`` only on counters, and labels drawn from small fixed sets (event
 type, dead-letter reason, model, segment id, topic/partition): never a user or
 item id. Children of labelled metrics are created once and cached, so the hot
-path pays a plain ``inc()`` (~0.6 µs) rather than a ``labels()`` lookup
-(~2.4 µs). Counts are observed once per micro-batch where that is exact.
+path pays a plain ``inc()`` rather than a ``labels()`` lookup, several times
+dearer (docs/BENCHMARKS.md, Metrics). Counts are observed once per
+micro-batch where that is exact.
 
 Two families are computed when Prometheus scrapes, not on the hot path:
 

@@ -34,15 +34,15 @@ from typing import Any, Iterator, Mapping, Sequence
 import msgspec
 import numpy as np
 
-from models.engine import BatchOutcome
+from models.engine import BatchOutcome, PersonalisationEngine
 from models.profile import Profile, encode_profile, profile_summary
+from models.ranking.base import valid_counts
 from streams.contract import ContractError, Limits, Recommendation, ScoredItem, dead_letter, decode_event, decode_item
 from streams.kafka.read import read_range
 from streams.metrics import Metrics
+from streams.ports import RecordOutput, ViewSink
 from streams.privacy import pseudonym
 from streams.settings import Settings
-from streams.sinks.kafka import KafkaSink
-from streams.sinks.redis import RedisSink
 from streams.state.changelog import gen_header
 from streams.state.store import ProfileStore
 
@@ -80,13 +80,15 @@ def _merge(a: BatchOutcome, b: BatchOutcome) -> BatchOutcome:
 class BatchProcessor:
     """Applies micro-batches of input messages to the engine and the store, and writes every output.
 
-    Its ports are passed in: the engine (pure models), the store (owned
-    partitions' profiles and generations), the Kafka and Redis sinks and the
-    metrics.
+    Everything it uses is passed in: the engine (pure models), the store
+    (owned partitions' profiles and generations) and the metrics, all in
+    memory; and its two output ports (``streams/ports.py``): ``outputs``
+    for Kafka records (changelog, recommendations, dead letters) and
+    ``sink`` for the customers' views in Redis.
     """
 
-    def __init__(self, settings: Settings, engine: Any, store: ProfileStore, outputs: KafkaSink,
-                 sink: RedisSink, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, engine: PersonalisationEngine, store: ProfileStore,
+                 outputs: RecordOutput, sink: ViewSink, metrics: Metrics) -> None:
         self.settings = s = settings
         self.engine = engine
         self.store = store
@@ -116,7 +118,7 @@ class BatchProcessor:
                 self.send_dead_letter(err, msg)
                 continue
             partition = msg.partition()
-            valid.append((ev, msg, (f"{topic}:{partition}", msg.offset())))
+            valid.append((ev, msg, ((topic, partition), msg.offset())))
             partition_of[ev.user_id] = partition
         m.batch_size.observe(len(batch))
         if not valid:
@@ -148,16 +150,13 @@ class BatchProcessor:
                 group = by_partition[partition] = ({}, {})
             group[1][user] = _encode(profile_summary(profile, now))
         version = self.engine.model_version
-        # Scores go out with 6 decimals, rounded for the whole batch at once:
-        # Python's round() per score was ~5 % of the worker (16 -> 7 us per shopper).
-        scores = np.round(np.fromiter((s for recs in outcome.recommendations.values() for _, s in recs), float),
-                          6).tolist()
-        k = 0
-        for user, recs in outcome.recommendations.items():
-            n = len(recs)
-            doc = _encode(Recommendation(user, list(map(ScoredItem, [i for i, _ in recs], scores[k:k + n])),
+        # Scores go out with 6 decimals, rounded for the whole batch at once
+        # (far cheaper than Python's round() per score on this path).
+        recs = outcome.recommendations
+        scores = np.round(recs.scores, 6).tolist()
+        for user, items, row, n in zip(recs.users, recs.ids.tolist(), scores, valid_counts(recs.scores).tolist()):
+            doc = _encode(Recommendation(user, list(map(ScoredItem, items[:n], row[:n])),
                                          version, now, outcome.profiles[user].segment))
-            k += n
             by_partition[partition_of[user]][0][user] = doc
             produce(recs_topic, user.encode(), doc)
         meta = {"version": version, "updated_at": now, "users": len(self.store), "items": self.engine.ranker.n_items}
@@ -171,7 +170,7 @@ class BatchProcessor:
                 latest[ev.user_id] = ev.ts
         m.recommendations_written.inc(len(outcome.recommendations))
         # Freshness: from each event's own time to its recommendations being readable.
-        for user in outcome.recommendations:
+        for user in outcome.recommendations.users:
             m.freshness.observe(max(0.0, written - latest.get(user, written)))
         m.batch_seconds.observe(written - started)
         m.users.set(meta["users"])
@@ -221,16 +220,16 @@ class BatchProcessor:
         meta = {"version": version, "updated_at": now, "users": len(self.store), "items": self.engine.ranker.n_items}
         for lo in range(0, len(users), chunk):
             part = users[lo:lo + chunk]
-            lists = self.engine.recommend([u for u, _ in part])
+            ids, scores = self.engine.recommend([u for u, _ in part])
             groups: dict[int, tuple[dict[str, bytes], dict[str, bytes]]] = {}
-            for (user, p), recs in zip(part, lists):
+            for (user, p), items, row, n in zip(part, ids.tolist(), scores.tolist(), valid_counts(scores).tolist()):
                 profile = self.store.get(user)
                 if profile is None or p not in partitions:
                     continue
                 recs_doc, profiles_doc = groups.setdefault(p, ({}, {}))
                 profiles_doc[user] = _encode(profile_summary(profile, now))
-                recs_doc[user] = _encode(Recommendation(user, [ScoredItem(i, round(sc, 6)) for i, sc in recs],
-                                                        version, now, profile.segment))
+                scored = [ScoredItem(i, round(sc, 6)) for i, sc in zip(items[:n], row[:n])]
+                recs_doc[user] = _encode(Recommendation(user, scored, version, now, profile.segment))
             self.sink.write([(p, partitions[p].gen, r, pr) for p, (r, pr) in groups.items()], meta)
         log.info("wrote the Redis keys of %d customers again", len(users))
         return len(users)
@@ -284,20 +283,20 @@ class BatchProcessor:
         """
         cap = self.settings.model_catch_up_max_events
         now = time.time()
-        for (topic, partition), first in starts.items():
-            part = f"{topic}:{partition}"
+        for part, first in starts.items():
+            topic, partition = part
             start = self.engine.model_offsets.get(part)
             if start is None or start >= first or not cap:
                 continue
             if first - start > cap:
-                log.warning("%s: the models' checkpoint is %d events behind; they learn the last %d of them "
-                            "(RECOSTREAM_MODEL_CATCH_UP_MAX_EVENTS)", part, first - start, cap)
+                log.warning("%s:%d: the models' checkpoint is %d events behind; they learn the last %d of them "
+                            "(RECOSTREAM_MODEL_CATCH_UP_MAX_EVENTS)", topic, partition, first - start, cap)
             began = time.perf_counter()
             try:
                 messages = read_range(self.settings, topic, partition, max(start, first - cap), first)
             except (RuntimeError, TimeoutError):
-                log.exception("%s: could not re-read offsets %d..%d for the models; they stay without them",
-                              part, start, first - 1)
+                log.exception("%s:%d: could not re-read offsets %d..%d for the models; they stay without them",
+                              topic, partition, start, first - 1)
                 continue
             events, positions = [], []
             for msg in messages:
@@ -310,6 +309,6 @@ class BatchProcessor:
                                                 self.store)
             self.engine.model_offsets[part] = max(self.engine.model_offsets.get(part, 0), first)
             self.metrics.model_caught_up.inc(learned)
-            log.info("%s: models restored at offset %d, partition resumed at %d: re-read %d events, "
-                     "the models learned %d of them in %.0f ms", part, start, first, len(messages), learned,
+            log.info("%s:%d: models restored at offset %d, partition resumed at %d: re-read %d events, "
+                     "the models learned %d of them in %.0f ms", topic, partition, start, first, len(messages), learned,
                      1000 * (time.perf_counter() - began))

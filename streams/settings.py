@@ -75,15 +75,14 @@ class Settings:
     shutdown_timeout_s: float = _doc(30.0, "After SIGTERM/SIGINT, seconds before a worker that has not stopped "
                                      "exits anyway (events not committed are replayed).", min=1.0, max=3600.0)
     # tansu (and slow-joining brokers in general) hold a JoinGroup for about
-    # half the session timeout; Kafka's 45 s default meant ~23-30 s before the
-    # first assignment. 6 s keeps liveness detection sane and joins in ~3 s.
+    # half the session timeout, so Kafka's 45 s default would delay every first
+    # assignment by tens of seconds; 6 s keeps liveness detection sane.
     kafka_session_timeout_s: float = _doc(6.0, "Consumer group session timeout (also bounds join time on tansu).", min=1.0, max=300.0)
     kafka_heartbeat_interval_s: float = _doc(1.0, "Consumer heartbeat interval.", min=0.1, max=60.0)
-    # Faust hard-codes fetch.max.wait 1,500 ms. Apache Kafka answers a fetch
-    # as soon as data exists, but tansu holds every fetch for the whole wait
-    # (measured, docs/BENCHMARKS.md): with 1,500 ms, events waited ~0.3-0.8 s
-    # in the broker before any worker saw them. 50 ms costs only extra idle
-    # fetch requests on Kafka.
+    # Apache Kafka answers a fetch as soon as data exists, but tansu holds
+    # every fetch for the whole wait (docs/BENCHMARKS.md), so this wait bounds
+    # how long an event sits in the broker before a worker sees it. On Kafka a
+    # short wait costs only extra idle fetch requests.
     kafka_fetch_max_wait_ms: int = _doc(50, "Longest time the broker may hold a consumer fetch (bounds freshness on tansu).",
                                         min=1, max=10_000)
 
@@ -189,13 +188,19 @@ class Settings:
 def masked_url(url: str) -> str:
     """``url`` with its credentials replaced by ``***``.
 
+    The credentials end at the *last* ``@``: a password may hold an ``@``
+    that its owner did not percent-encode, and a host never does.
+
     >>> masked_url("redis://:s3cret@127.0.0.1:6379/0"), masked_url("redis://127.0.0.1:6379/0")
     ('redis://***@127.0.0.1:6379/0', 'redis://127.0.0.1:6379/0')
+    >>> masked_url("rediss://user:p@ss@w0rd@redis.internal:6380/1"), masked_url("user:p@ss@host:6379")
+    ('rediss://***@redis.internal:6380/1', '***@host:6379')
     """
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    _, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}***@{host}" if at else url
 
 
 def env_name(field_name: str) -> str:

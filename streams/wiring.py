@@ -5,7 +5,12 @@ up at run time. :func:`build_runtime` is the one place that knows the whole
 graph:
 
     settings -> metrics, Redis sink, Kafka sink, engine (from its checkpoint)
-             -> store, processor, ownership, checkpointer -> loop -> catalogue follower
+             -> store, processor, ownership, position checkpoint, model checkpointer
+             -> loop -> catalogue follower
+
+The durability rule (every output drained before a position is recorded)
+lives in the position checkpoint; the model checkpointer drains the same
+outputs through it before it saves the models.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import redis
 from models.engine import PersonalisationEngine
 from streams.catalogue import CatalogueFollower
 from streams.checkpointing.checkpointer import Checkpointer, load_engine
+from streams.checkpointing.positions import PositionCheckpoint
 from streams.loop import StreamLoop, make_consumer
 from streams.metrics import Metrics
 from streams.pipeline import BatchProcessor
@@ -40,24 +46,28 @@ class Runtime:
     catalogue: CatalogueFollower
 
 
-def build_runtime(settings: Settings, metrics: Metrics | None = None) -> Runtime:
-    """Build a worker's components; the engine comes from this worker's last checkpoint, if any."""
+def build_runtime(settings: Settings, metrics: Metrics | None = None,
+                  engine: PersonalisationEngine | None = None) -> Runtime:
+    """Build a worker's components. The engine is ``engine`` when given (the bench's
+    free-models worker), else this worker's last checkpoint, else a new one."""
     s = settings
     metrics = metrics or Metrics()
     sink = RedisSink(s.redis_url, s.redis_prefix, s.recs_ttl_s, metrics, app_id=s.app_id)
     sink.check()
     checkpoint_key = sink.keys.checkpoint(s.app_id, s.effective_worker_id)
-    engine = sink.retrying(lambda: load_engine(redis.Redis.from_url(s.redis_url, socket_timeout=30),
-                                                checkpoint_key)) or \
-        PersonalisationEngine(top_n=s.top_n, exclude=s.exclude, n_segments=s.n_segments,
-                              dedupe_window=s.dedupe_window, seed=s.seed)
+    if engine is None:
+        engine = sink.retrying(lambda: load_engine(redis.Redis.from_url(s.redis_url, socket_timeout=30),
+                                                    checkpoint_key)) or \
+            PersonalisationEngine(top_n=s.top_n, exclude=s.exclude, n_segments=s.n_segments,
+                                  dedupe_window=s.dedupe_window, seed=s.seed)
     outputs = KafkaSink(s, metrics, essential_topics=frozenset({s.changelog_topic}))
     store = ProfileStore()
     processor = BatchProcessor(s, engine, store, outputs, sink, metrics)
     ownership = Ownership(s, store, outputs, sink, metrics, s.effective_worker_id)
-    checkpointer = Checkpointer(engine, outputs.flush, s.redis_url, checkpoint_key, s.checkpoint_interval_s,
+    positions = PositionCheckpoint(store, outputs, s.changelog_topic, sinks=[outputs])
+    checkpointer = Checkpointer(engine, positions.drain, s.redis_url, checkpoint_key, s.checkpoint_interval_s,
                                 metrics=metrics)
-    loop = StreamLoop(s, lambda: make_consumer(s), ownership, processor, outputs, checkpointer, metrics)
+    loop = StreamLoop(s, lambda: make_consumer(s), ownership, processor, outputs, positions, checkpointer, metrics)
     metrics.watch_consumer_lag(loop.lag_rows)
     # Catalogue records reach the ranker on the loop's thread, between its batches.
     catalogue = CatalogueFollower(

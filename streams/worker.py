@@ -12,6 +12,7 @@ from typing import Callable
 from faust.worker import Worker
 
 import agents
+from models.engine import PersonalisationEngine
 from streams.app import create_app
 from streams.kafka.topics import check_copartitioned, check_kafka, ensure_topics
 from streams.metrics import Metrics
@@ -68,9 +69,10 @@ def build_app(settings: Settings, metrics: Metrics | None = None):
     return app
 
 
-def run_worker(settings: Settings, loglevel: str = "info") -> None:
+def run_worker(settings: Settings, loglevel: str = "info", engine: PersonalisationEngine | None = None) -> None:
     """Block until SIGTERM/SIGINT; the loop then finishes its batch, writes positions and a model
-    checkpoint and leaves the group, or the process exits after ``shutdown_timeout_s``."""
+    checkpoint and leaves the group, or the process exits after ``shutdown_timeout_s``.
+    ``engine``: see :func:`~streams.wiring.build_runtime` (``None`` in production)."""
     check_kafka(settings)
     ensure_topics(settings)
     check_copartitioned(settings)
@@ -83,13 +85,13 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
     def prepare() -> None:  # once logging is set up, so restoring the models is logged
         log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
-        app.runtime = build_runtime(settings, metrics)
+        app.runtime = build_runtime(settings, metrics, engine)
         tune_gc()
 
     worker = BoundedShutdownWorker(app, loglevel=loglevel, quiet=True,
                                    shutdown_timeout_s=settings.shutdown_timeout_s, prepare=prepare)
     # At loglevel >= WARNING Faust's spinner sets the root logger to DEBUG, so
-    # every logger.debug() in Faust/aiokafka builds a LogRecord (~4% of a worker).
+    # every logger.debug() in Faust and its libraries would build a LogRecord.
     worker.spinner = None
     worker.execute_from_commandline()
 
@@ -102,9 +104,8 @@ def tune_gc() -> None:
     full collections walk every live object of the models' state, which grows
     with customers. Our state has almost no reference cycles, so collecting
     rarely loses nothing: objects built at start-up are frozen out of the
-    collector and gen 0 is collected every 50,000 allocations. Measured on the
-    engine alone (60k events, 200-event batches): time in the collector
-    0.78 s -> 0.14 s of 7.7 s, 128 -> 120 us/event (docs/BENCHMARKS.md).
+    collector and gen 0 is collected every 50,000 allocations. What it saves
+    is measured in docs/BENCHMARKS.md.
     """
     gc.collect()
     gc.freeze()

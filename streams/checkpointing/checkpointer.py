@@ -14,13 +14,12 @@ consumed again: the worker reads them again for the models when it takes the
 partition over (``BatchProcessor.catch_up_models``, bounded per partition).
 
 Periodic checkpoints are written by a forked child (as Redis does BGSAVE):
-pickling the models takes ~0.13 s at 20k customers and 20k items, and doing
-it on the consumer thread stopped every batch for that long plus the ``SET``.
-The fork is not free either: while the child runs (about a second on a busy
-2-core machine) the worker's batches take about twice as long (copy-on-write
-faults, the child's CPU; docs/BENCHMARKS.md), which is why the default
-interval is 300 s. Each forked checkpoint's log line gives the child's CPU
-and the worker's page faults meanwhile. Writes stay in order: every save
+pickling the models grows with customers and items, and on the consumer
+thread every batch would wait for it and the ``SET``. The fork is not free
+either: while the child runs, the worker's batches are slower (copy-on-write
+faults, the child's CPU; docs/BENCHMARKS.md has the numbers), which is why
+the default interval is 300 s. Each forked checkpoint's log line gives the
+child's CPU and the worker's page faults meanwhile. Writes stay in order: every save
 first waits for a running child, so a later checkpoint (the one after a
 forget, the one at shutdown) can never be overwritten by an earlier one. A
 child whose worker died before it wrote gives up (an orphaned older snapshot

@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 import msgspec
 from confluent_kafka import KafkaException, Producer
 
+from streams.contract import epoch_ms
 from streams.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
@@ -72,7 +73,7 @@ class DeliveryReport:
             raise DeliveryFailed(f"{self.failed} messages were not delivered, e.g. {self.errors[:3]}")
 
 
-def _send(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
+def send(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
           on_delivery: Callable, partition: int | None = None, headers: list | None = None) -> None:
     """Queue one message (to ``partition``, else the key's); waits while librdkafka's queue is full."""
     kwargs: dict = {"on_delivery": on_delivery}
@@ -92,7 +93,7 @@ def publish_catalogue(producer: Producer, settings: Settings, items: Iterable[di
     report = DeliveryReport()
     n = 0
     for item in items:
-        _send(producer, settings.topic_items, item["item_id"].encode(), _encode(item), report)
+        send(producer, settings.topic_items, item["item_id"].encode(), _encode(item), report)
         n += 1
     report.flush(producer)
     return n
@@ -129,8 +130,8 @@ def publish_events(
         # `type` is redundant on a per-type topic and required on a mixed one.
         payload = {**payload, "type": etype}
         if live_ts:
-            payload["ts"] = int(time.time() * 1000)
-        _send(producer, settings.topic_for(etype), payload["user_id"].encode(), _encode(payload),
+            payload["ts"] = epoch_ms(time.time())
+        send(producer, settings.topic_for(etype), payload["user_id"].encode(), _encode(payload),
               report if on_delivered is None else report.callback((etype, payload)))
         n += 1
         if n % 1000 == 0:
@@ -148,7 +149,7 @@ def publish_raw(producer: Producer, messages: Iterable[tuple[str, bytes | None, 
     report = DeliveryReport()
     n = 0
     for topic, key, value in messages:
-        _send(producer, topic, key, value, report)
+        send(producer, topic, key, value, report)
         n += 1
     report.flush(producer)
     return n

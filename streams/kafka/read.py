@@ -21,12 +21,24 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.02
 
 
-def _reader(settings: Settings) -> Consumer:
-    return Consumer({**settings.kafka_client_config(), "group.id": f"{settings.app_id}-reader-{uuid.uuid4().hex[:8]}",
+def assigned_consumer(settings: Settings, purpose: str, **extra: Any) -> Consumer:
+    """A consumer that reads the partitions it is assigned, outside every consumer group.
+
+    librdkafka wants a ``group.id`` even for a consumer that never
+    subscribes: a unique one (``{app_id}-{purpose}-{random}``) that is never
+    joined and never committed keeps it out of the workers' group. Security
+    and bootstrap come from ``settings.kafka_client_config()``, like every
+    client of the worker.
+    """
+    return Consumer({**settings.kafka_client_config(),
+                     "group.id": f"{settings.app_id}-{purpose}-{uuid.uuid4().hex[:8]}",
                      "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                     # tansu holds a fetch for the whole wait even when data is there
-                     "fetch.wait.max.ms": 10,
-                     "enable.partition.eof": False, "logger": logging.getLogger("librdkafka")})
+                     "enable.partition.eof": False, "logger": logging.getLogger("librdkafka"), **extra})
+
+
+def _reader(settings: Settings) -> Consumer:
+    # tansu holds a fetch for the whole wait even when data is there: a bounded read waits little.
+    return assigned_consumer(settings, "reader", **{"fetch.wait.max.ms": 10})
 
 
 def read_ranges(settings: Settings, topic: str, ranges: dict[int, tuple[int | None, int]],
@@ -46,7 +58,7 @@ def read_ranges(settings: Settings, topic: str, ranges: dict[int, tuple[int | No
     consumer = _reader(settings)
     try:
         # Offset 0, not OFFSET_BEGINNING: resolving "beginning" costs a round of offset
-        # requests (~0.5 s on tansu); a log that starts later resets to its start.
+        # requests first; a log that starts later resets to its start.
         consumer.assign([TopicPartition(topic, p, ranges[p][0] or 0) for p in sorted(todo)])
         deadline = time.monotonic() + timeout_s
         while todo and time.monotonic() < deadline:

@@ -5,9 +5,11 @@ the protocol's markers and positions, ``streams/state/changelog.py``), the
 recommendations topic and the dead-letter topic. They go through one
 confluent-kafka producer (librdkafka: batching and retries in C, idempotent,
 ``acks=all``); :meth:`KafkaSink.flush` returns once the broker acknowledged
-every record produced before it. The worker flushes before it writes a
-position record and before every model checkpoint, so a position never
-covers an event whose outputs could still be lost.
+every record produced before it. The position checkpoint
+(``streams/checkpointing/positions.py``) flushes it before it writes a
+position record, and the model checkpointer through it before every model
+checkpoint, so a position never covers an event whose outputs could still
+be lost.
 
 Error policy, per record:
 
@@ -37,7 +39,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from streams.kafka.produce import _send, make_producer
+from streams.kafka.produce import make_producer, send
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -75,7 +77,7 @@ class KafkaSink:
                 headers: list | None = None) -> None:
         """Queue one record (``value=None`` is a tombstone); :meth:`flush` delivers it."""
         try:
-            _send(self.producer, topic, key, value, self._on_delivery, partition, headers)
+            send(self.producer, topic, key, value, self._on_delivery, partition, headers)
         except KafkaException as exc:  # refused before sending, e.g. larger than message.max.bytes
             self._give_up(topic, key, value, exc.args[0])
 

@@ -16,11 +16,10 @@ key                             value
 
 A micro-batch's writes are ONE command: a Lua script (``WRITE_BATCH``, run with
 ``EVALSHA``) that sets every key with its TTL and updates the model hash
-inside Redis. Measured on this machine, redis-py spends ~20 us of Python per
-command of a pipeline (1,720 SETs for a 1,000-event batch: ~35 ms), the
-script ~1.5 ms of packing plus Redis' own time. The price: every key of a
-batch must live on one Redis node (no Redis Cluster; a single primary, with
-Sentinel or replicas, is fine).
+inside Redis, because redis-py spends its Python time per command of a
+pipeline, and a batch writes thousands of keys (docs/BENCHMARKS.md has the
+numbers). The price: every key of a batch must live on one Redis node (no
+Redis Cluster; a single primary, with Sentinel or replicas, is fine).
 
 Fencing. The keys of a customer are written under the generation of the
 partition the customer belongs to (``streams/state/changelog.py``). Redis

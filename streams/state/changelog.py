@@ -25,9 +25,9 @@ the current one was written by an owner that had already lost the partition
 previous owner wrote before the new owner's marker is kept. Why that is
 exact is argued in docs/RELIABILITY.md.
 
-Records written before this protocol (Faust's table changelog: no headers,
-JSON-encoded key) are read as profiles of generation -1, so a changelog
-written by an older worker is restored once and then superseded.
+Records without headers (Faust's table changelog format: JSON-encoded key)
+are read as profiles of generation -1, so such a changelog is restored once
+and then superseded by the first owner under this protocol.
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ is processed:
 5. let the models learn the events between their checkpoint and that
    position (``BatchProcessor.catch_up_models``).
 
-Letting go: on revocation the positions reached so far are written (after
-every output before them is acknowledged); on loss (the group expelled this
-worker) nothing is written, since another member may already own the
-partition; in both cases its state is dropped.
+Letting go: on revocation the loop records the positions reached so far
+(``streams/checkpointing/positions.py``, which drains every output first); on
+loss (the group expelled this worker) nothing is written, since another
+member may already own the partition; in both cases its state is dropped.
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ import logging
 import time
 from typing import Any, Iterable
 
-from confluent_kafka import TopicPartition
-
 from streams.kafka.read import committed_offsets, read_ranges
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.sinks.kafka import KafkaSink
 from streams.sinks.redis import RedisSink
-from streams.state.changelog import Restore, marker_record, position_record
+from streams.state.changelog import Restore, marker_record
 from streams.state.store import PartitionState, ProfileStore
 
 log = logging.getLogger(__name__)
@@ -124,36 +122,6 @@ class Ownership:
                 return offsets
             time.sleep(min(0.1 * 2 ** attempt, 5.0))
         raise RuntimeError(f"could not write the takeover markers of {self.topic} partitions {partitions}")
-
-    def write_positions(self, partitions: Iterable[int] | None = None) -> int:
-        """Flush every output, then record the positions reached; returns how many position records.
-
-        The flush comes first, so a position never covers an event whose
-        outputs could still be lost. The position records themselves are
-        acknowledged by a later flush: until then a crash restores an older
-        position and processes a little more again, which the per-customer
-        deduplication absorbs.
-        """
-        self.outputs.flush()
-        written = 0
-        for partition in self.store.partitions if partitions is None else partitions:
-            state = self.store.partitions.get(partition)
-            if state is None or state.positions == state.committed:
-                continue
-            key, value, headers = position_record(state.gen, state.positions)
-            self.outputs.produce(self.topic, key, value, partition, headers)
-            state.committed = dict(state.positions)
-            written += 1
-        return written
-
-    def offsets(self, partitions: Iterable[int] | None = None) -> list[TopicPartition]:
-        """The committed positions as Kafka offsets (for the group's own commit: lag tools read it)."""
-        out = []
-        for partition in self.store.partitions if partitions is None else partitions:
-            state = self.store.partitions.get(partition)
-            if state is not None:
-                out += [TopicPartition(topic, partition, offset) for topic, offset in state.committed.items()]
-        return out
 
     def release(self, partitions: Iterable[int]) -> None:
         for partition in partitions:

@@ -1,7 +1,7 @@
 """``recostream bench-engine``: cost of the pure model code per event, without Kafka or Redis.
 
 Generates the event mix of ``recostream bench`` (its
-:func:`~streams.tools.bench.generate_events`: simulators of 2,500 shoppers merged by
+:func:`~streams.tools.bench.events.generate_events`: simulators of 2,500 shoppers merged by
 time, a 20,000-item catalogue in 16 categories, Zipf popularity) and runs
 :meth:`models.engine.PersonalisationEngine.process` over it in micro-batches,
 the way a worker does:
@@ -33,7 +33,7 @@ import click
 PARTITIONS = 4
 
 
-def to_events(raw: list[tuple[str, dict]]) -> tuple[list[Any], list[tuple[str, int]]]:
+def to_events(raw: list[tuple[str, dict]]) -> tuple[list[Any], list[tuple[tuple[str, int], int]]]:
     """Generated ``(type, payload)`` pairs as validated events (``ts`` in seconds) and their source positions.
 
     Events go to the topic of their type, partitioned by user id (as the
@@ -42,9 +42,9 @@ def to_events(raw: list[tuple[str, dict]]) -> tuple[list[Any], list[tuple[str, i
     from streams.contract import Event
 
     events, positions = [], []
-    offsets: dict[str, int] = {}
+    offsets: dict[tuple[str, int], int] = {}
     for etype, p in raw:
-        part = f"{etype}:{zlib.crc32(p['user_id'].encode()) % PARTITIONS}"
+        part = (etype, zlib.crc32(p["user_id"].encode()) % PARTITIONS)
         offset = offsets.get(part, 0)
         offsets[part] = offset + 1
         events.append(Event(event_id=p["event_id"], user_id=p["user_id"], item_id=p["item_id"], type=etype,
@@ -62,7 +62,7 @@ def run_bench_engine(n_events: int = 60_000, batch: int = 1000, users: int = 50_
     from models.profile import encode_profile
     from streams.settings import Settings
     from streams.state.store import PartitionState, ProfileStore
-    from streams.tools.bench import generate_events
+    from streams.tools.bench.events import generate_events
 
     sim, raw = generate_events(n_events, users, items, seed, on_generated)
     events, positions = to_events(raw)
@@ -75,7 +75,6 @@ def run_bench_engine(n_events: int = 60_000, batch: int = 1000, users: int = 50_
 
     profiles = ProfileStore()
     profiles.adopt(0, PartitionState(gen=0))
-    table = profiles.partitions[0].profiles
     clock = time.perf_counter
     process_s = encode_s = 0.0
     shoppers = learned = duplicates = recommended = n_batches = 0
@@ -86,7 +85,7 @@ def run_bench_engine(n_events: int = 60_000, batch: int = 1000, users: int = 50_
         out = engine.process(chunk, profiles, positions=positions[start:start + batch])
         t1 = clock()
         for user, profile in out.profiles.items():
-            table[user] = encode_profile(profile)
+            profiles.put(user, encode_profile(profile), 0)
         t2 = clock()
         process_s += t1 - t0
         encode_s += t2 - t1
@@ -114,7 +113,7 @@ def run_bench_engine(n_events: int = 60_000, batch: int = 1000, users: int = 50_
         "generated_users": users,
         "generated_items": items,
         "catalogue_items": engine.ranker.n_items,
-        "distinct_users": len(table),
+        "distinct_users": len(profiles),
         "shoppers": shoppers,
         "shoppers_per_batch": round(shoppers / n_batches, 1) if n_batches else 0.0,
         "recommended": recommended,

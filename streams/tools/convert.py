@@ -12,8 +12,12 @@ Formats (``--format``):
   (``timestamp,visitorid,event,itemid,transactionid``, epoch ms): ``view``
   browse, ``addtocart`` click, ``transaction`` purchase.
 * ``yoochoose``: RecSys Challenge 2015 ``yoochoose-clicks.dat``
-  (``session,timestamp,item,category``, ISO 8601): every click a browse, a
+  (``session,timestamp,item,category``, RFC 3339): every click a browse, a
   session is a customer.
+
+Timestamps are read and written by the contract's one timestamp module
+(:mod:`streams.contract.timestamps`; epoch counts with its CSV option), so a
+converted log means what ``recostream replay`` and the workers read.
 
 Rows are stable-sorted by time and customers with fewer than
 ``--min-events`` (2) events are dropped, as for the logs in the project's
@@ -29,11 +33,12 @@ import csv
 import json
 import sys
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
 import click
+
+from streams.contract import epoch_ms, format_rfc3339, parse_timestamp
 
 Row = tuple[float, str, str, str]  # (epoch seconds, user, item, event type)
 
@@ -43,14 +48,14 @@ def _movielens(fields: list[str]) -> Row | None:
         return None
     rating = float(fields[2])
     etype = "purchase" if rating >= 4 else "click" if rating >= 3 else "browse"
-    return float(fields[3]), "u" + fields[0], "i" + fields[1], etype
+    return parse_timestamp(fields[3], csv=True, epoch_unit="s"), "u" + fields[0], "i" + fields[1], etype
 
 
 _TAOBAO = {"pv": "browse", "cart": "click", "fav": "click", "buy": "purchase"}
 
 
 def _taobao(fields: list[str]) -> Row | None:
-    return float(fields[4]), fields[0], fields[1], _TAOBAO[fields[3]]
+    return parse_timestamp(fields[4], csv=True, epoch_unit="s"), fields[0], fields[1], _TAOBAO[fields[3]]
 
 
 _RETAILROCKET = {"view": "browse", "addtocart": "click", "transaction": "purchase"}
@@ -59,12 +64,11 @@ _RETAILROCKET = {"view": "browse", "addtocart": "click", "transaction": "purchas
 def _retailrocket(fields: list[str]) -> Row | None:
     if fields[0] == "timestamp":
         return None
-    return int(fields[0]) / 1000, fields[1], fields[3], _RETAILROCKET[fields[2]]
+    return parse_timestamp(fields[0], csv=True), fields[1], fields[3], _RETAILROCKET[fields[2]]
 
 
 def _yoochoose(fields: list[str]) -> Row | None:
-    ts = datetime.fromisoformat(fields[1].replace("Z", "+00:00")).timestamp()
-    return ts, fields[0], fields[2], "browse"
+    return parse_timestamp(fields[1]), fields[0], fields[2], "browse"
 
 
 FORMATS: dict[str, tuple[Callable[[list[str]], Row | None], str]] = {
@@ -113,9 +117,7 @@ def format_ts(ts: float, style: str) -> str:
     >>> format_ts(827865415.0, "iso"), format_ts(1511544070.0, "ms")
     ('1996-03-26T18:36:55Z', '1511544070000')
     """
-    if style == "iso":
-        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return str(round(ts * 1000))
+    return format_rfc3339(ts) if style == "iso" else str(epoch_ms(ts))
 
 
 def write_rows(rows: list[Row], out, style: str) -> Iterator[int]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+from streams.contract import epoch_ms
 from streams.kafka.produce import make_producer, publish_catalogue, publish_events
 from streams.settings import Settings
 from streams.tools.generator import ShopperSimulator
@@ -50,7 +51,7 @@ def produce_csv(settings: Settings, path: Path, *, rate: float | None) -> dict:
 
     def pairs():
         for i, (ts, user, item, event_type, price) in enumerate(events):
-            payload = {"event_id": f"{path.name}:{i}", "user_id": user, "item_id": item, "ts": int(ts * 1000)}
+            payload = {"event_id": f"{path.name}:{i}", "user_id": user, "item_id": item, "ts": epoch_ms(ts)}
             if price is not None:
                 payload["price"] = price
             yield event_type, payload

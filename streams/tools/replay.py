@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from datetime import datetime, timezone
 
 import click
 
@@ -24,31 +23,14 @@ from models.baselines import (
 )
 from models.evaluation import Evaluation, prequential
 from models.events import EVENT_WEIGHTS
-from models.ranker import EXCLUDE_RULES, HybridRanker
+from models.ranking import EXCLUDE_RULES, HybridRanker
+from streams.contract import parse_timestamp
 
-__all__ = ["replay", "read_events", "parse_timestamp", "build_models", "run_replay"]
+__all__ = ["replay", "read_events", "build_models", "run_replay"]
 
 REQUIRED_COLUMNS = ("timestamp", "user_id", "item_id", "event_type")
 MODEL_NAME = "model"
 BASELINE_NAMES = ("popularity", "cooccurrence", "cooccurrence_decayed")
-
-
-def parse_timestamp(value: str) -> float:
-    """ISO-8601 (naive = UTC) or epoch milliseconds -> epoch seconds.
-
-    >>> parse_timestamp("1970-01-01T00:01:00Z"), parse_timestamp("60000")
-    (60.0, 60.0)
-
-    """
-    value = value.strip()
-    if not value:
-        raise ValueError("empty timestamp")
-    if value.lstrip("-").isdigit():
-        return int(value) / 1000.0
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 def read_events(path: str, on_bad_row=None, with_price: bool = False):
@@ -56,8 +38,10 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False):
 
     Returns ``(events, n_bad)`` with events ``(ts, user, item, event_type)``
     (``with_price``: ``(ts, user, item, event_type, price or None)``)
-    stably sorted by timestamp. Every rejected row is passed to
-    ``on_bad_row(line_number, reason)``; none is dropped silently.
+    stably sorted by timestamp. Timestamps are read by the contract's parser
+    with its CSV option (:func:`streams.contract.parse_timestamp`): RFC 3339,
+    without offset meaning UTC, or epoch milliseconds. Every rejected row is
+    passed to ``on_bad_row(line_number, reason)``; none is dropped silently.
     """
     events = []
     n_bad = 0
@@ -94,7 +78,7 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False):
             ts = cache.get(raw_ts)
             if ts is None:
                 try:
-                    ts = parse_timestamp(raw_ts)
+                    ts = parse_timestamp(raw_ts, csv=True)
                 except (ValueError, OverflowError):
                     bad(line, f"bad timestamp {raw_ts!r}")
                     continue
@@ -189,7 +173,8 @@ def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
 
 @click.command("replay")
 @click.option("--events", "events_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CSV with header timestamp,user_id,item_id,event_type[,price]; timestamp ISO-8601 or epoch ms.")
+              help="CSV with header timestamp,user_id,item_id,event_type[,price]; timestamp RFC 3339 "
+                   "(without offset: UTC) or epoch ms.")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(min=1), help="Length of the top-K list.")
 @click.option("--exclude", default="purchased", show_default=True, type=click.Choice(EXCLUDE_RULES),
               help="Items never recommended back to the user.")

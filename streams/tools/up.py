@@ -12,13 +12,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import msgspec
 import redis
 from rich.console import Console
 
+from streams.contract import format_rfc3339
 from streams.kafka.produce import make_producer, publish_catalogue, publish_events
 from streams.kafka.topics import ensure_topics
 from streams.settings import Settings, masked_url, settings_env
@@ -43,11 +43,15 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def spawn_worker(settings: Settings, log_path: Path, loglevel: str = "info") -> subprocess.Popen:
-    """A ``recostream worker`` child in its own process group; it gets SIGTERM if its parent dies."""
+def spawn_worker(settings: Settings, log_path: Path, loglevel: str = "info",
+                 command: tuple[str, ...] = ("streams.cli", "worker")) -> subprocess.Popen:
+    """A ``recostream worker`` child in its own process group; it gets SIGTERM if its parent dies.
+
+    ``command``: what ``python -m`` runs; the bench passes its free-models worker.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", loglevel],
+        return subprocess.Popen([sys.executable, "-m", *command, "--loglevel", loglevel],
                                 env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
 
@@ -261,7 +265,7 @@ def _summary(r: redis.Redis, keys: RedisKeys, sim: ShopperSimulator, settings: S
 def _iso(epoch: float | str | None) -> str | None:
     if epoch in (None, ""):
         return None
-    return datetime.fromtimestamp(float(epoch), timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return format_rfc3339(float(epoch))
 
 
 def _print_summary(console: Console, s: dict) -> None:

@@ -7,7 +7,8 @@ import math
 
 from click.testing import CliRunner
 
-from streams.tools.bench import bench, histogram_quantile, percentiles
+from streams.tools.bench.command import bench
+from streams.tools.bench.stats import histogram_quantile, percentiles
 
 
 def test_histogram_quantile_and_percentiles():
@@ -58,9 +59,29 @@ def test_small_bench_run_reports_every_key(tmp_path, monkeypatch):
 
 
 def test_py_spy_option_without_py_spy_is_a_usage_error(monkeypatch, tmp_path):
-    import streams.tools.bench as bench_module
+    import streams.tools.bench.command as command
 
-    monkeypatch.setattr(bench_module, "py_spy_command", lambda: None)
+    monkeypatch.setattr(command, "py_spy_command", lambda: None)
     result = CliRunner().invoke(bench, ["--py-spy", str(tmp_path / "prof"), "--events", "100"])
     assert result.exit_code == 2 and "pip install py-spy" in result.output
     assert not (tmp_path / "prof").exists()  # refused before anything started
+
+
+def test_free_models_engine_learns_nothing_and_gives_everyone_one_list():
+    """The engine of `--free-models`: the worker's bookkeeping runs, the models do nothing."""
+    from types import SimpleNamespace as E
+
+    from streams.tools.bench.free_models import FreeModelsEngine
+
+    engine = FreeModelsEngine(top_n=3)
+    for k in range(5):
+        engine.upsert_item(f"i{k}", "books" if k % 2 else "toys")
+    events = [E(event_id=f"e{k}", user_id=f"u{k % 3}", item_id=f"i{k % 5}", type="click", ts=1.7e9 + k,
+                category=None, price=None, quantity=1, order_id=None) for k in range(9)]
+    out = engine.process([*events, events[0]], profiles={})
+    assert out.learned == 9 and out.duplicates == 1  # dedupe and profiles still run
+    recs = out.recommendations
+    assert set(recs.users) == {"u0", "u1", "u2"}
+    assert (recs.ids == recs.ids[0]).all() and (recs.scores == recs.scores[0]).all() and recs.ids.shape[1] == 3
+    assert {p.segment for p in out.profiles.values()} == {0}
+    assert (recs.scores == 0.0).all()  # no popularity learned: the cold list, unscored

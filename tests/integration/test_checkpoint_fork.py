@@ -34,7 +34,7 @@ def _engine() -> PersonalisationEngine:
 
 def _learn(engine, first: int, n: int) -> None:
     engine.process([_event(k) for k in range(first, first + n)], profiles={},
-                   positions=[("t:0", k) for k in range(first, first + n)])
+                   positions=[(("t", 0), k) for k in range(first, first + n)])
 
 
 def _checkpointer(engine, url, key, **kwargs) -> tuple[Checkpointer, _Outputs]:
@@ -92,7 +92,7 @@ def test_maybe_save_checkpoints_in_the_background_only_when_models_changed(setti
     cp.maybe_save()  # nothing learned since: no new checkpoint
     assert cp.wait_for_child() is None
     assert written() == 1
-    assert PersonalisationEngine.loads(first).model_offsets == {"t:0": 5}
+    assert PersonalisationEngine.loads(first).model_offsets == {("t", 0): 5}
 
 
 def test_a_finished_child_is_reaped_between_batches(settings):

@@ -12,7 +12,7 @@ from models.baselines import (
     RepeatBaseline,
     RepeatCooccurrenceBaseline,
 )
-from models.ranker import HybridRanker
+from models.ranking import HybridRanker, valid_part
 
 MODELS = {
     "hybrid": lambda seed=0: HybridRanker(seed=seed),
@@ -45,8 +45,14 @@ def train(model, events):
     return model
 
 
+def as_lists(result):
+    """``recommend``'s arrays as one list of ``(item, score)`` per user, without the padding."""
+    ids, scores = result
+    return [list(zip(*(a.tolist() for a in valid_part(ids, scores, i)))) for i in range(len(ids))]
+
+
 def all_recs(model, users, exclude="purchased"):
-    return model.recommend(users, n=10, exclude=exclude)
+    return as_lists(model.recommend(users, n=10, exclude=exclude))
 
 
 USERS = [f"u{i}" for i in range(25)] + ["never-seen"]
@@ -59,14 +65,32 @@ def make(request):
 
 def test_recommend_and_predict_before_learning(make):
     model = make()
-    assert model.recommend(["a", "b"], n=5) == [[], []]
+    assert as_lists(model.recommend(["a", "b"], n=5)) == [[], []]
     assert model.predict_one("a", "x") == 0.0
     assert (model.model_version, model.n_users, model.n_items) == (0, 0, 0)
     model.upsert_item("x")
     model.upsert_item("y", available=False)
-    recs = model.recommend(["a"], n=5, exclude="none")[0]
+    recs = as_lists(model.recommend(["a"], n=5, exclude="none"))[0]
     expected = [] if isinstance(model, OWN_ITEMS_ONLY) else ["x"]
     assert [item for item, _ in recs] == expected  # cold catalogue: available items only
+
+
+def test_recommend_returns_padded_arrays(make):
+    """``(ids, scores)``, both ``users x n``; a row's real items first, then padding: id None, score -inf."""
+    model = train(make(), stream())
+    users = USERS + ["never-seen", "u3"]  # a user asked twice gets the same row twice
+    for n in (0, 1, 10, 200):  # 200: more than the catalogue, every row padded
+        ids, scores = model.recommend(users, n=n, exclude="interacted")
+        assert ids.shape == scores.shape == (len(users), n)
+        assert ids.dtype == object and scores.dtype == np.float64
+        for i in range(len(users)):
+            real = scores[i] > -np.inf
+            m = int(real.sum())
+            assert real[:m].all() and not real[m:].any()  # padding only at the end
+            assert all(type(item) is str for item in ids[i, :m]) and all(item is None for item in ids[i, m:])
+            assert np.isfinite(scores[i, :m]).all() and (np.diff(scores[i, :m]) <= 0).all()
+        assert np.array_equal(ids[-1], ids[users.index("u3")]) and np.array_equal(scores[-1], scores[users.index("u3")])
+    assert model.recommend([], n=5)[0].shape == (0, 5)
 
 
 def test_seeded_runs_repeat_exactly(make):
@@ -101,6 +125,7 @@ def test_reading_never_changes_the_model(make):
     snapshot = model.dumps()
     for exclude in ("purchased", "interacted", "none"):
         model.recommend(USERS + ["ghost-1"], n=50, exclude=exclude)
+        model.recommend(["u1"], n=50, exclude=exclude)
     for user in USERS + ["ghost-2"]:
         for item in ("i1", "i2", "i59", "ghost-item"):
             model.predict_one(user, item)
@@ -132,7 +157,7 @@ def test_recommendations_are_valid(make):
     model = train(make(), stream())
     model.upsert_item("i1", available=False)
     model.upsert_item("brand-new", category="c1")
-    recs = model.recommend(USERS, n=10, exclude="interacted")
+    recs = as_lists(model.recommend(USERS, n=10, exclude="interacted"))
     assert len(recs) == len(USERS)
     for user, rec in zip(USERS, recs):
         items = [item for item, _ in rec]
@@ -152,7 +177,7 @@ def test_exclusion_rules(make):
         model.learn_one(user, "y", "click", 2.0)
     model.learn_one("d", "z", "browse", 3.0)
     def items(exclude):
-        return {i for i, _ in model.recommend(["a"], n=10, exclude=exclude)[0]}
+        return {i for i, _ in as_lists(model.recommend(["a"], n=10, exclude=exclude))[0]}
 
     others = set() if isinstance(model, OWN_ITEMS_ONLY) else {"z"}
     assert items("none") == {"x", "y"} | others
@@ -173,7 +198,7 @@ def test_forget_user(make):
     if isinstance(model, HybridRanker) and model.mf is not None:
         assert "u1" not in model.mf.model.u_latents
     # a forgotten user is served like a brand-new one
-    assert model.recommend(["u1"], n=5) == model.recommend(["someone-new"], n=5)
+    assert as_lists(model.recommend(["u1"], n=5)) == as_lists(model.recommend(["someone-new"], n=5))
 
 
 def test_model_version_and_sizes(make):
@@ -195,8 +220,21 @@ def test_a_checkpoint_written_before_packed_state_still_loads():
     old = (data / "engine-checkpoint-v1.pickle").read_bytes()
     expected = json.loads((data / "engine-checkpoint-v1.json").read_text())
     engine = PersonalisationEngine.loads(old)
-    got = engine.ranker.recommend(expected["users"], 10)
+    got = as_lists(engine.ranker.recommend(expected["users"], 10))
     assert [[[i, s] for i, s in recs] for recs in got] == expected["recommendations"]
     blob = engine.dumps()
     assert b"_users_packed" in blob and blob != old
+    assert b"models.ranker" in old and b"models.ranker" not in blob  # written with today's module paths
     assert PersonalisationEngine.loads(blob).dumps() == blob
+
+
+def test_model_offsets_of_a_checkpoint_keyed_by_topic_colon_partition_are_read_as_tuples():
+    """Checkpoints of earlier versions key ``model_offsets`` by ``"topic:partition"`` strings."""
+    import pickle
+
+    from models.engine import PersonalisationEngine
+
+    state = pickle.loads(PersonalisationEngine().dumps())
+    state["model_offsets"] = {"click:0": 12, "page-views:11": 3}
+    engine = PersonalisationEngine.loads(pickle.dumps(state))
+    assert engine.model_offsets == {("click", 0): 12, ("page-views", 11): 3}

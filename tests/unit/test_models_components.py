@@ -107,7 +107,7 @@ def test_mf_negative_sampling_separates_preferences_and_never_inserts_on_read():
     assert s[:10].mean() > s[10:].mean() + 0.2
     # the numpy mirror is exactly River's item factors
     for item, row in rows.items():
-        assert np.array_equal(mf._factors[row], mf.model.i_latents[item])
+        assert np.array_equal(mf.item_factors[row], mf.model.i_latents[item])
     n_users, n_items = len(mf.model.u_latents), len(mf.model.i_latents)
     assert mf.predict_one("ghost", "i1") == 0.0 and mf.predict_one("u0", "ghost") == 0.0
     assert mf.score("ghost", 20) is None

@@ -7,7 +7,13 @@ import pytest
 
 from models.baselines import DecayedCooccurrenceBaseline, PopularityBaseline
 from models.evaluation import prequential
-from models.ranker import HybridRanker
+from models.ranking import HybridRanker, valid_counts, valid_part
+
+
+def top_items(r, user, n, exclude="purchased") -> list[str]:
+    """The items ``r`` recommends to ``user``, best first."""
+    ids, scores = r.recommend([user], n=n, exclude=exclude)
+    return valid_part(ids, scores, 0)[0].tolist()
 
 
 def synthetic_events(n_users=120, n_items=240, n_categories=8, n_events=5000, p_preferred=0.85, seed=0):
@@ -59,7 +65,7 @@ def test_category_affinity_serves_brand_new_items():
         r.learn_one("ann", f"shoe{i}", "click", ts=float(i))
         r.learn_one("bob", f"hat{i}", "click", ts=float(i))
     r.upsert_item("new-shoe", category="shoes")  # no interactions at all yet
-    top = [item for item, _ in r.recommend(["ann"], n=1, exclude="interacted")[0]]
+    top = top_items(r, "ann", n=1, exclude="interacted")
     assert top == ["new-shoe"]
 
 
@@ -71,7 +77,7 @@ def test_cold_start_user_gets_trending_items():
         r.learn_one(f"new{t}", "today", "click", ts=None)
     # 'yesterday' has more (and stronger) events in total, 'today' is trending
     # (half-life of 10 events)
-    assert r.recommend(["nobody"], n=1)[0][0][0] == "today"
+    assert top_items(r, "nobody", n=1) == ["today"]
 
 
 def test_sequence_direction_matters():
@@ -83,7 +89,7 @@ def test_sequence_direction_matters():
         r.learn_one(f"u{u}", "charger", "click")
         r.learn_one(f"u{u}", "phone", "click")
     r.learn_one("me", "phone", "click")
-    items = [item for item, _ in r.recommend(["me"], n=2, exclude="interacted")[0]]
+    items = top_items(r, "me", n=2, exclude="interacted")
     assert items[0] == "case"  # 20 forward transitions beat 10 backward ones
 
 
@@ -93,9 +99,11 @@ def test_batched_recommend_matches_single_calls_and_is_vectorised():
     for ts, u, i, e in events:
         r.learn_one(u, i, e, ts)
     users = [f"u{k}" for k in range(100)]
-    batch = r.recommend(users, n=20)
-    assert batch == [r.recommend([u], n=20)[0] for u in users]
-    assert all(len(rec) == 20 for rec in batch)
+    ids, scores = r.recommend(users, n=20)
+    for i, u in enumerate(users):
+        one_ids, one_scores = r.recommend([u], n=20)
+        assert np.array_equal(ids[i], one_ids[0]) and np.array_equal(scores[i], one_scores[0])
+    assert (valid_counts(scores) == 20).all()
 
 
 def test_state_is_bounded_per_user_and_per_item():
@@ -112,7 +120,7 @@ def test_new_items_from_events_join_the_catalogue():
     r.learn_one("u", "unseen-item", "browse")
     assert r.n_items == 1 and bool(r.catalog.available[0])
     r.upsert_item("unseen-item", available=False)
-    assert r.recommend(["v"], n=5, exclude="none") == [[]]
+    assert top_items(r, "v", n=5, exclude="none") == []
 
 
 def test_predict_one_is_consistent_with_recommend():
@@ -120,7 +128,8 @@ def test_predict_one_is_consistent_with_recommend():
     r = HybridRanker()
     for ts, u, i, e in events:
         r.learn_one(u, i, e, ts)
-    (item, score), *_ = r.recommend(["u3"], n=1, exclude="none")[0]
+    ids, scores = r.recommend(["u3"], n=1, exclude="none")
+    item, score = ids[0, 0], scores[0, 0]
     assert r.predict_one("u3", item) == pytest.approx(score)
     assert r.predict_one("u3", "no-such-item") == 0.0
 
@@ -175,8 +184,9 @@ def test_recommend_matches_a_brute_force_reference(exclude, caps):
         r.learn_one(ev["user_id"], ev["item_id"], etype, ev["ts"] / 1000)
     r.upsert_item("i3", available=False)
     users = sorted({ev["user_id"] for _, ev in events}) + ["nobody"]
-    got = r.recommend(users, n=15, exclude=exclude)
-    for user, recs in zip(users, got):
+    ids, scores = r.recommend(users, n=15, exclude=exclude)
+    for row, user in enumerate(users):
+        recs = list(zip(*(a.tolist() for a in valid_part(ids, scores, row))))
         ref = _reference_top(r, user, 15, exclude)
         assert len(recs) == len(ref), user
         assert [s for _, s in recs] == pytest.approx([s for _, s in ref], rel=1e-9, abs=1e-12), user
@@ -212,7 +222,7 @@ def test_engine_popular_top_list_matches_nlargest():
 def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
     """The pools kept between calls (top lists, blocks, row maps) equal those built from scratch,
     whatever the reads in between: new items, new categories, availability and category changes."""
-    from models.ranker import _Context
+    from models.ranking.candidates import _Context
 
     rng = np.random.default_rng(3)
     r = HybridRanker(seed=1, n_candidates=12, n_new_candidates=4)

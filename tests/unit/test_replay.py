@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
-from streams.tools.replay import parse_timestamp, read_events, replay
+from streams.contract import parse_timestamp
+from streams.tools.replay import read_events, replay
 
 
 def write_log(path, n_events=1500, seed=0, bad=True, epoch_ms=False):
@@ -28,10 +30,20 @@ def write_log(path, n_events=1500, seed=0, bad=True, epoch_ms=False):
     return path
 
 
-def test_parse_timestamp_formats():
-    assert parse_timestamp("2024-01-01T00:00:00Z") == parse_timestamp("2024-01-01T00:00:00") == 1704067200.0
+def test_csv_timestamps_are_read_by_the_contract_parser_with_its_csv_option():
+    def csv(value: str) -> float:
+        return parse_timestamp(value, csv=True)
+
+    assert csv("2024-01-01T00:00:00Z") == csv("2024-01-01T00:00:00") == csv(" 2024-01-01 00:00:00 ") == 1704067200.0
+    assert csv("2024-01-01T01:00:00+01:00") == csv("1704067200000") == 1704067200.0
+    # What the CSV option adds to the wire's rule, and nothing else.
     assert parse_timestamp("2024-01-01T01:00:00+01:00") == 1704067200.0
-    assert parse_timestamp("1704067200000") == 1704067200.0
+    for lenient in ("2024-01-01T00:00:00", "1704067200000", " 2024-01-01T00:00:00Z"):
+        with pytest.raises(ValueError):
+            parse_timestamp(lenient)
+    for refused in ("2024-01-01", "2024-01-01T00:00Z", "", "1.5e12", "not-a-date"):
+        with pytest.raises(ValueError):
+            csv(refused)
 
 
 def test_read_events_reports_every_bad_row_with_line_numbers(tmp_path):

@@ -1,0 +1,407 @@
+"""The hybrid ranker, the product's recommender: co-visitation + trending popularity + implicit MF.
+
+The Faust workers and ``recostream replay`` both build it through the
+defaults of :class:`HybridRanker`, so that offline evaluation and production
+use the same code and configuration.
+
+How :meth:`HybridRanker.recommend` stays cheap per user (none of this changes
+what is recommended):
+
+* catalogue-wide terms (candidate pools, quantised MF item factors) live in a
+  cache (:class:`~models.ranking.candidates._Context`) kept up to date
+  incrementally between calls;
+* users are scored in chunks, all users of a chunk at once
+  (:mod:`models.ranking.scoring`): neighbourhoods are gathered from the
+  co-visitation slab in one index and summed per (user, item) with two radix
+  sorts, pool items are scored as dense ``users x items`` blocks (one matrix
+  product for MF), and a pool block is skipped for users whose ``n``-th best
+  neighbour it cannot beat;
+* MF scores are exact integer dot products of quantised factors (24 bits),
+  so a user's scores do not depend on the batch it is scored in; ties at a
+  cut-off go to the lower row. Batched and one-user calls (the replay, which
+  takes a leaner path) give identical lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.catalog import Catalog
+from models.covisit import CoVisitation, concat_ranges
+from models.mf import ImplicitMF
+from models.popularity import TrendingPopularity
+from models.ranking.base import PAD_ID, PAD_SCORE, StreamingRecommender, check_request, padded
+from models.ranking.candidates import _Context
+from models.ranking.scoring import _Batch, _histories, _Terms
+from models.ranking.topk import _best_k
+from models.ranking.users import _User
+
+__all__ = ["HybridRanker", "ItemState"]
+
+_CHUNK_USERS = 256  # users scored together by recommend, at most ...
+_CHUNK_ENTRIES = 65_536  # ... and about this many neighbourhood entries (keeps temporaries cache-sized)
+
+
+class ItemState:
+    """Item-side state of the hybrid ranker: catalogue, popularity, co-visits.
+
+    Everything here is a sum over events, anonymous and independent of which
+    learner saw them (forgetting a user keeps it). The ranker updates it in
+    :meth:`HybridRanker._learn`.
+
+    Examples
+    --------
+    >>> r = HybridRanker(popularity_half_life=None)
+    >>> r.learn_one("ann", "boots"); r.learn_one("ann", "socks")
+    >>> items = r.items
+    >>> items.catalog is r.catalog, items.popularity.scores(2).tolist()
+    (True, [1.0, 1.0])
+    """
+
+    def __init__(self, catalog: Catalog, popularity: TrendingPopularity, covisit: CoVisitation):
+        self.catalog = catalog
+        self.popularity = popularity
+        self.covisit = covisit
+
+
+class HybridRanker(StreamingRecommender):
+    r"""Hybrid streaming ranker, the product's default recommender.
+
+    For a user with recent history :math:`h_1..h_L` (most recent first) the
+    score of item :math:`j` is
+
+    .. math::
+
+        s_j = w_{cv} \frac{cv_j}{\max cv} + w_{pop} \frac{pop_j}{\max pop}
+              + w_{mf} \frac{mf_j}{\max |mf|} + w_{cat} \, aff_{cat(j)}
+
+    * ``cv``: co-visitation neighbourhood score (:class:`~models.covisit.CoVisitation`)
+      of the history weighted by ``event_weight * history_decay ** position``:
+      the strongest, session-aware signal.
+    * ``pop``: trending popularity (time-decayed counts): cold start for new
+      users and a prior that breaks ties among neighbours towards what is hot.
+    * ``mf``: implicit MF with sampled negatives, a long-term taste signal;
+      it re-ranks the user's candidates (its maximum is taken over them).
+    * ``aff``: the user's category affinity (share of recent history per
+      category); lets items that have no co-visits yet (new items) reach users
+      who like their category.
+
+    Each signal is scaled to a maximum of 1 per user, so the weights are
+    comparable across shops and traffic volumes.
+
+    Parameters
+    ----------
+    history_size
+        ``L``, number of recent items kept per user.
+    history_decay
+        Weight decay per position in the user's history when scoring.
+    w_covisit, w_popularity, w_mf, w_category
+        Blend weights.
+    max_neighbors
+        Co-visitation neighbours kept per item.
+    covisit_decay
+        Pair weight decay per step of distance when counting co-visits.
+    covisit_backward
+        Weight of the reverse edge ``j -> i`` relative to ``i -> j``.
+    covisit_half_life, popularity_half_life
+        Forgetting of co-visits and of popularity, in units of ``decay_clock``
+        (``None``: never forget).
+    decay_clock
+        ``"events"`` (default): half-lives count learned events, so forgetting
+        follows traffic and quiet periods do not wipe the model; ``"time"``:
+        half-lives in seconds of the events' ``ts``.
+    alpha
+        Popularity normalisation of co-visits (0.5: cosine).
+    n_factors, mf_lr, mf_l2, n_negatives
+        Matrix factorisation hyperparameters.
+    event_weights
+        Strength per event type.
+    seed
+        Seeds everything random (MF initialisation and negative sampling).
+    neighbor_candidates
+        ``C``: co-visitation neighbours of a user that are candidates, its ``C`` best by
+        co-visitation score (ties to the lower row); the co-visitation term of every
+        other item is 0 (``None``: no limit). Keeps the work per user after summing the
+        neighbourhood bounded, whatever the length of the history and the size of the
+        rows. ``C = 200`` matches ``n_candidates`` (the popular items a user gets anyway)
+        and is ten times a top-20 list; on MovieLens C = 100 and C = 200 give the
+        uncapped HR@10 and MRR@10 (docs/QUALITY.md).
+    score_neighbors
+        ``K``: score only the ``K`` strongest co-visitation neighbours of each history
+        item (``None``, the default: all of them, up to ``2 * max_neighbors``). Bounds the
+        neighbourhood work per user at ``history_size * K`` entries whatever the age of
+        the model, at a cost in quality: on MovieLens (docs/QUALITY.md) K = 100 gives
+        HR@10 0.1321 and K = 50 0.1284 against 0.1342 uncapped (many weak neighbours of
+        several history items add up). For very large, long-lived states only.
+    n_candidates, n_new_candidates
+        Items scored per user besides its co-visitation neighbours: the
+        ``n_candidates`` most popular available items, and per category of
+        the user's history its ``n_candidates`` most popular and
+        ``n_new_candidates`` newest ones. MF and category affinity re-rank
+        these candidates; the cost per user does not grow with the catalogue.
+
+    Examples
+    --------
+    >>> r = HybridRanker(seed=42)
+    >>> r.upsert_item("boots", category="shoes")
+    >>> r.upsert_item("sandals", category="shoes")
+    >>> r.upsert_item("scarf", category="accessories", available=False)
+    >>> for user in ["ann", "bob", "cy"]:
+    ...     r.learn_one(user, "boots", "click", ts=0.0)
+    ...     r.learn_one(user, "sandals", "purchase", ts=60.0)
+    >>> r.learn_one("dan", "boots", "click", ts=120.0)
+    >>> ids, scores = r.recommend(["dan", "new-user"], n=3)
+    >>> ids  # the scarf is unavailable: two items, then padding
+    array([['sandals', 'boots', None],
+           ['sandals', 'boots', None]], dtype=object)
+    >>> bool(scores[0, 0] > scores[0, 1]), scores[0, 2]
+    (True, np.float64(-inf))
+    >>> r.predict_one("dan", "sandals") > r.predict_one("dan", "boots")
+    True
+    >>> r.model_version, r.n_users, r.n_items
+    (7, 4, 3)
+
+    """
+
+    def __init__(
+        self,
+        history_size: int = 20,
+        history_decay: float = 0.9,
+        w_covisit: float = 1.0,
+        w_popularity: float = 0.1,
+        w_mf: float = 0.05,
+        w_category: float = 0.2,
+        max_neighbors: int = 200,
+        covisit_decay: float = 0.9,
+        covisit_backward: float = 0.5,
+        covisit_half_life: float | None = 20_000,
+        popularity_half_life: float | None = 2_000,
+        decay_clock: str = "events",
+        alpha: float = 0.4,
+        n_factors: int = 16,
+        mf_lr: float = 0.05,
+        mf_l2: float = 0.01,
+        n_negatives: int = 4,
+        event_weights: dict[str, float] | None = None,
+        seed: int = 0,
+        n_candidates: int = 200,
+        n_new_candidates: int = 50,
+        score_neighbors: int | None = None,
+        neighbor_candidates: int | None = 200,
+    ):
+        self.history_decay = history_decay
+        self.w_covisit = w_covisit
+        self.w_popularity = w_popularity
+        self.w_mf = w_mf
+        self.w_category = w_category
+        self.max_neighbors = max_neighbors
+        self.covisit_decay = covisit_decay
+        self.covisit_backward = covisit_backward
+        self.covisit_half_life = covisit_half_life
+        self.popularity_half_life = popularity_half_life
+        if decay_clock not in ("time", "events"):
+            raise ValueError("decay_clock must be 'time' or 'events'")
+        self.decay_clock = decay_clock
+        self.alpha = alpha
+        self.n_factors = n_factors
+        self.mf_lr = mf_lr
+        self.mf_l2 = mf_l2
+        self.n_negatives = n_negatives
+        self.n_candidates = n_candidates
+        self.n_new_candidates = n_new_candidates
+        if score_neighbors is not None and score_neighbors < 1:
+            raise ValueError("score_neighbors must be a positive int or None")
+        self.score_neighbors = score_neighbors
+        if neighbor_candidates is not None and neighbor_candidates < 1:
+            raise ValueError("neighbor_candidates must be a positive int or None")
+        self.neighbor_candidates = neighbor_candidates
+        super().__init__(history_size=history_size, event_weights=event_weights, seed=seed)
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.items = ItemState(
+            self.catalog,
+            TrendingPopularity(self.popularity_half_life),
+            CoVisitation(
+                max_neighbors=self.max_neighbors,
+                distance_decay=self.covisit_decay,
+                forward=1.0,
+                backward=self.covisit_backward,
+                half_life=self.covisit_half_life,
+                alpha=self.alpha,
+            ),
+        )
+        self.mf = (
+            ImplicitMF(
+                n_factors=self.n_factors, lr=self.mf_lr, l2=self.mf_l2, n_negatives=self.n_negatives, seed=self.seed
+            )
+            if self.w_mf
+            else None
+        )
+
+    def _learn(self, user_id, user, row, weight, ts):
+        history = user.history[::-1]
+        t = float(self._n_learned) if self.decay_clock == "events" else ts
+        items = self.items
+        items.popularity.update(row, weight, t)
+        items.covisit.update(history, row, weight, t)
+        if self.mf is not None:
+            # Targets in (0, 1]: the strongest event type is a full positive.
+            target = weight / max(self.event_weights.values())
+            self.mf.learn_one(user_id, self.catalog.item_id(row), row, target, seen=user.interacted)
+
+    def forget_user(self, user_id: str) -> None:
+        super().forget_user(user_id)
+        if self.mf is not None:
+            self.mf.forget_user(user_id)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_ctx", None)  # a cache of the catalogue-wide terms, rebuilt on demand
+        return state
+
+    def __setstate__(self, state):
+        # Checkpoints from before `score_neighbors` existed get the current default.
+        state.setdefault("score_neighbors", None)
+        state.setdefault("neighbor_candidates", 200)
+        super().__setstate__(state)
+
+    def _context(self, n_items: int, many: bool = False) -> _Context:
+        ctx = self.__dict__.get("_ctx")
+        if ctx is None:
+            ctx = self._ctx = _Context(self)
+        ctx.refresh(n_items, many)
+        return ctx
+
+    def _scores(self, user_id, user, n_items):
+        # Every item scored with the terms recommend() uses (MF scaled over
+        # the user's candidates): predict_one agrees with recommend.
+        ctx = self._context(n_items)
+        scores = ctx.pop * ctx.base_scale
+        if user is None or not user.history:
+            return scores  # cold start: trending popularity only
+        t = _Terms(ctx, [user_id], [user])
+        batch = _Batch(ctx, t)
+        rows = np.arange(n_items)
+        if t.aff is not None:
+            scores = self.w_category * t.aff[0, ctx.row_cats(rows)] + scores
+        if ctx.mf is not None:
+            scores += batch.coef[0] * (ctx.factor_rows(rows) @ t.Uq[0])
+        scores[t.cv_r] += t.cv_v * t.cvs[t.cv_u]
+        return scores
+
+    def _top_one(self, ctx: _Context, user_id: str, user: _User, n: int, exclude: str):
+        """:meth:`recommend` for one user with a history: every candidate in one array.
+
+        The same candidates, the same arithmetic (in the same order) and the
+        same tie rule as the batched path (:class:`_Batch`), so the results
+        are identical; only the bookkeeping is simpler.
+        """
+        t = _Terms(ctx, [user_id], [user])
+        blocks = [ctx.blocks[0]] if ctx.blocks else []
+        if t.aff is not None:
+            blocks += [ctx.blocks[1 + c] for c in np.flatnonzero(t.has_cat[0]).tolist() if 1 + c < len(ctx.blocks)]
+        # Candidates: the neighbours (sorted), then the block rows that are not neighbours.
+        cv = t.cv_r
+        pool = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
+        if len(cv) and len(pool):
+            at = np.minimum(np.searchsorted(cv, pool), len(cv) - 1)
+            pool = pool[cv[at] != pool]
+        cand = np.concatenate((cv, pool))
+        if not len(cand):
+            return cand, np.zeros(0)
+        scores = ctx.row_base(cand)
+        if t.aff is not None:
+            scores = self.w_category * t.aff[0, ctx.row_cats(cand)] + scores
+        if ctx.mf is not None:
+            raw = ctx.factor_rows(cand) @ t.Uq[0]
+            top = float(np.ldexp(np.abs(raw).max(), t.shift[0]))
+            if top > 0:
+                scores += float(np.ldexp(self.w_mf / top, t.shift[0])) * raw
+        if len(cv):
+            scores[: len(cv)] += t.cv_v * t.cvs[0]
+        excl = user.excluded(exclude)  # sorted
+        if excl is not None and len(excl):
+            at = np.minimum(np.searchsorted(excl, cand), len(excl) - 1)
+            scores[excl[at] == cand] = -np.inf
+        idx = _best_k(scores[None, :], n, lambda i, j: cand[j])[0]
+        idx = idx[np.lexsort((cand[idx], -scores[idx]))]
+        idx = idx[scores[idx] > -np.inf]
+        return cand[idx], scores[idx]
+
+    # -- many users at once: exact top-N over candidates ---------------------
+
+    def recommend(self, user_ids: Sequence[str], n: int = 20,
+                  exclude: str = "purchased") -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` items of each user: ``(ids, scores)`` (see :meth:`StreamingRecommender.recommend`).
+
+        Only candidate items are scored (see :class:`_Context` and :class:`_Batch`): the user's
+        co-visitation neighbours, the most popular available items, and the
+        most popular and newest items of the categories in the user's history.
+        The catalogue-wide terms are kept between calls and the users of a
+        call are scored together (in chunks), so a user costs little more
+        than the size of its candidate set, whatever the size of the
+        catalogue. Ties go to the lower catalogue row.
+        """
+        check_request(user_ids, exclude)
+        ids, scores = padded(len(user_ids), n)
+        n_items = len(self.catalog)
+        if n_items == 0 or n <= 0:
+            return ids, scores
+        ctx = self._context(n_items, many=len(user_ids) >= 32)
+        cold_at, warm_at, warm_ids, warm_users = [], [], [], []
+        for i, user_id in enumerate(user_ids):
+            user = self._users.get(user_id)
+            if user is None or not user.history:
+                cold_at.append(i)
+            else:
+                warm_at.append(i)
+                warm_ids.append(user_id)
+                warm_users.append(user)
+        if cold_at:  # trending popularity only: the same list for all of them
+            rows, s = ctx.cold(n)
+            ids[cold_at, :len(rows)] = ctx.item_ids(rows)
+            scores[cold_at, :len(rows)] = s
+        if len(warm_users) == 1:  # one user (the replay): the plain path, same results
+            rows, s = self._top_one(ctx, warm_ids[0], warm_users[0], n, exclude)
+            ids[warm_at[0], :len(rows)] = ctx.item_ids(rows)
+            scores[warm_at[0], :len(rows)] = s
+        elif warm_users:
+            self._top_many(ctx, warm_at, warm_ids, warm_users, n, exclude, ids, scores)
+        return ids, scores
+
+    def _top_many(self, ctx: _Context, at: list[int], user_ids: list[str], users: list[_User], n: int,
+                  exclude: str, ids: np.ndarray, scores: np.ndarray) -> None:
+        """Rows ``at`` of :meth:`recommend`'s ``ids`` and ``scores``: the lists of ``users`` with a history.
+
+        Users are scored in chunks of similar neighbourhood sizes: the working
+        set stays in the CPU caches and padded matrices stay tight. A user's
+        scores do not depend on the other users of its chunk.
+        """
+        H, W, lens = _histories(ctx, users)
+        starts = np.cumsum(lens) - lens
+        size = lens.copy()
+        rstart, per = self.items.covisit.rows.regions(H)
+        if self.w_covisit and len(H):
+            nz = lens > 0
+            k = self.score_neighbors
+            size[nz] = np.add.reduceat(per if k is None else np.minimum(per, k), starts[nz])
+        order = np.argsort(size, kind="stable")
+        cut = np.cumsum(size[order] + 1) // _CHUNK_ENTRIES
+        bounds = np.flatnonzero(np.diff(cut)) + 1
+        for chunk in np.split(order, bounds):
+            for lo in range(0, len(chunk), _CHUNK_USERS):
+                part = chunk[lo:lo + _CHUNK_USERS].tolist()
+                members = [users[j] for j in part]
+                idx = concat_ranges(starts[part], lens[part])
+                t = _Terms(ctx, [user_ids[j] for j in part], members,
+                           (H[idx], W[idx], lens[part], (rstart[idx], per[idx])))
+                rows, s, _ = _Batch(ctx, t).top(n, [user.excluded(exclude) for user in members])
+                real = s > PAD_SCORE  # the real entries come first, then padding
+                chunk_ids = np.full(rows.shape, PAD_ID, dtype=object)
+                chunk_ids[real] = ctx.item_ids(rows[real])
+                out = [at[j] for j in part]
+                ids[out, :rows.shape[1]] = chunk_ids
+                scores[out, :rows.shape[1]] = s

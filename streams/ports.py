@@ -1,0 +1,51 @@
+"""The ports of a batch: where its outputs go, as the processing and the checkpoint see them.
+
+The batch processor (``streams/pipeline.py``) and the position checkpoint
+(``streams/checkpointing/positions.py``) are handed these by the composition
+root (``streams/wiring.py``). The worker's implementations talk to the broker
+(:class:`streams.sinks.kafka.KafkaSink`) and to Redis
+(:class:`streams.sinks.redis.RedisSink`); a unit test hands in memory ones
+(``tests/unit/test_batch_processor.py``). Each port states what its
+implementation promises, since the durability rule rests on it.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol, Sequence
+
+#: One partition's share of a batch for the view sink:
+#: ``(partition, generation, recommendation by user, profile summary by user)``.
+ViewGroup = tuple[int, int, Mapping[str, bytes], Mapping[str, bytes]]
+
+
+class Drainable(Protocol):
+    """An output whose writes become durable only once :meth:`flush` returns."""
+
+    def flush(self) -> None:
+        """Return once every write queued before it is durable (or raise: the worker stops)."""
+
+
+class RecordOutput(Drainable, Protocol):
+    """Kafka records: queued by :meth:`produce`, durable once :meth:`flush` returns."""
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+                headers: list | None = None) -> None:
+        """Queue one record (``value=None``: a tombstone) to ``partition``, else the key's."""
+
+
+class ViewSink(Protocol):
+    """The read views of customers (Redis): a write is durable when it returns.
+
+    Writes are fenced per partition by generation: a group whose partition
+    has a newer owner is skipped, and counted in the result.
+    """
+
+    #: Set by the sink when its store came back empty-handed (a restarted Redis):
+    #: every owned customer must then be written again.
+    restarted: bool
+
+    def write(self, parts: Sequence[ViewGroup], model: Mapping[str, str | int | float]) -> int:
+        """Write every group and the model's summary at once; the number of keys fenced off."""
+
+    def delete_user(self, user_id: str) -> None:
+        """Remove every key of one customer."""
