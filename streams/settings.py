@@ -57,7 +57,6 @@ class Settings:
 
     # --- worker ---
     app_id: str = _doc("recostream", "Consumer group id; names the changelog topic and the models' checkpoint keys.")
-    web_port: int = _doc(6066, "Faust web port of the worker.", min=1, max=65535)
     metrics_port: int = _doc(9464, "Prometheus metrics port of the worker (one per worker).", min=0, max=65535)
     data_dir: str = _doc("run/worker", "Directory for the worker runtime's local files.")
     worker_id: str = _doc("", "Stable id of this worker (names its model checkpoint). Default: hostname:metrics_port.")
@@ -66,7 +65,7 @@ class Settings:
     generation_epoch: int = _doc(0, "Added above the consumer group's generation on every changelog record; raise it "
                                  "only after the broker deleted the consumer group (docs/RELIABILITY.md).",
                                  min=0, max=2**20)
-    checkpoint_interval_s: float = _doc(300.0, "Seconds between model checkpoints (0 = only at shutdown).", min=0.0, max=86400.0)
+    checkpoint_interval_s: float = _doc(300.0, "Seconds between model checkpoints (0 = only at shutdown and after a forget).", min=0.0, max=86400.0)
     model_catch_up_max_events: int = _doc(100_000, "On resuming a partition, most events between the models' "
                                           "checkpoint and the committed offset re-read so the models learn them "
                                           "(0 = none).", min=0, max=100_000_000)

@@ -132,9 +132,9 @@ class HybridRanker(StreamingRecommender):
         ``K``: score only the ``K`` strongest co-visitation neighbours of each history
         item (``None``, the default: all of them, up to ``2 * max_neighbors``). Bounds the
         neighbourhood work per user at ``history_size * K`` entries whatever the age of
-        the model, at a cost in quality: on MovieLens (docs/QUALITY.md) K = 100 gives
-        HR@10 0.1321 and K = 50 0.1284 against 0.1342 uncapped (many weak neighbours of
-        several history items add up). For very large, long-lived states only.
+        the model, at a cost in quality (many weak neighbours of several history items
+        add up; the measured cost is in docs/QUALITY.md). For very large, long-lived
+        states only.
     n_candidates, n_new_candidates
         Items scored per user besides its co-visitation neighbours: the
         ``n_candidates`` most popular available items, and per category of

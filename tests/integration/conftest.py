@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -40,7 +41,7 @@ def settings(stack, tmp_path) -> Settings:
         topic_items=f"{tag}.items", topic_recommendations=f"{tag}.recommendations",
         topic_dead_letter=f"{tag}.dead-letter", topic_control=f"{tag}.control",
         redis_prefix=tag, partitions=2,
-        metrics_port=free_port(), web_port=free_port(), data_dir=str(tmp_path / "worker"),
+        metrics_port=free_port(), data_dir=str(tmp_path / "worker"),
     )
     ensure_topics(s)
     return s
@@ -65,3 +66,11 @@ def start_worker(tmp_path) -> Callable[[Settings], WorkerHandle]:
     yield start
     for h in handles:
         h.stop()
+
+
+def pytest_collection_modifyitems(items):
+    # Every test here talks to the real servers: marked so `-m "not integration"` gives the unit run.
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)

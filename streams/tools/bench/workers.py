@@ -45,7 +45,7 @@ class Workers:
         self.procs = []
         self.logs: list[Path] = []
         for k in range(n):
-            s = settings.replace(metrics_port=free_port(), web_port=free_port(),
+            s = settings.replace(metrics_port=free_port(),
                                  data_dir=str(run_dir / f"worker{k}"))
             log = run_dir / f"worker{k}.log"
             # "info", the worker's default: at "warning" Faust's progress spinner
