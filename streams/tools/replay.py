@@ -123,11 +123,13 @@ def build_models(seed: int | None = None) -> dict:
     }
 
 
-def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, models=None) -> Evaluation:
-    return prequential(events, build_models() if models is None else models, k=k, exclude=exclude, progress=progress)
+def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, models=None,
+               batch: int | None = None) -> Evaluation:
+    return prequential(events, build_models() if models is None else models, k=k, exclude=exclude,
+                       progress=progress, batch=batch)
 
 
-def result_json(ev: Evaluation, bad_rows: int) -> dict:
+def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None) -> dict:
     len_half = ev.events // 2
 
     def block(name):
@@ -142,6 +144,7 @@ def result_json(ev: Evaluation, bad_rows: int) -> dict:
         "baselines": {name: block(name) for name in ev.models if name != MODEL_NAME},
         "k": ev.k,
         "exclude": ev.exclude,
+        "batch": batch,
         "events": ev.events,
         "bad_rows": bad_rows,
         "events_per_s": ev.events_per_s,
@@ -183,11 +186,15 @@ def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
               help="Write a PNG of rolling HR@K over the stream.")
 @click.option("--max-bad-rows-shown", default=20, show_default=True, type=int,
               help="Bad rows listed individually on stderr (all are counted).")
-def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown):
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Serve as a worker does: rank each micro-batch's customers in one call before "
+                   "learning the batch of this many events (default: per event, the strict reference).")
+def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch):
     """Replay an event log test-then-train through the ranker and the baselines.
 
     For each event of an already-seen user, every model recommends K items
-    (with the --exclude rule) before learning the event; HR@K, MRR@K and
+    (with the --exclude rule) before learning the event (with --batch N:
+    before learning the micro-batch of N events it belongs to); HR@K, MRR@K and
     catalogue coverage are reported for the product ranker (HybridRanker
     defaults, as run by the workers) and the popularity / co-occurrence
     baselines computed in the same run.
@@ -217,17 +224,18 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown):
         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal,
     ) as bar:
         task = bar.add_task("replay", total=len(events))
-        ev = run_replay(events, k=k, exclude=exclude, progress=lambda n: bar.advance(task, n))
+        ev = run_replay(events, k=k, exclude=exclude, progress=lambda n: bar.advance(task, n), batch=batch)
 
     if plot_path:
         plot_rolling(ev, plot_path)
         click.echo(f"wrote the rolling hit rate of every model to {plot_path}", err=True)
-    result = result_json(ev, n_bad)
+    result = result_json(ev, n_bad, batch)
     if as_json:
         click.echo(json.dumps(result))
         return
     out = Console(width=max(120, Console().width))
-    table = Table(title=f"Prequential replay: {ev.events} events, K={k}, exclude={exclude}")
+    served = f"micro-batches of {batch}" if batch else "per event"
+    table = Table(title=f"Prequential replay: {ev.events} events, K={k}, exclude={exclude}, {served}")
     for col in ("model", f"HR@{k}", f"MRR@{k}", "coverage", "n", f"HR@{k} 1st half", f"HR@{k} 2nd half"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, block in [(f"{MODEL_NAME} (HybridRanker)", result["model"])] + list(result["baselines"].items()):

@@ -2,21 +2,26 @@
 
 The same event sequence goes once through Kafka and a real worker, and once
 through `recostream replay`'s code path; the worker's model (read from its
-checkpoint) and the replay's model must give identical top-N lists.
+checkpoint) and the replay's model must give identical top-N lists, and the
+batched replay must serve, batch by batch, the lists the worker served.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 import numpy as np
 import pytest
 
 from models.engine import PersonalisationEngine
+from models.evaluation import served_lists
+from streams.contract import decode_recommendation
 from streams.kafka.produce import make_producer, publish_events
 from streams.kafka.topics import ensure_topics
 from streams.sinks.redis import RedisKeys
 from streams.tools.generator import ShopperSimulator
 from streams.tools.replay import MODEL_NAME, build_models, run_replay
-from tests.helpers import scrape_metric, wait_until
+from tests.helpers import read_topic, scrape_metric, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +56,42 @@ def test_agents_and_replay_give_the_same_recommendations(settings, start_worker,
     live_ids, live_scores = live.recommend(users, n=s.top_n, exclude=s.exclude)
     ids, scores = offline.recommend(users, n=s.top_n, exclude=s.exclude)
     assert np.array_equal(live_ids, ids) and np.array_equal(live_scores, scores)
+
+
+def test_batched_replay_serves_the_lists_a_worker_served(settings, start_worker):
+    # The worker's micro-batches are whatever its consumer returned; each batch's
+    # recommendations carry the model version after it, so the boundaries can be
+    # read back and given to the replay, which must then serve the same lists.
+    mixed = f"{settings.redis_prefix}.events"
+    s = settings.replace(topic_browse=mixed, topic_click=mixed, topic_purchase=mixed, partitions=1,
+                         topic_items=mixed + ".items", topic_control=mixed + ".control",
+                         app_id=settings.app_id + "-batch", worker_id="w-batch", batch_max_events=150)
+    ensure_topics(s)
+    events = list(ShopperSimulator(n_users=80, n_items=300, seed=43).events(2500))
+    publish_events(make_producer(s), s, events)
+    worker = start_worker(s)
+    wait_until(lambda: scrape_metric(s, "recostream_events_processed_total") >= len(events), 90,
+               "every event processed", worker=worker)
+
+    def recommendations():
+        return [decode_recommendation(m.value()) for m in read_topic(s, s.topic_recommendations)]
+
+    recs = wait_until(lambda: (r := recommendations()) and max(x.model_version for x in r) == len(events) and r,
+                      30, "the last batch's recommendations on the topic", worker=worker)
+    served: dict[int, dict[str, list]] = defaultdict(dict)
+    for rec in recs:
+        served[rec.model_version][rec.user_id] = [(i.item_id, i.score) for i in rec.items]
+    versions = sorted(served)
+    sizes = np.diff([0, *versions]).tolist()
+    assert versions[-1] == len(events) and len(versions) > 1, versions[:5]
+
+    offline = build_models(seed=s.seed)[MODEL_NAME]
+    stream = [(p["ts"] / 1000, p["user_id"], p["item_id"], etype) for etype, p in events]
+    batches = list(served_lists(stream, offline, sizes, k=s.top_n, exclude=s.exclude))
+    assert len(batches) == len(versions)
+    for version, (_, _, users, ids, scores) in zip(versions, batches):
+        live = served[version]
+        assert sorted(users) == sorted(live), version
+        for r, user in enumerate(users):
+            n = int(np.isfinite(scores[r]).sum())
+            assert list(zip(ids[r, :n].tolist(), np.round(scores[r, :n], 6).tolist())) == live[user], (version, user)

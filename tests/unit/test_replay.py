@@ -92,3 +92,59 @@ def test_replay_rejects_missing_columns_and_shows_help(tmp_path):
     assert result.exit_code != 0 and "timestamp" in result.output
     help_ = CliRunner().invoke(replay, ["--help"])
     assert help_.exit_code == 0 and "--exclude" in help_.output and "--plot" in help_.output
+
+
+def _stream(n_events=1200, n_users=30, seed=3):
+    rng = np.random.default_rng(seed)
+    types = ["browse", "click", "purchase"]
+    out = []
+    for t in range(n_events):
+        u = int(rng.integers(n_users))
+        out.append((float(t), f"u{u}", f"i{(u % 4) * 15 + int(rng.integers(15))}", types[int(rng.integers(3))]))
+    return out
+
+
+def test_batched_replay_of_one_customer_is_the_per_event_replay():
+    # With one customer, the list served after their previous event is the list
+    # a per-event replay asks for before the next one: both protocols agree.
+    from models.evaluation import prequential
+    from streams.tools.replay import build_models
+
+    stream = [(ts, "u0", item, etype) for ts, _, item, etype in _stream(300)]
+    per_event = prequential(stream, build_models(seed=1), k=10, exclude="none")
+    batched = prequential(stream, build_models(seed=1), k=10, exclude="none", batch=1)
+    for name, score in per_event.models.items():
+        assert np.array_equal(score.rr, batched.models[name].rr), name
+        assert np.array_equal(score.positions, batched.models[name].positions)
+
+
+def test_batched_replay_scores_each_event_against_the_list_last_served():
+    from models.evaluation import prequential, served_lists
+    from streams.tools.replay import MODEL_NAME, build_models
+
+    stream = _stream()
+    # The lists a worker serving micro-batches of 100 would have written, by hand.
+    last, expected = {}, []
+    for _, chunk, users, ids, scores in served_lists(stream, build_models(seed=2)[MODEL_NAME], 100, k=10,
+                                                          exclude="purchased"):
+        for _, user, item, _ in chunk:
+            if user in last:
+                expected.append(1.0 / (last[user].index(item) + 1) if item in last[user] else 0.0)
+        for r, user in enumerate(users):
+            n = int(np.isfinite(scores[r]).sum())
+            last[user] = ids[r, :n].tolist()
+    ev = prequential(stream, build_models(seed=2), k=10, exclude="purchased", batch=100)
+    assert ev.models[MODEL_NAME].rr.tolist() == expected
+    assert 0 < len(expected) < len(stream)
+    # One batch holding the whole stream serves nobody before their events.
+    assert prequential(stream, build_models(seed=2), batch=len(stream)).models[MODEL_NAME].n == 0
+
+
+def test_replay_batch_option_reports_the_protocol(tmp_path):
+    log = write_log(tmp_path / "log.csv", bad=False)
+    result = CliRunner().invoke(replay, ["--events", str(log), "--batch", "200", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["batch"] == 200 and report["events"] == 1500 and 0 < report["model"]["n"] < 1500
+    bad = CliRunner().invoke(replay, ["--events", str(log), "--batch", "0"])
+    assert bad.exit_code == 2 and "--batch" in bad.output
