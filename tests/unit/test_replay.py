@@ -120,6 +120,7 @@ def test_batched_replay_of_one_customer_is_the_per_event_replay():
 
 def test_batched_replay_scores_each_event_against_the_list_last_served():
     from models.evaluation import prequential, served_lists
+    from models.ranking import valid_part
     from streams.tools.replay import MODEL_NAME, build_models
 
     stream = _stream()
@@ -131,8 +132,7 @@ def test_batched_replay_scores_each_event_against_the_list_last_served():
             if user in last:
                 expected.append(1.0 / (last[user].index(item) + 1) if item in last[user] else 0.0)
         for r, user in enumerate(users):
-            n = int(np.isfinite(scores[r]).sum())
-            last[user] = ids[r, :n].tolist()
+            last[user] = valid_part(ids, scores, r)[0].tolist()
     ev = prequential(stream, build_models(seed=2), k=10, exclude="purchased", batch=100)
     assert ev.models[MODEL_NAME].rr.tolist() == expected
     assert 0 < len(expected) < len(stream)

@@ -7,12 +7,30 @@ so it sees them all, and is timed without its start-up (connection, group join).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
 from typing import Any
 
-from streams.kafka.config import aiokafka_security
 from streams.settings import Settings
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """aiokafka's security arguments, translated from :meth:`Settings.kafka_client_config`.
+
+    >>> aiokafka_security(Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u",
+    ...                            kafka_sasl_password="p"))
+    {'security_protocol': 'SASL_PLAINTEXT', 'sasl_mechanism': 'PLAIN', 'sasl_plain_username': 'u', 'sasl_plain_password': 'p'}
+    """
+    conf = settings.kafka_client_config()
+    proto = conf["security.protocol"]
+    out: dict[str, Any] = {"security_protocol": proto}
+    if proto.endswith("SSL"):
+        out["ssl_context"] = ssl.create_default_context(cafile=conf.get("ssl.ca.location"))
+    if proto.startswith("SASL"):
+        out.update(sasl_mechanism=conf["sasl.mechanism"], sasl_plain_username=conf["sasl.username"],
+                   sasl_plain_password=conf["sasl.password"])
+    return out
 
 
 async def assigned_consumer(settings: Settings, topics: list[str], **config: Any) -> tuple[Any, list]:
