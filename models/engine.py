@@ -198,7 +198,7 @@ class PersonalisationEngine:
         self.dedupe_window = dedupe_window
         self.hit_k = hit_k
         self.seed = seed
-        self.ranker = HybridRanker(seed=seed)
+        self.ranker = HybridRanker(seed=seed, exclude=exclude)  # learns to rank under the rule it serves
         self.segments = CustomerSegments(n_segments=n_segments, seed=seed)
         # Last top-K shown per customer (bounded by customers x K) and the
         # global popularity top list: the live quality metric compares them.

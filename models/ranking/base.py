@@ -157,7 +157,7 @@ class StreamingRecommender(abc.ABC):
         if user is None:
             user = self._users[user_id] = _User(self.history_size)
         self._learn(user_id, user, row, weight, ts)
-        user.push(row, weight, event_type == PURCHASE)
+        user.push(row, weight, event_type == PURCHASE, ts)
         self._n_learned += 1
 
     def recommend(self, user_ids: Sequence[str], n: int = 20,

@@ -24,6 +24,7 @@ what is recommended):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,8 +33,10 @@ from models.catalog import Catalog
 from models.covisit import CoVisitation, concat_ranges
 from models.mf import ImplicitMF
 from models.popularity import TrendingPopularity
-from models.ranking.base import PAD_ID, PAD_SCORE, StreamingRecommender, check_request, padded
+from models.ranking.base import EXCLUDE_RULES, PAD_ID, PAD_SCORE, StreamingRecommender, check_request, padded
 from models.ranking.candidates import _Context
+from models.ranking.choice import SoftmaxChoice
+from models.ranking.features import PRIOR, _Own, pair_features, transition_candidates
 from models.ranking.scoring import _Batch, _histories, _Terms
 from models.ranking.topk import _best_k
 from models.ranking.users import _User
@@ -141,6 +144,23 @@ class HybridRanker(StreamingRecommender):
         the user's history its ``n_candidates`` most popular and
         ``n_new_candidates`` newest ones. MF and category affinity re-rank
         these candidates; the cost per user does not grow with the catalogue.
+    rerank_candidates
+        The first stage's best ``rerank_candidates`` (by the fixed blend above),
+        the customer's recent items and the strongest next items of its latest
+        one are the second stage's candidates: they are ranked by learned
+        weights over :data:`~models.ranking.features.FEATURES`
+        (:class:`~models.ranking.choice.SoftmaxChoice`, starting from the blend above).
+    choice_lr, choice_l2
+        Step size and pull towards the prior of the second stage's learning.
+    train_every
+        The second stage learns from every ``train_every``-th learned event
+        (a function of the event sequence, so replays and workers learn alike):
+        before the event is learned, the customer's candidates are ranked and
+        the model learns which of them was chosen. Each such step costs a
+        one-customer ranking; 0 turns learning off.
+    exclude
+        The exclusion rule the second stage learns to rank under (the rule the
+        lists are served with).
 
     Examples
     --------
@@ -190,6 +210,11 @@ class HybridRanker(StreamingRecommender):
         n_new_candidates: int = 50,
         score_neighbors: int | None = None,
         neighbor_candidates: int | None = 200,
+        rerank_candidates: int = 50,
+        choice_lr: float = 0.05,
+        choice_l2: float = 0.0,
+        train_every: int = 32,
+        exclude: str = "purchased",
     ):
         self.history_decay = history_decay
         self.w_covisit = w_covisit
@@ -217,6 +242,15 @@ class HybridRanker(StreamingRecommender):
         if neighbor_candidates is not None and neighbor_candidates < 1:
             raise ValueError("neighbor_candidates must be a positive int or None")
         self.neighbor_candidates = neighbor_candidates
+        if rerank_candidates < 1 or train_every < 0:
+            raise ValueError("rerank_candidates must be positive and train_every non-negative")
+        if exclude not in EXCLUDE_RULES:
+            raise ValueError(f"exclude must be one of {EXCLUDE_RULES}, got {exclude!r}")
+        self.rerank_candidates = rerank_candidates
+        self.choice_lr = choice_lr
+        self.choice_l2 = choice_l2
+        self.train_every = train_every
+        self.exclude = exclude
         super().__init__(history_size=history_size, event_weights=event_weights, seed=seed)
 
     def _reset(self) -> None:
@@ -240,8 +274,11 @@ class HybridRanker(StreamingRecommender):
             if self.w_mf
             else None
         )
+        self.choice = SoftmaxChoice(PRIOR, lr=self.choice_lr, l2=self.choice_l2)
 
     def _learn(self, user_id, user, row, weight, ts):
+        if self.train_every and user.history and self._n_learned % self.train_every == 0:
+            self._learn_choice(user_id, user, row)
         history = user.history[::-1]
         t = float(self._n_learned) if self.decay_clock == "events" else ts
         items = self.items
@@ -266,6 +303,13 @@ class HybridRanker(StreamingRecommender):
         # Checkpoints from before `score_neighbors` existed get the current default.
         state.setdefault("score_neighbors", None)
         state.setdefault("neighbor_candidates", 200)
+        # ... and from before the learned second stage: it starts from its prior.
+        for key, value in (("rerank_candidates", 50), ("choice_lr", 0.05), ("choice_l2", 0.0),
+                           ("train_every", 32), ("exclude", "purchased")):
+            state.setdefault(key, value)
+        # Interned like the literal a fresh model holds, so that a re-dump pickles it the same way.
+        state["exclude"] = sys.intern(state["exclude"])
+        state.setdefault("choice", SoftmaxChoice(PRIOR, lr=state["choice_lr"], l2=state["choice_l2"]))
         super().__setstate__(state)
 
     def _context(self, n_items: int, many: bool = False) -> _Context:
@@ -276,24 +320,17 @@ class HybridRanker(StreamingRecommender):
         return ctx
 
     def _scores(self, user_id, user, n_items):
-        # Every item scored with the terms recommend() uses (MF scaled over
-        # the user's candidates): predict_one agrees with recommend.
+        # Every item scored as recommend() scores its candidates: predict_one agrees with recommend.
         ctx = self._context(n_items)
-        scores = ctx.pop * ctx.base_scale
         if user is None or not user.history:
-            return scores  # cold start: trending popularity only
+            return ctx.pop * ctx.base_scale  # cold start: trending popularity only
         t = _Terms(ctx, [user_id], [user])
-        batch = _Batch(ctx, t)
         rows = np.arange(n_items)
-        if t.aff is not None:
-            scores = self.w_category * t.aff[0, ctx.row_cats(rows)] + scores
-        if ctx.mf is not None:
-            scores += batch.coef[0] * (ctx.factor_rows(rows) @ t.Uq[0])
-        scores[t.cv_r] += t.cv_v * t.cvs[t.cv_u]
-        return scores
+        return self.choice.predict_many(pair_features(self, ctx, t, [user], np.zeros(n_items, dtype=np.int64), rows))
 
-    def _top_one(self, ctx: _Context, user_id: str, user: _User, n: int, exclude: str):
-        """:meth:`recommend` for one user with a history: every candidate in one array.
+    def _first_one(self, ctx: _Context, user_id: str, user: _User, n: int, exclude: str):
+        """The first stage for one user with a history: its best ``n`` candidates by the fixed
+        blend, and its terms.
 
         The same candidates, the same arithmetic (in the same order) and the
         same tie rule as the batched path (:class:`_Batch`), so the results
@@ -311,7 +348,7 @@ class HybridRanker(StreamingRecommender):
             pool = pool[cv[at] != pool]
         cand = np.concatenate((cv, pool))
         if not len(cand):
-            return cand, np.zeros(0)
+            return cand, t
         scores = ctx.row_base(cand)
         if t.aff is not None:
             scores = self.w_category * t.aff[0, ctx.row_cats(cand)] + scores
@@ -327,9 +364,51 @@ class HybridRanker(StreamingRecommender):
             at = np.minimum(np.searchsorted(excl, cand), len(excl) - 1)
             scores[excl[at] == cand] = -np.inf
         idx = _best_k(scores[None, :], n, lambda i, j: cand[j])[0]
-        idx = idx[np.lexsort((cand[idx], -scores[idx]))]
         idx = idx[scores[idx] > -np.inf]
-        return cand[idx], scores[idx]
+        return cand[idx], t
+
+    def _second_pairs(self, ctx: _Context, t: _Terms, users: list[_User], first: list[np.ndarray], exclude: str):
+        """The second stage's candidates of ``users``: ``(user index, row)`` pairs sorted by user then
+        row, and their features. Candidates: the first stage's best (``first``), the user's recent
+        items and the strongest next items of its latest one; no excluded or unavailable row."""
+        N = ctx.n_items
+        own = _Own(users, N)
+        tu, tr = transition_candidates(self.items.covisit.rows, own.latest())
+        lens = np.array([len(f) for f in first], dtype=np.int64)
+        pu = np.concatenate((np.repeat(np.arange(len(users)), lens), own.uh, tu))
+        pr = np.concatenate([np.asarray(f, dtype=np.int64) for f in first] + [own.rows, tr])
+        keys = np.unique(pu * N + pr)
+        keys = keys[ctx.available[keys % N]]
+        excl = [user.excluded(exclude) for user in users]
+        if any(e is not None and len(e) for e in excl):
+            ekeys = np.concatenate([b * N + e for b, e in enumerate(excl) if e is not None and len(e)])
+            keys = keys[~np.isin(keys, ekeys)]
+        pu, pr = keys // N, keys % N
+        return pu, pr, pair_features(self, ctx, t, users, pu, pr, own)
+
+    def _second(self, ctx: _Context, t: _Terms, users: list[_User], first: list[np.ndarray], exclude: str, n: int):
+        """Best ``n`` rows of each user by the learned scores: ``(rows, scores)``, users x n, padded
+        with row 0 and ``-inf``; ties go to the lower row."""
+        pu, pr, X = self._second_pairs(ctx, t, users, first, exclude)
+        s = self.choice.predict_many(X)
+        order = np.lexsort((pr, -s, pu))
+        pu, pr, s = pu[order], pr[order], s[order]
+        starts = np.searchsorted(pu, np.arange(len(users)))
+        rank = np.arange(len(pu)) - starts[pu]
+        keep = rank < n
+        rows = np.zeros((len(users), n), dtype=np.int64)
+        scores = np.full((len(users), n), PAD_SCORE)
+        rows[pu[keep], rank[keep]] = pr[keep]
+        scores[pu[keep], rank[keep]] = s[keep]
+        return rows, scores
+
+    def _learn_choice(self, user_id: str, user: _User, row: int) -> None:
+        """Teach the second stage which of the user's candidates it chose (``row``), before learning the event."""
+        ctx = self._context(len(self.catalog))
+        first, t = self._first_one(ctx, user_id, user, self.rerank_candidates, self.exclude)
+        _, pr, X = self._second_pairs(ctx, t, [user], [first], self.exclude)
+        at = np.flatnonzero(pr == row)
+        self.choice.learn_one(X, int(at[0]) if len(at) else None)
 
     # -- many users at once: exact top-N over candidates ---------------------
 
@@ -365,9 +444,11 @@ class HybridRanker(StreamingRecommender):
             ids[cold_at, :len(rows)] = ctx.item_ids(rows)
             scores[cold_at, :len(rows)] = s
         if len(warm_users) == 1:  # one user (the replay): the plain path, same results
-            rows, s = self._top_one(ctx, warm_ids[0], warm_users[0], n, exclude)
-            ids[warm_at[0], :len(rows)] = ctx.item_ids(rows)
-            scores[warm_at[0], :len(rows)] = s
+            first, t = self._first_one(ctx, warm_ids[0], warm_users[0], max(n, self.rerank_candidates), exclude)
+            rows, s = self._second(ctx, t, warm_users, [first], exclude, n)
+            m = int((s[0] > PAD_SCORE).sum())
+            ids[warm_at[0], :m] = ctx.item_ids(rows[0, :m])
+            scores[warm_at[0], :m] = s[0, :m]
         elif warm_users:
             self._top_many(ctx, warm_at, warm_ids, warm_users, n, exclude, ids, scores)
         return ids, scores
@@ -398,7 +479,10 @@ class HybridRanker(StreamingRecommender):
                 idx = concat_ranges(starts[part], lens[part])
                 t = _Terms(ctx, [user_ids[j] for j in part], members,
                            (H[idx], W[idx], lens[part], (rstart[idx], per[idx])))
-                rows, s, _ = _Batch(ctx, t).top(n, [user.excluded(exclude) for user in members])
+                first, _, counts = _Batch(ctx, t).top(max(n, self.rerank_candidates),
+                                                      [user.excluded(exclude) for user in members])
+                rows, s = self._second(ctx, t, members, [first[i, :c] for i, c in enumerate(counts.tolist())],
+                                       exclude, n)
                 real = s > PAD_SCORE  # the real entries come first, then padding
                 chunk_ids = np.full(rows.shape, PAD_ID, dtype=object)
                 chunk_ids[real] = ctx.item_ids(rows[real])

@@ -7,9 +7,18 @@ import operator
 
 import numpy as np
 
+#: A gap longer than this (seconds) between two events of a customer starts a new session.
+SESSION_GAP_S = 1800.0
+
 
 class _User:
     """Bounded recent history plus the user's own interacted/purchased items.
+
+    Each history item also keeps how often the customer came back to it while
+    it stayed in the history (``counts``) and when it was last seen
+    (``times``); ``session_start`` is when the customer's current session
+    began (events further apart than :data:`SESSION_GAP_S` are in different
+    sessions). They are what the ranker's re-consumption features read.
 
     The history is kept in tuples (rebuilt on each push, at most
     ``maxlen`` long): tuples of numbers, like the dicts of int keys here,
@@ -17,31 +26,46 @@ class _User:
     full collections cheap with millions of users.
     """
 
-    __slots__ = ("maxlen", "history", "weights", "interacted", "purchased", "_excl")
+    __slots__ = ("maxlen", "history", "weights", "counts", "times", "session_start", "interacted", "purchased",
+                 "_excl")
 
     def __init__(self, history_size: int):
         self.maxlen = history_size
         self.history: tuple[int, ...] = ()  # rows, most recent last
         self.weights: tuple[float, ...] = ()
+        self.counts: tuple[int, ...] = ()  # events on each history item while in the history
+        self.times: tuple[float, ...] = ()  # ts of the last event on each history item
+        self.session_start = 0.0
         self.interacted: dict[int, None] = {}  # ordered set (deterministic pickles)
         self.purchased: dict[int, None] = {}
         self._excl: dict[str, np.ndarray] = {}  # cached exclusion arrays
 
-    def push(self, row: int, weight: float, purchase: bool) -> None:
-        """Record an event of ``weight`` on ``row`` as the most recent history item."""
-        history, weights = self.history, self.weights
+    def push(self, row: int, weight: float, purchase: bool, ts: float | None = None) -> None:
+        """Record an event of ``weight`` on ``row`` at ``ts`` as the most recent history item.
+
+        Without a ``ts`` no time passes: the event is in the current session.
+        """
+        history, weights, counts, times = self.history, self.weights, self.counts, self.times
+        last = times[-1] if times else None
+        if ts is None:
+            ts = self.session_start if last is None else last
+        if last is None or ts - last > SESSION_GAP_S:
+            self.session_start = ts
+        count = 1
         # A revisit moves the item to the front instead of duplicating it, so
         # a shopper flicking between two products does not flood the history.
         if row in self.interacted and row in history:
             i = history.index(row)
             weight = max(weight, weights[i])
-            history = history[:i] + history[i + 1:]
-            weights = weights[:i] + weights[i + 1:]
+            count += counts[i]
+            history, weights = history[:i] + history[i + 1:], weights[:i] + weights[i + 1:]
+            counts, times = counts[:i] + counts[i + 1:], times[:i] + times[i + 1:]
         history, weights = history + (row,), weights + (weight,)
+        counts, times = counts + (count,), times + (max(ts, last) if last is not None else ts,)
         drop = len(history) - self.maxlen
         if drop > 0:
-            history, weights = history[drop:], weights[drop:]
-        self.history, self.weights = history, weights
+            history, weights, counts, times = history[drop:], weights[drop:], counts[drop:], times[drop:]
+        self.history, self.weights, self.counts, self.times = history, weights, counts, times
         if row not in self.interacted:
             self.interacted[row] = None
             self._excl.pop("interacted", None)
@@ -60,13 +84,20 @@ class _User:
         return arr
 
     def __getstate__(self):
-        return (self.maxlen, list(self.history), list(self.weights), list(self.interacted), list(self.purchased))
+        return (self.maxlen, list(self.history), list(self.weights), list(self.interacted), list(self.purchased),
+                list(self.counts), list(self.times), self.session_start)
 
     def __setstate__(self, state):
-        maxlen, history, weights, interacted, purchased = state
+        maxlen, history, weights, interacted, purchased = state[:5]
+        # Checkpoints from before counts and times: every item seen once, all in one session.
+        counts, times, start = state[5:] if len(state) > 5 else ([1] * len(history), [0.0] * len(history), 0.0)
+
+        def last(values):
+            return tuple(values[len(values) - maxlen:] if maxlen is not None and len(values) > maxlen else values)
+
         self.maxlen = maxlen
-        self.history = tuple(history[len(history) - maxlen:] if maxlen is not None and len(history) > maxlen else history)
-        self.weights = tuple(weights[len(weights) - maxlen:] if maxlen is not None and len(weights) > maxlen else weights)
+        self.history, self.weights, self.counts, self.times = last(history), last(weights), last(counts), last(times)
+        self.session_start = start
         self.interacted = dict.fromkeys(interacted)
         self.purchased = dict.fromkeys(purchased)
         self._excl = {}
@@ -85,8 +116,8 @@ def _pack_users(users: dict[str, _User], maxlen: int) -> dict | None:
     ...     u.push(row, 1.0, purchase=row == 9)
     >>> packed = _pack_users({"ann": u}, maxlen=3)
     >>> v = _unpack_users(packed)["ann"]
-    >>> v.history, list(v.interacted), list(v.purchased)
-    ((7, 4, 9), [4, 7, 9], [9])
+    >>> v.history, v.counts, list(v.interacted), list(v.purchased)
+    ((7, 4, 9), (1, 2, 1), [4, 7, 9], [9])
     """
     values = users.values()
     if any(u.maxlen != maxlen for u in values):
@@ -104,6 +135,9 @@ def _pack_users(users: dict[str, _User], maxlen: int) -> dict | None:
     return {"ids": list(users), "maxlen": maxlen,
             "history": (hist_lens, concat("history", hist_lens, np.int64)),
             "weights": concat("weights", hist_lens, np.float64),  # one weight per history item
+            "counts": concat("counts", hist_lens, np.int64),
+            "times": concat("times", hist_lens, np.float64),
+            "session_start": np.fromiter(map(operator.attrgetter("session_start"), values), dtype=np.float64, count=n),
             "interacted": (inter_lens, concat("interacted", inter_lens, np.int64)),
             "purchased": (purch_lens, concat("purchased", purch_lens, np.int64))}
 
@@ -120,11 +154,19 @@ def _unpack_users(packed: dict) -> dict[str, _User]:
     hist_lens = packed["history"][0]
     histories, weights = split(*packed["history"]), split(hist_lens, packed["weights"])
     interacted, purchased = split(*packed["interacted"]), split(*packed["purchased"])
+    if "counts" in packed:
+        counts, times = split(hist_lens, packed["counts"]), split(hist_lens, packed["times"])
+        starts = packed["session_start"].tolist()
+    else:  # checkpoints from before counts and times: every item seen once, all in one session
+        counts = [[1] * len(h) for h in histories]
+        times = [[0.0] * len(h) for h in histories]
+        starts = [0.0] * len(histories)
     users: dict[str, _User] = {}
     new = _User.__new__
-    for user_id, h, w, i, p in zip(packed["ids"], histories, weights, interacted, purchased):
+    for user_id, h, w, c, t, s, i, p in zip(packed["ids"], histories, weights, counts, times, starts,
+                                            interacted, purchased):
         u = new(_User)
-        u.maxlen, u.history, u.weights = maxlen, tuple(h), tuple(w)
+        u.maxlen, u.history, u.weights, u.counts, u.times, u.session_start = maxlen, tuple(h), tuple(w), tuple(c), tuple(t), s
         u.interacted, u.purchased, u._excl = dict.fromkeys(i), dict.fromkeys(p), {}
         users[user_id] = u
     return users

@@ -105,16 +105,18 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False):
     return events, n_bad
 
 
-def build_models(seed: int | None = None) -> dict:
+def build_models(seed: int | None = None, exclude: str = "purchased") -> dict:
     """The product ranker, built exactly as the workers build it, and the baselines.
 
     The seed comes from the same settings (``RECOSTREAM_SEED``) the workers read,
-    so a replay and a live worker fed the same events hold the same model.
+    so a replay and a live worker fed the same events hold the same model; the
+    ranker learns to rank under the exclusion rule it is evaluated with, as a
+    worker learns under the rule it serves (``RECOSTREAM_EXCLUDE``).
     """
     from streams.settings import Settings
 
     return {
-        MODEL_NAME: HybridRanker(seed=Settings.from_env().seed if seed is None else seed),
+        MODEL_NAME: HybridRanker(seed=Settings.from_env().seed if seed is None else seed, exclude=exclude),
         "popularity": PopularityBaseline(),
         "cooccurrence": CooccurrenceBaseline(window=20),
         "cooccurrence_decayed": DecayedCooccurrenceBaseline(window=20, decay=0.9),
@@ -125,7 +127,7 @@ def build_models(seed: int | None = None) -> dict:
 
 def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, models=None,
                batch: int | None = None) -> Evaluation:
-    return prequential(events, build_models() if models is None else models, k=k, exclude=exclude,
+    return prequential(events, build_models(exclude=exclude) if models is None else models, k=k, exclude=exclude,
                        progress=progress, batch=batch)
 
 

@@ -48,7 +48,7 @@ def test_agents_and_replay_give_the_same_recommendations(settings, start_worker,
                "a checkpoint of the final model", worker=worker)
     live = PersonalisationEngine.loads(redis_client.get(key)).ranker
 
-    offline = build_models(seed=s.seed)[MODEL_NAME]
+    offline = build_models(seed=s.seed, exclude=s.exclude)[MODEL_NAME]
     stream = [(p["ts"] / 1000, p["user_id"], p["item_id"], etype) for etype, p in events]
     run_replay(stream, k=10, exclude="purchased", models={MODEL_NAME: offline})
 
@@ -86,7 +86,7 @@ def test_batched_replay_serves_the_lists_a_worker_served(settings, start_worker)
     sizes = np.diff([0, *versions]).tolist()
     assert versions[-1] == len(events) and len(versions) > 1, versions[:5]
 
-    offline = build_models(seed=s.seed)[MODEL_NAME]
+    offline = build_models(seed=s.seed, exclude=s.exclude)[MODEL_NAME]
     stream = [(p["ts"] / 1000, p["user_id"], p["item_id"], etype) for etype, p in events]
     batches = list(served_lists(stream, offline, sizes, k=s.top_n, exclude=s.exclude))
     assert len(batches) == len(versions)

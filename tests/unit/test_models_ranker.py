@@ -134,8 +134,26 @@ def test_predict_one_is_consistent_with_recommend():
     assert r.predict_one("u3", "no-such-item") == 0.0
 
 
+def _first_stage_scores(r: HybridRanker, user_id: str, user, n_items: int) -> np.ndarray:
+    """The first stage's fixed blend of every item, written out densely (its docstring's formula)."""
+    from models.ranking.scoring import _Batch, _Terms
+
+    ctx = r._context(n_items)
+    scores = ctx.pop * ctx.base_scale
+    t = _Terms(ctx, [user_id], [user])
+    rows = np.arange(n_items)
+    if t.aff is not None:
+        scores = r.w_category * t.aff[0, ctx.row_cats(rows)] + scores
+    if ctx.mf is not None:
+        scores += _Batch(ctx, t).coef[0] * (ctx.factor_rows(rows) @ t.Uq[0])
+    scores[t.cv_r] += t.cv_v * t.cvs[t.cv_u]
+    return scores
+
+
 def _reference_top(r: HybridRanker, user_id: str, n: int, exclude: str):
-    """Top-n by brute force: candidates built the plain way (as the docstrings define them),
+    """Top-n by brute force: first-stage candidates built the plain way (as the docstrings define
+    them) and ranked by the dense first-stage blend; the second stage's candidates are their best
+    ``rerank_candidates``, the user's recent items and the strongest next items of its latest one,
     scored with the dense scores predict_one uses."""
     user = r._users.get(user_id)
     cat = r.catalog
@@ -161,13 +179,23 @@ def _reference_top(r: HybridRanker, user_id: str, n: int, exclude: str):
         newest = avail[cats[avail] == c][::-1]
         cand |= set(newest[: r.n_new_candidates].tolist())
     cand = np.array(sorted(cand), dtype=np.int64)
-    s = scores[cand].copy()
-    s[~cat.available[cand]] = -np.inf
+    first = _first_stage_scores(r, user_id, user, n_items)[cand]
+    first[~cat.available[cand]] = -np.inf
     excl = user.excluded(exclude)
     if excl is not None and len(excl):
-        s[np.isin(cand, excl)] = -np.inf
-    order = np.lexsort((cand, -s))
-    return [(cat.item_id(int(cand[i])), float(s[i])) for i in order[:n] if np.isfinite(s[i])]
+        first[np.isin(cand, excl)] = -np.inf
+    keep = np.lexsort((cand, -first))[: max(n, r.rerank_candidates)]
+    second = set(cand[keep][np.isfinite(first[keep])].tolist()) | set(hist)
+    cols, _ = r.items.covisit.rows.row(hist[0])
+    strongest, _ = r.items.covisit.rows.strongest(np.array([hist[0]]), 20)
+    second |= set(r.items.covisit.rows.columns[strongest].tolist()) if len(cols) else set()
+    second = np.array(sorted(second), dtype=np.int64)
+    s = scores[second].copy()
+    s[~cat.available[second]] = -np.inf
+    if excl is not None and len(excl):
+        s[np.isin(second, excl)] = -np.inf
+    order = np.lexsort((second, -s))
+    return [(cat.item_id(int(second[i])), float(s[i])) for i in order[:n] if np.isfinite(s[i])]
 
 
 @pytest.mark.parametrize("exclude", ["purchased", "interacted", "none"])
