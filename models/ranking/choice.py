@@ -59,6 +59,22 @@ class SoftmaxChoice:
     def n_updates(self) -> int:
         return self.__dict__.get("_n", 0)
 
+    def widened(self, prior) -> SoftmaxChoice:
+        """This model over ``prior``'s longer feature list (features appended at the end): the
+        weights learned so far are kept, the new features start at their prior."""
+        prior = tuple(float(v) for v in prior)
+        if len(prior) == len(self.prior):
+            return self
+        wide = SoftmaxChoice(prior, lr=self.lr, l2=self.l2)
+        if "_w" in self.__dict__:
+            k = len(self._w)
+            wide._w = np.array(prior)
+            wide._w[:k] = self._w
+            wide._g2 = np.full(len(prior), 1e-8)
+            wide._g2[:k] = self._g2
+            wide._n = self._n
+        return wide
+
     def predict_many(self, X: np.ndarray) -> np.ndarray:
         """Scores of the rows of ``X`` (candidates x features).
 

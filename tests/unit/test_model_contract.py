@@ -17,6 +17,7 @@ from models.ranking import HybridRanker, valid_part
 MODELS = {
     "hybrid": lambda seed=0: HybridRanker(seed=seed),
     "hybrid-no-mf": lambda seed=0: HybridRanker(w_mf=0.0, seed=seed),
+    "hybrid-session-neighbours": lambda seed=0: HybridRanker(session_neighbours=True, seed=seed),
     "popularity": lambda seed=0: PopularityBaseline(seed=seed),
     "cooccurrence": lambda seed=0: CooccurrenceBaseline(window=20, seed=seed),
     "cooccurrence-decayed": lambda seed=0: DecayedCooccurrenceBaseline(seed=seed),

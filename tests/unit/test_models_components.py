@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from models.baselines import PopularityBaseline
 from models.catalog import Catalog
@@ -12,6 +13,7 @@ from models.covisit import CoVisitation, SparseRows
 from models.evaluation import prequential
 from models.mf import ImplicitMF
 from models.popularity import DecayClock, TrendingPopularity
+from models.session_knn import SessionNeighbours
 
 
 def test_catalog_grows_past_capacity_and_keeps_rows():
@@ -131,3 +133,53 @@ def test_prequential_metrics_by_hand():
     x, y = score.rolling_hr(window=2)
     assert x.tolist() == [3, 4] and y.tolist() == [0.5, 0.5]
     assert ev.events == 5 and ev.events_per_s > 0
+
+
+def _plain_votes(sessions: dict[str, list[int]], user: str, recent: list[int], k: int) -> dict[int, float]:
+    """Session-kNN by definition over full sessions: similarity is the summed weight 0.9 ** rank
+    of the shared recent items, the k most similar other sessions (ties: the later one) vote."""
+    weight = {row: 0.9 ** rank for rank, row in enumerate(recent)}
+    order = list(sessions)
+    sim = {v: sum(weight.get(r, 0.0) for r in set(items)) for v, items in sessions.items() if v != user}
+    best = sorted((v for v in sim if sim[v] > 0), key=lambda v: (-sim[v], -order.index(v)))[:k]
+    votes: dict[int, float] = {}
+    for v in best:
+        for r in set(sessions[v]):
+            votes[r] = votes.get(r, 0.0) + sim[v]
+    top = max(votes.values(), default=1.0)
+    return {r: x / top for r, x in votes.items()}
+
+
+def test_session_neighbours_vote_as_defined_and_forget_a_customer():
+    rng = np.random.default_rng(5)
+    knn = SessionNeighbours(sessions_per_item=1000, items_per_session=1000, neighbours=4)
+    sessions: dict[str, list[int]] = {}
+    for _ in range(600):
+        user = f"u{int(rng.integers(40))}"
+        row = int(rng.zipf(1.4)) % 30
+        knn.update(user, row)
+        sessions.setdefault(user, []).append(row)
+    users = ["u1", "u7", "new"]
+    recents = [list(dict.fromkeys(reversed(sessions[u])))[:5] for u in users[:2]] + [[3, 1]]
+    uh = np.repeat(np.arange(3), [len(r) for r in recents])
+    rows = np.array([r for rec in recents for r in rec])
+    weights = np.array([0.9 ** k for rec in recents for k in range(len(rec))])
+    vu, vr, v = knn.scores(users, uh, rows, weights)
+    for b, user in enumerate(users):
+        got = {int(r): float(x) for r, x in zip(vr[vu == b], v[vu == b])}
+        want = _plain_votes(sessions, user, recents[b], 4)
+        assert got.keys() == want.keys() and all(math.isclose(got[r], want[r]) for r in got), user
+    knn.forget("u7")
+    del sessions["u7"]
+    vu, vr, v = knn.scores(users, uh, rows, weights)
+    got = {int(r): float(x) for r, x in zip(vr[vu == 0], v[vu == 0])}
+    assert got == pytest.approx(_plain_votes(sessions, "u1", recents[0], 4))
+
+
+def test_session_neighbours_memory_is_bounded():
+    knn = SessionNeighbours(sessions_per_item=5, items_per_session=3, neighbours=2)
+    for k in range(5000):
+        knn.update(f"u{k % 700}", k % 47)
+    assert max(len(s) for s in knn._sessions_of._slots) <= 2 * 5
+    assert knn._items_of.shape[1] == 3  # a session's last 3 distinct items, oldest first
+    assert knn._items_of[knn._slot["u699"]].tolist() == [k % 47 for k in (3499, 4199, 4899)]

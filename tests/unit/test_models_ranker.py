@@ -153,8 +153,8 @@ def _first_stage_scores(r: HybridRanker, user_id: str, user, n_items: int) -> np
 def _reference_top(r: HybridRanker, user_id: str, n: int, exclude: str):
     """Top-n by brute force: first-stage candidates built the plain way (as the docstrings define
     them) and ranked by the dense first-stage blend; the second stage's candidates are their best
-    ``rerank_candidates``, the user's recent items and the strongest next items of its latest one,
-    scored with the dense scores predict_one uses."""
+    ``rerank_candidates``, the user's recent items, the strongest co-visited and next items of its
+    latest one, scored with the dense scores predict_one uses."""
     user = r._users.get(user_id)
     cat = r.catalog
     n_items = len(cat)
@@ -189,6 +189,8 @@ def _reference_top(r: HybridRanker, user_id: str, n: int, exclude: str):
     cols, _ = r.items.covisit.rows.row(hist[0])
     strongest, _ = r.items.covisit.rows.strongest(np.array([hist[0]]), 20)
     second |= set(r.items.covisit.rows.columns[strongest].tolist()) if len(cols) else set()
+    nxt, _ = r.items.successors.rows.strongest(np.array([hist[0]]), 20)
+    second |= set(r.items.successors.rows.columns[nxt].tolist())
     second = np.array(sorted(second), dtype=np.int64)
     s = scores[second].copy()
     s[~cat.available[second]] = -np.inf
@@ -199,7 +201,8 @@ def _reference_top(r: HybridRanker, user_id: str, n: int, exclude: str):
 
 
 @pytest.mark.parametrize("exclude", ["purchased", "interacted", "none"])
-@pytest.mark.parametrize("caps", [{}, {"neighbor_candidates": 12, "score_neighbors": 8}], ids=["default", "capped"])
+@pytest.mark.parametrize("caps", [{}, {"neighbor_candidates": 12, "score_neighbors": 8}, {"session_neighbours": True}],
+                         ids=["default", "capped", "session-neighbours"])
 def test_recommend_matches_a_brute_force_reference(exclude, caps):
     from streams.tools.generator import ShopperSimulator
 
