@@ -197,12 +197,14 @@ class HybridRanker(StreamingRecommender):
     ...     r.learn_one(user, "sandals", "purchase", ts=60.0)
     >>> r.learn_one("dan", "boots", "click", ts=120.0)
     >>> ids, scores = r.recommend(["dan", "new-user"], n=3)
-    >>> ids  # the scarf is unavailable: two items, then padding
-    array([['sandals', 'boots', None],
+    >>> ids  # dan's own boots first (re-views allowed); the scarf is unavailable: padding
+    array([['boots', 'sandals', None],
            ['sandals', 'boots', None]], dtype=object)
     >>> bool(scores[0, 0] > scores[0, 1]), scores[0, 2]
     (True, np.float64(-inf))
-    >>> r.predict_one("dan", "sandals") > r.predict_one("dan", "boots")
+    >>> r.recommend(["dan"], n=1, exclude="interacted")[0].tolist()  # what he has not seen
+    [['sandals']]
+    >>> r.predict_one("dan", "boots") > r.predict_one("dan", "sandals")
     True
     >>> r.model_version, r.n_users, r.n_items
     (7, 4, 3)
