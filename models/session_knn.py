@@ -6,6 +6,7 @@ import numpy as np
 
 from models.catalog import grow_to
 from models.covisit import SparseRows, concat_ranges
+from models.groups import run_starts
 
 __all__ = ["SessionNeighbours"]
 
@@ -127,20 +128,16 @@ class SessionNeighbours:
         per = has.sum(axis=1)
         keys, votes = _sum_by_key(np.repeat(nu, per) * _ROW_SPAN + items[has].astype(np.int64), np.repeat(sim, per))
         vu, vr = keys // _ROW_SPAN, keys % _ROW_SPAN
-        first = _run_starts(vu)
+        first = run_starts(vu)
         best = np.maximum.reduceat(votes, first)
         return vu, vr, votes / np.repeat(best, np.diff(np.append(first, len(vu))))
-
-
-def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
 
 
 def _sum_by_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct ``keys`` (ascending) and the sum of the ``values`` of each (in input order)."""
     order = np.argsort(keys, kind="stable")
     keys = keys[order]
-    first = _run_starts(keys)
+    first = run_starts(keys)
     return keys[first], np.add.reduceat(values[order], first)
 
 

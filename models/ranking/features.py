@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.covisit import concat_ranges
+from models.groups import strongest_in_groups
 
 __all__ = ["FEATURES", "PRIOR", "Sequels", "pair_features"]
 
@@ -145,10 +146,8 @@ _NO_SIGNAL = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros
 
 
 def _strongest(u: np.ndarray, r: np.ndarray, v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((r, -v, u))
-    u, r = u[order], r[order]
-    keep = np.arange(len(u)) - np.searchsorted(u, u) < k
-    return u[keep], r[keep]
+    at = strongest_in_groups(u, v, k)  # (u, r) sorted: ties go to the lower row
+    return u[at], r[at]
 
 
 def pair_features(ranker, ctx, terms, users, pu: np.ndarray, pr: np.ndarray, own: _Own,

@@ -31,6 +31,7 @@ import numpy as np
 
 from models.catalog import Catalog
 from models.covisit import CoVisitation, concat_ranges
+from models.groups import strongest_in_groups
 from models.mf import ImplicitMF
 from models.popularity import TrendingPopularity
 from models.ranking.base import EXCLUDE_RULES, PAD_ID, PAD_SCORE, StreamingRecommender, check_request, padded
@@ -436,6 +437,8 @@ class HybridRanker(StreamingRecommender):
         with row 0 and ``-inf``; ties go to the lower row."""
         pu, pr, X = self._second_pairs(ctx, t, user_ids, users, first, exclude)
         s = self.choice.predict_many(X)
+        at = strongest_in_groups(pu, s, n)  # (pu, pr) sorted: ties go to the lower row
+        pu, pr, s = pu[at], pr[at], s[at]
         order = np.lexsort((pr, -s, pu))
         pu, pr, s = pu[order], pr[order], s[order]
         starts = np.searchsorted(pu, np.arange(len(users)))

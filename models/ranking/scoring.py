@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.covisit import concat_ranges
+from models.groups import strongest_in_groups
 from models.ranking.candidates import _Context
 from models.ranking.topk import _best_k, _run_starts, _stable_order
 
@@ -117,43 +117,8 @@ class _Terms:
 
     def _keep_strongest(self, cap: int) -> None:
         """Keep each user's ``cap`` best co-visitation scores (ties to the lower row), in order."""
-        u, rows, v = self.cv_u, self.cv_r, self.cv_v
-        ustarts = _run_starts(u)
-        counts = np.diff(np.append(ustarts, len(u)))
-        big = counts > cap
-        if not big.any():
-            return
-        first, n = ustarts[big], counts[big]
-        m = len(n)
-        sel = concat_ranges(first, n)
-        line = np.repeat(np.arange(m), n)
-        vs = v[sel]
-        # Each user's cap-th best score, through padded matrices of users of
-        # similar sizes (sizes within a factor of 2: little padding to sort).
-        Tu = np.empty(m)
-        size_class = np.frexp(n.astype(np.float64))[1]
-        classes = np.unique(size_class)
-        for k in classes.tolist():
-            members = np.flatnonzero(size_class == k) if len(classes) > 1 else np.arange(m)
-            fm, nm = first[members], n[members]
-            w = int(nm.max())
-            P = np.full((len(members), w), -np.inf)
-            ln = np.repeat(np.arange(len(members)), nm)
-            s = concat_ranges(fm, nm)
-            P[ln, s - np.repeat(fm, nm)] = v[s]
-            Tu[members] = np.partition(P, w - cap, axis=1)[:, w - cap]
-        T = Tu[line]
-        above = vs > T
-        # Of the scores tied with the cap-th best, those of the lowest rows fill the
-        # remaining places (a user's neighbours are in ascending row order).
-        tied = vs == T
-        room = cap - np.bincount(line[above], minlength=m)
-        n_tied = np.bincount(line[tied], minlength=m)
-        rank = np.cumsum(tied) - (np.cumsum(n_tied) - n_tied)[line]  # 1-based among the user's ties
-        keep = np.ones(len(u), dtype=bool)
-        keep[sel] = above | (tied & (rank <= room[line]))
-        at = np.flatnonzero(keep)
-        self.cv_u, self.cv_r, self.cv_v = u[at], rows[at], v[at]
+        at = strongest_in_groups(self.cv_u, self.cv_v, cap)
+        self.cv_u, self.cv_r, self.cv_v = self.cv_u[at], self.cv_r[at], self.cv_v[at]
 
 
 class _Batch:
