@@ -50,7 +50,9 @@ class _Context:
         self.r = ranker
         self.catalog = None
         self.popularity = None
-        self.n_items = 0
+        self.n_items = 0  # rows the scores' terms cover
+        self.pool_n = 0  # rows the pools have seen (new rows beyond it join the newest-items pools)
+        self.base: dict | None = None  # the pools as last brought up to date (_keep_base)
         self.cat_version = -1
         self.top = np.zeros(0, dtype=np.int64)  # rows of block 0, ascending
         self.in_cat_top = np.zeros(0, dtype=bool)  # rows in their category's top list
@@ -80,22 +82,34 @@ class _Context:
 
     # -- pools ----------------------------------------------------------------
 
-    def refresh(self, n_items: int, many: bool = False) -> None:
+    def refresh(self, n_items: int, many: bool = False, pools: bool = True) -> None:
         """Bring the cache up to date; ``many``: the call scores many users, so catalogue-wide
-        arrays computed once for the call pay off."""
+        arrays computed once for the call pay off. ``pools=False``: the candidate pools (blocks)
+        may stay as they are (a learning step ranks without them); only the scores' terms are
+        brought up to date, unless the catalogue changed."""
         self.many = many
         r = self.r
         cat, pop = r.catalog, r.items.popularity
-        changed = pop.track_changes()
+        if (not pools and cat is self.catalog and pop is self.popularity and cat.version == self.cat_version
+                and n_items >= self.pool_n):
+            changed = ()  # the pools' changes stay with the popularity for the next full refresh
+        else:
+            changed = pop.track_changes()
         self.pop = pop.scores(n_items)
         self.base_scale = r.w_popularity / pop.max_value if pop.max_value > 0 else 0.0
         if cat is not self.catalog:
             self.ids_n = 0
-        if (changed is None or cat is not self.catalog or pop is not self.popularity
-                or cat.version != self.cat_version or n_items < self.n_items):
+        if changed == ():
+            self.n_items = n_items  # (before _admit: block keys pack rows below it)
+            if n_items > self.pool_n:
+                self._admit(n_items)
+        elif (changed is None or cat is not self.catalog or pop is not self.popularity
+                or cat.version != self.cat_version or n_items < self.pool_n):
             self._build(n_items)
+            self._keep_base()
         else:
             self._update(n_items, changed)
+            self._keep_base()
         self.available = cat.available
         self.cats = cat.category
         self.norm, self.norm_entries = None, 0  # covisit_norm() of this call
@@ -106,6 +120,33 @@ class _Context:
     def mf(self):
         """The ranker's MF model (``None`` without MF)."""
         return self.factors.mf
+
+    def _keep_base(self) -> None:
+        """Remember the pools as brought up to date (what :meth:`_admit` starts from)."""
+        self.base = {"cat_version": self.cat_version, "n": self.pool_n, "top": self.top,
+                     "cat_top": list(self.cat_top), "cat_new": list(self.cat_new)}
+
+    def pools_state(self) -> dict | None:
+        """The candidate pools as last brought up to date, as plain arrays, for the ranker's
+        checkpoint (``None`` before any); the rows admitted since follow from them."""
+        return self.base
+
+    def seed(self, pools: dict) -> None:
+        """Start from pools saved by :meth:`pools_state` (a restored ranker serves and learns with
+        the pools it had, not with pools made from its state at the time of the restore)."""
+        r = self.r
+        self.catalog, self.popularity = r.catalog, r.items.popularity
+        self.cat_version, self.n_items = pools["cat_version"], pools["n"]
+        self.pool_n = pools["n"]
+        self.top = pools["top"]
+        self.cat_top, self.cat_new = list(pools["cat_top"]), list(pools["cat_new"])
+        self.n_cats = len(self.cat_top)
+        self.in_cat_top = np.zeros(self.pool_n, dtype=bool)
+        for rows in self.cat_top:
+            self.in_cat_top[rows] = True
+        self.cat_mat = None
+        self._set_blocks(self.pool_n, None)
+        self.base = pools
 
     def _kept(self, key, token):
         """A derived array kept across calls, if it was derived from the same ``token`` (else ``None``)."""
@@ -123,7 +164,7 @@ class _Context:
         r = self.r
         cat = r.catalog
         self.catalog, self.popularity = cat, r.items.popularity
-        self.cat_version, self.n_items = cat.version, n_items
+        self.cat_version, self.n_items, self.pool_n = cat.version, n_items, n_items
         p, q = r.n_candidates, r.n_new_candidates
         avail = np.flatnonzero(cat.available)
         order = self._key_order(avail)
@@ -150,8 +191,8 @@ class _Context:
         r = self.r
         cat = r.catalog
         p, q = r.n_candidates, r.n_new_candidates
-        old_n = self.n_items
-        self.n_items = n_items
+        old_n = self.pool_n
+        self.n_items = self.pool_n = n_items
         rows = np.array(changed, dtype=np.int64)
         if len(rows) > 1:
             rows = np.unique(rows)
@@ -206,6 +247,53 @@ class _Context:
             dirty.update(np.unique(mc[(mc >= 0) & (mc < self.n_cats)]).tolist())
         if top_changed or dirty or len(self.block_of) < n_items or len(self.blocks) < 1 + self.n_cats:
             self._set_blocks(n_items, dirty, top_changed)
+
+    def _admit(self, n_items: int) -> None:
+        """Rows new since the pools were last brought up to date join them without looking at
+        popularity: the newest-items pools of their categories, and block 0 and their category's top
+        list while those have room, in row order (the rest wait for the next :meth:`_update`).
+
+        So the pools between two updates are a function of the pools at the last update and of the
+        rows that exist, whenever they are read; and every row of a pool at an update is still in it,
+        so :meth:`_update`'s merge stays exact (rows not in a top list and not changed since cannot
+        beat its last one)."""
+        r, cat = self.r, self.r.catalog
+        p, q = r.n_candidates, r.n_new_candidates
+        new = np.arange(self.pool_n, n_items)
+        new = new[cat.available[new]]
+        self.pool_n = n_items
+        if len(self.block_of) < n_items:
+            self.block_of = grow_to(self.block_of, n_items, fill=-1)
+            self.block_pos = grow_to(self.block_pos, n_items)
+        if len(self.in_cat_top) < n_items:
+            self.in_cat_top = grow_to(self.in_cat_top, n_items, fill=False)
+        if not len(new):
+            return
+        self.order = None
+        room = p - len(self.top)
+        top_changed = room > 0
+        if top_changed:
+            self.top = np.concatenate((self.top, new[:room]))  # new rows are above every old one
+        dirty: set[int] = set()
+        if r.w_category and cat.n_categories:
+            while len(self.cat_top) < cat.n_categories:
+                self.cat_top.append(np.zeros(0, dtype=np.int64))
+                self.cat_new.append(np.zeros(0, dtype=np.int64))
+            self.n_cats = cat.n_categories
+            nc = cat.category[new]
+            for c in np.unique(nc[nc >= 0]).tolist():
+                rows = new[nc == c]
+                self.cat_new[c] = np.concatenate((rows[::-1], self.cat_new[c]))[:q]
+                room_c = p - len(self.cat_top[c])
+                if room_c > 0:
+                    self.cat_top[c] = np.concatenate((self.cat_top[c], rows[:room_c]))
+                    self.in_cat_top[rows[:room_c]] = True
+                dirty.add(c)
+            self.cat_mat = None
+        if top_changed and self.n_cats:
+            mc = cat.category[new[:room]]
+            dirty.update(np.unique(mc[(mc >= 0) & (mc < self.n_cats)]).tolist())
+        self._set_blocks(n_items, dirty, top_changed)
 
     def _cat_matrix(self, p: int) -> tuple[np.ndarray, np.ndarray]:
         """The category top lists as one ``n_cats x p`` matrix of rows (ascending, padded

@@ -46,6 +46,11 @@ from models.session_knn import SessionNeighbours
 __all__ = ["HybridRanker", "ItemState"]
 
 _SEQUEL_CANDIDATES = 20  # strongest rows of each sequel signal added to a customer's candidates
+# The candidate pools (most popular and newest items, overall and per category) are brought up to
+# date every _POOLS_EVERY learned events, at the same points of the stream in a worker and a replay;
+# in between, new items join them where there is room (_Context.refresh). Most of the cost of a
+# refresh was the pools', paid on every learning step.
+_POOLS_EVERY = 256
 _CHUNK_USERS = 256  # users scored together by recommend, at most ...
 _CHUNK_ENTRIES = 65_536  # ... and about this many neighbourhood entries (keeps temporaries cache-sized)
 
@@ -321,6 +326,8 @@ class HybridRanker(StreamingRecommender):
             # Targets in (0, 1]: the strongest event type is a full positive.
             target = weight / max(self.event_weights.values())
             self.mf.learn_one(user_id, self.catalog.item_id(row), row, target, seen=user.interacted)
+        if (self._n_learned + 1) % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:
+            self._context(len(self.catalog), pools=True)  # exact pools after this event
 
     def forget_user(self, user_id: str) -> None:
         super().forget_user(user_id)
@@ -331,7 +338,10 @@ class HybridRanker(StreamingRecommender):
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.pop("_ctx", None)  # a cache of the catalogue-wide terms, rebuilt on demand
+        # The catalogue-wide cache is rebuilt on demand, except its candidate pools: they change at
+        # fixed points of the event sequence, so a restored ranker must go on with the ones it had.
+        ctx = state.pop("_ctx", None)
+        state["_pools"] = ctx.pools_state() if ctx is not None else None
         return state
 
     def __setstate__(self, state):
@@ -350,13 +360,20 @@ class HybridRanker(StreamingRecommender):
         state["choice"] = state["choice"].widened(PRIOR)
         state.setdefault("session_neighbours", False)
         state.setdefault("sessions", None)
+        pools = state.pop("_pools", None)
         super().__setstate__(state)
+        if pools is not None:
+            self._ctx = _Context(self)
+            self._ctx.seed(pools)
 
-    def _context(self, n_items: int, many: bool = False) -> _Context:
+    def _context(self, n_items: int, many: bool = False, pools: bool = False) -> _Context:
+        """The catalogue-wide cache, up to date; the candidate pools are brought up to date only
+        when ``pools`` (every :data:`_POOLS_EVERY` learned events), else they only take in new items:
+        at any read they are a function of the event sequence, so reads never change what is learned."""
         ctx = self.__dict__.get("_ctx")
         if ctx is None:
             ctx = self._ctx = _Context(self)
-        ctx.refresh(n_items, many)
+        ctx.refresh(n_items, many, pools)
         return ctx
 
     def _scores(self, user_id, user, n_items):

@@ -251,9 +251,11 @@ def test_engine_popular_top_list_matches_nlargest():
 
 @pytest.mark.parametrize("calls_every", [1, 7, 50])
 def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
-    """The pools kept between calls (top lists, blocks, row maps) equal those built from scratch,
-    whatever the reads in between: new items, new categories, availability and category changes."""
+    """The pools brought up to date every _POOLS_EVERY learned events (top lists, blocks, row maps)
+    equal those built from scratch, whatever the reads in between (which admit new items): new items,
+    new categories, availability and category changes."""
     from models.ranking.candidates import _Context
+    from models.ranking.hybrid import _POOLS_EVERY
 
     rng = np.random.default_rng(3)
     r = HybridRanker(seed=1, n_candidates=12, n_new_candidates=4)
@@ -261,17 +263,13 @@ def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
     for i in range(150):
         r.upsert_item(f"i{i}", category=cats[i % 5])
     items = [f"i{i}" for i in range(150)]
+    checked = 0
     for step in range(1500):
         user = f"u{rng.integers(40)}"
         item = items[min(int(rng.zipf(1.3)) - 1, len(items) - 1)] if rng.random() < 0.8 else items[rng.integers(len(items))]
         r.learn_one(user, item, "click" if rng.random() < 0.8 else "purchase", ts=float(step))
-        if step % 97 == 0:  # a new item, sometimes in a brand-new category
-            items.append(f"n{step}")
-            r.upsert_item(items[-1], category=str(rng.choice(cats + [f"new{step}"])) if rng.random() < 0.9 else None)
-        if step % 331 == 0:
-            r.upsert_item(items[rng.integers(len(items))], available=bool(rng.random() < 0.5))
-        if step % calls_every == 0:
-            r.recommend([f"u{k}" for k in range(0, 40, 3)], n=5)
+        if (step + 1) % _POOLS_EVERY == 0:
+            checked += 1
             ctx = r._ctx
             fresh = _Context(r)
             fresh.pop, fresh.base_scale = ctx.pop, ctx.base_scale
@@ -285,3 +283,17 @@ def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
             inside = fresh.block_of[:n] >= 0
             assert np.array_equal(ctx.block_pos[:n][inside], fresh.block_pos[:n][inside])
             assert np.array_equal(ctx.in_cat_top[:n], fresh.in_cat_top[:n])
+        if step % 97 == 0:  # a new item, sometimes in a brand-new category
+            items.append(f"n{step}")
+            r.upsert_item(items[-1], category=str(rng.choice(cats + [f"new{step}"])) if rng.random() < 0.9 else None)
+        if step % 331 == 0:
+            r.upsert_item(items[rng.integers(len(items))], available=bool(rng.random() < 0.5))
+        if step % calls_every == 0:
+            r.recommend([f"u{k}" for k in range(0, 40, 3)], n=5)
+            # Between updates, block 0 is the last update's plus the rows new since, while there is room.
+            ctx = r._ctx
+            new = np.arange(ctx.base["n"], ctx.n_items)
+            new = new[r.catalog.available[new]]
+            room = max(r.n_candidates - len(ctx.base["top"]), 0)
+            assert np.array_equal(ctx.top, np.concatenate((ctx.base["top"], new[:room])))
+    assert checked == 1500 // _POOLS_EVERY
