@@ -45,6 +45,19 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
+from models.effect import (
+    HOLDOUT,
+    IMPRESSION,
+    Attribution,
+    Delta,
+    EffectState,
+    Experiment,
+    Increment,
+    default_experiment,
+    make_rec_id,
+    merge_deltas,
+)
+from models.effect import Interaction as Record
 from models.profile import (
     FEATURE_KEYS,
     Profile,
@@ -52,16 +65,25 @@ from models.profile import (
     apply_event,
     feature_matrix,
     mark_applied,
+    mark_seen,
     new_profile,
     seen_offset,
 )
 from models.ranking import pickling
-from models.ranking.base import valid_counts
+from models.ranking.base import padded, valid_counts
 from models.ranking.hybrid import HybridRanker
 from models.segments import CustomerSegments
 
 #: A source partition, ``(topic, partition)``: what event positions and ``model_offsets`` are keyed by.
 SourcePartition = tuple[str, int]
+
+# How an impression's event_id is held in the dedupe window: impressions come from their own
+# topic, whose producer may number its ids like the event producers do; the prefix (a control
+# character, which no contract-valid id holds) keeps "imp-1" of each apart.
+_IMPRESSION_KEY = "\x01"
+# A user id no customer can have (the contract refuses empty ids): ranking it gives the
+# cold-start list, trending popularity.
+_NO_HISTORY = ""
 
 
 def source_position(part: SourcePartition, offset: int) -> int:
@@ -95,7 +117,14 @@ def _source_partition(key: SourcePartition | str) -> SourcePartition:
 
 
 class Interaction(Protocol):
-    """What the engine needs to know of an event (``streams.contract.Event`` fits)."""
+    """What the engine needs to know of an event (``streams.contract.Event`` fits).
+
+    A click or purchase may also carry ``rec_id`` (the list it came from). A
+    record whose ``type`` is :data:`models.effect.IMPRESSION` is an impression
+    (``streams.contract.Impression``: ``event_id``, ``user_id``, ``rec_id``,
+    ``items``, ``ts``): it is deduplicated like an event and counted by the
+    attribution, and teaches no model.
+    """
 
     event_id: str
     user_id: str
@@ -122,6 +151,8 @@ class TopN:
     users: list[str] = field(default_factory=list)
     ids: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=object))
     scores: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    #: ``(rec_id, variant)`` of each customer's list (``holdout``: the empty list of the holdout).
+    served: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -130,6 +161,7 @@ class TopN:
         """Add ``other``'s lists; a customer in both keeps its place and gets ``other``'s list."""
         if not other.users:
             return
+        self.served.update(other.served)
         if not self.users:
             self.users, self.ids, self.scores = list(other.users), other.ids, other.scores
             return
@@ -154,6 +186,9 @@ class BatchOutcome:
     evaluated: int = 0
     hits: int = 0
     popularity_hits: int = 0
+    #: Per customer, what the batch added to the experiment's counts (customers with no count
+    #: change are left out); the changelog record of the customer's profile carries it.
+    effect: dict[str, Delta] = field(default_factory=dict)
 
 
 class PersonalisationEngine:
@@ -173,6 +208,10 @@ class PersonalisationEngine:
         Cut-off of the live hit rate.
     seed
         Seed of every stochastic component.
+
+    The experiment (arms, attribution windows) is configuration, not model
+    state: :meth:`set_experiment` sets it (the default: one ``ranker``
+    variant with every customer), and a checkpoint does not carry it.
 
     Examples
     --------
@@ -206,9 +245,40 @@ class PersonalisationEngine:
         self._item_counts: dict[str, int] = {}
         self.model_offsets: dict[SourcePartition, int] = {}
         self.forgotten = 0  # customers forgotten so far: a change worth checkpointing
+        #: Per variant with ranker overrides: ``(overrides, its own HybridRanker)`` (see :meth:`set_experiment`).
+        self.variant_rankers: dict[str, tuple[tuple, HybridRanker]] = {}
         #: Seconds spent per phase of :meth:`process` since creation (not model state).
         self.timings: dict[str, float] = dict.fromkeys(("learn", "segments", "recommend"), 0.0)
+        self.set_experiment(default_experiment())
         self._init_caches()
+
+    def set_experiment(self, experiment: Experiment, click_window_s: float = 1800.0,
+                       purchase_window_s: float = 86400.0) -> None:
+        """Serve and count under ``experiment`` from now on (:class:`models.effect.Attribution` windows).
+
+        A variant with ranker overrides gets a ranker of its own
+        (:class:`HybridRanker` with those parameters) that learns every event
+        the product's ranker learns: the price is one more ranker's learning
+        time and memory per such variant. Rankers of variants kept with the
+        same overrides are kept (a checkpoint carries them); a new one starts
+        empty, with the catalogue, and learns from then on.
+        """
+        self.experiment = experiment
+        self.attribution = Attribution(experiment, click_window_s=click_window_s, purchase_window_s=purchase_window_s)
+        kept: dict[str, tuple[tuple, HybridRanker]] = {}
+        for v in experiment.variants:
+            if v.strategy != "ranker" or not v.overrides:
+                continue
+            old = self.variant_rankers.get(v.name)
+            if old is not None and old[0] == v.overrides:
+                kept[v.name] = old
+                continue
+            ranker = HybridRanker(**{"seed": self.seed, "exclude": self.exclude, **v.overrides_dict})
+            catalog = self.ranker.catalog
+            for item_id, available in zip(catalog.ids, catalog.available.tolist()):
+                ranker.upsert_item(item_id, catalog.category_of(item_id), available)
+            kept[v.name] = (v.overrides, ranker)
+        self.variant_rankers = kept
 
     def _init_caches(self) -> None:
         # Derived from the state above, never saved.
@@ -220,6 +290,8 @@ class PersonalisationEngine:
     # ------------------------------------------------------------------
     def upsert_item(self, item_id: str, category: str | None = None, available: bool = True) -> None:
         self.ranker.upsert_item(item_id, category=category, available=available)
+        for _, ranker in self.variant_rankers.values():
+            ranker.upsert_item(item_id, category=category, available=available)
 
     @property
     def model_version(self) -> int:
@@ -238,13 +310,14 @@ class PersonalisationEngine:
         clock = time.perf_counter
         t0 = clock()
         out = BatchOutcome()
-        latest_ts = self._learn_batch(events, profiles, positions, out)
+        triggers: dict[str, tuple[int, float]] = {}
+        latest_ts = self._learn_batch(events, profiles, positions, out, triggers)
         t1 = clock()
-        if out.profiles:
-            self._assign_segments(out.profiles, latest_ts)
+        if triggers:
+            self._assign_segments({user: out.profiles[user] for user in triggers}, latest_ts)
         t2 = clock()
-        if recommend and out.profiles:
-            self._recommend_touched(out)
+        if recommend and triggers:
+            self._recommend_touched(out, triggers)
         t3 = clock()
         timings = self.timings
         timings["learn"] += t1 - t0
@@ -253,18 +326,24 @@ class PersonalisationEngine:
         return out
 
     def _learn_batch(self, events: Sequence[Interaction], profiles: Mapping[str, Profile],
-                     positions: Sequence[tuple[SourcePartition, int]] | None, out: BatchOutcome) -> float:
-        """Deduplicate, update the profiles (into ``out.profiles``) and let the models learn
-        (see the module docstring); returns the latest event time learned (0 if none)."""
+                     positions: Sequence[tuple[SourcePartition, int]] | None, out: BatchOutcome,
+                     triggers: dict[str, tuple[int, float]]) -> float:
+        """Deduplicate, update the profiles (into ``out.profiles``), count for the experiment (into
+        ``out.effect``) and let the models learn (see the module docstring); returns the latest
+        event time learned (0 if none). ``triggers`` gets, per customer with an event (applied or
+        redelivered), the source position and time of its last one: what its new list is named by."""
         touched: dict[str, Profile] = out.profiles
         pop_top = self._popular(self.hit_k)
         latest_ts = 0.0
         model_offsets = self.model_offsets
         learn_one = self.ranker.learn_one
+        variant_learners = [ranker.learn_one for _, ranker in self.variant_rankers.values()]
         counts = self._item_counts
         learned_items = self._pop_pending
         learned_by_type = out.learned_by_type
         shown_of = self._shown.get
+        attribution = self.attribution
+        increments: dict[str, list[Increment]] = {}
         for i, ev in enumerate(events):
             user = ev.user_id
             profile = touched.get(user)
@@ -277,10 +356,23 @@ class PersonalisationEngine:
                 position = self._position(part, offset)
                 model_new = offset >= model_offsets.get(part, 0)
             applied, redelivery = self._apply(profile, ev, position, offset)
+            if ev.type == IMPRESSION:  # counted, never learned; the customer's list does not change
+                if applied:
+                    increments.setdefault(user, []).extend(attribution.impression(self._effect(profile), ev))
+                if applied or redelivery:
+                    touched[user] = profile
+                if not applied:
+                    out.duplicates += 1
+                continue
             if applied or redelivery:
                 # A redelivery's first delivery may have died before its outputs
                 # were written: refresh them (idempotent; counts do not change).
                 touched[user] = profile
+                triggers[user] = (position if position >= 0 else zlib.crc32(ev.event_id.encode()), ev.ts)
+            if applied:
+                increments.setdefault(user, []).extend(attribution.interaction(self._effect(profile), Record(
+                    ev.event_id, user, ev.item_id, ev.type, ev.ts, rec_id=getattr(ev, "rec_id", None),
+                    price=ev.price, quantity=ev.quantity or 1)))
             if not applied:
                 out.duplicates += 1
                 if not (redelivery and model_new):
@@ -298,13 +390,26 @@ class PersonalisationEngine:
                 out.hits += item in shown
                 out.popularity_hits += item in pop_top
             learn_one(user, item, etype, ts)
+            for learn in variant_learners:
+                learn(user, item, etype, ts)
             counts[item] = counts.get(item, 0) + 1
             learned_items.append(item)
             out.learned += 1
             learned_by_type[etype] = learned_by_type.get(etype, 0) + 1
             if ts > latest_ts:
                 latest_ts = ts
+        for user, incs in increments.items():
+            delta = merge_deltas(incs)
+            if delta:
+                out.effect[user] = delta
         return latest_ts
+
+    def _effect(self, profile: Profile) -> EffectState:
+        """The customer's attribution state, created on first use (kept in the profile)."""
+        state = profile.effect
+        if state is None:
+            state = profile.effect = self.attribution.new_state()
+        return state
 
     def _position(self, part: SourcePartition, offset: int) -> int:
         """:func:`source_position` of ``(part, offset)``, the partition's hash computed once."""
@@ -317,23 +422,28 @@ class PersonalisationEngine:
         """Apply ``ev`` (at ``position`` and ``offset``; -1: unknown) to ``profile`` unless the profile
         holds it already: ``(applied, redelivery)``, a redelivery being the same message again (not
         a producer's duplicate)."""
+        impression = ev.type == IMPRESSION
+        key = _IMPRESSION_KEY + ev.event_id if impression else ev.event_id
         last = applied_offset(profile, position) if position >= 0 else None
         if last is not None and last >= offset:
             # At or below the last event applied from its partition: a redelivery
             # (after a crash or a rebalance), even if its id has left the window,
             # unless the window holds its id at another position (a duplicate).
-            seen_at = seen_offset(profile, ev.event_id)
+            seen_at = seen_offset(profile, key)
             return False, seen_at is None or seen_at == position
-        # An event without a category counts in the catalogue's category of its item.
-        category = ev.category if ev.category is not None else self.ranker.item_category(ev.item_id)
-        applied = apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
-                              ts=ev.ts, category=category, price=ev.price, quantity=ev.quantity,
-                              order_id=ev.order_id, window=self.dedupe_window, offset=position)
+        if impression:  # the same window and positions as events, no count of the profile
+            applied = mark_seen(profile, key, self.dedupe_window, position)
+        else:
+            # An event without a category counts in the catalogue's category of its item.
+            category = ev.category if ev.category is not None else self.ranker.item_category(ev.item_id)
+            applied = apply_event(profile, event_id=ev.event_id, item_id=ev.item_id, event_type=ev.type,
+                                  ts=ev.ts, category=category, price=ev.price, quantity=ev.quantity,
+                                  order_id=ev.order_id, window=self.dedupe_window, offset=position)
         if applied:
             if position >= 0:
                 mark_applied(profile, position)
             return True, False
-        return False, position >= 0 and seen_offset(profile, ev.event_id) == position
+        return False, position >= 0 and seen_offset(profile, key) == position
 
     def _assign_segments(self, touched: dict[str, Profile], latest_ts: float) -> None:
         """Update the segments with the touched profiles and assign each its segment."""
@@ -343,16 +453,105 @@ class PersonalisationEngine:
                                                                           FEATURE_KEYS)):
             profile.segment = segment
 
-    def _recommend_touched(self, out: BatchOutcome) -> None:
-        """Rank the catalogue for the touched customers (one batched call) and remember what they
-        are shown (the live quality's reference)."""
-        users = list(out.profiles)
-        ids, scores = self.ranker.recommend(users, n=self.top_n, exclude=self.exclude)
-        out.recommendations = TopN(users, ids, scores)
+    def _recommend_touched(self, out: BatchOutcome, triggers: dict[str, tuple[int, float]]) -> None:
+        """Serve the customers with an event their arm's list (one batched call per arm), name each
+        list after the position of the customer's last event (:func:`models.effect.make_rec_id`: a
+        list written again after a crash keeps its name), put it on the customer's record of
+        recommendations, and remember what they are shown (the live quality's reference)."""
+        users = [user for user in out.profiles if user in triggers]
+        ids, scores, arms = self.serve(users)
+        served: dict[str, tuple[str, str]] = {}
+        out.recommendations = TopN(users, ids, scores, served)
+        name, recommended = self.experiment.name, self.attribution.recommended
+        for user, arm in zip(users, arms):
+            position, ts = triggers[user]
+            rec_id = make_rec_id(name, user, position)
+            served[user] = (rec_id, arm)
+            if arm != HOLDOUT:
+                recommended(self._effect(out.profiles[user]), rec_id, arm, ts)
         hit_k = self.hit_k
         shown = self._shown
         for user, row, m in zip(users, ids[:, :hit_k].tolist(), valid_counts(scores[:, :hit_k]).tolist()):
             shown[user] = tuple(row[:m])
+
+    def serve(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Each customer's list under the experiment: ``(ids, scores, arms)``, ``ids`` and ``scores``
+        as :meth:`recommend` gives them, ``arms`` the arm of each (:meth:`Experiment.assign`).
+
+        A ``ranker`` variant gets the product's ranker (or its own ranker if
+        it has overrides), a ``popularity`` variant the trending list
+        (:meth:`_popularity`), the holdout an empty list.
+        """
+        users = list(user_ids)
+        assign = self.experiment.assign
+        arms = [assign(user) for user in users]
+        ids, scores = padded(len(users), self.top_n)
+        rows_of: dict[str, list[int]] = {}
+        for i, arm in enumerate(arms):
+            rows_of.setdefault(arm, []).append(i)
+        for arm, rows in rows_of.items():
+            if arm == HOLDOUT:
+                continue  # no personalised list: what the holdout measures
+            part = [users[i] for i in rows] if len(rows) < len(users) else users
+            if self.experiment.variant(arm).strategy == "popularity":
+                got = self._popularity(part)
+            else:
+                entry = self.variant_rankers.get(arm)
+                got = (entry[1] if entry else self.ranker).recommend(part, n=self.top_n, exclude=self.exclude)
+            if part is users:
+                return got[0], got[1], arms
+            ids[rows], scores[rows] = got
+        return ids, scores, arms
+
+    def rec_id_of(self, profile: Profile, arm: str) -> str:
+        """The ``rec_id`` of the customer's latest list of ``arm`` on record (to serve a list again without
+        naming a new one), else one derived from no position.
+
+        Examples
+        --------
+        >>> engine = PersonalisationEngine()
+        >>> p = new_profile("u1")
+        >>> engine.attribution.recommended(engine._effect(p), "r1", "ranker", 0.0)
+        >>> engine.rec_id_of(p, "ranker"), engine.rec_id_of(new_profile("u2"), "ranker") == make_rec_id("default", "u2", -1)
+        ('r1', True)
+        """
+        state = profile.effect
+        if state is not None and state.experiment == self.experiment.name:
+            for issued in reversed(state.issued):
+                if issued.variant == arm:
+                    return issued.rec_id
+        return make_rec_id(self.experiment.name, profile.user_id, -1)
+
+    def _popularity(self, users: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ``popularity`` arm: the ranker's trending list (its cold start) without each customer's
+        excluded items.
+
+        Why not a second model (``models.baselines.PopularityBaseline``): the
+        ranker's trending popularity already learns every event, with the
+        decay the product uses, so the control costs no learning time or
+        memory, and it is the list the product itself shows a new customer.
+        The exclusion rule is the ranker's: its per-customer state holds the
+        purchased and interacted items.
+        """
+        n, ranker = self.top_n, self.ranker
+        states = ranker._users  # the exclusion sets live only in the ranker's per-user state
+        excluded = []
+        for user in users:
+            state = states.get(user)
+            excl = state.excluded(self.exclude) if state is not None else None
+            excluded.append(excl if excl is not None and len(excl) else None)
+        extra = max((len(e) for e in excluded if e is not None), default=0)
+        cold_ids, cold_scores = ranker.recommend([_NO_HISTORY], n=n + extra, exclude="none")
+        m = int(valid_counts(cold_scores)[0])
+        cold_ids, cold_scores = cold_ids[0, :m], cold_scores[0, :m]
+        row_of = ranker.catalog.row
+        cold_rows = np.array([row_of(i) for i in cold_ids.tolist()], dtype=np.int64)
+        ids, scores = padded(len(users), n)
+        for k, excl in enumerate(excluded):
+            keep = np.flatnonzero(~np.isin(cold_rows, excl))[:n] if excl is not None else np.arange(min(n, m))
+            ids[k, :len(keep)] = cold_ids[keep]
+            scores[k, :len(keep)] = cold_scores[keep]
+        return ids, scores
 
     def catch_up(self, events: Sequence[Interaction], positions: Sequence[tuple[SourcePartition, int]],
                  profiles: Mapping[str, Profile]) -> int:
@@ -389,7 +588,7 @@ class PersonalisationEngine:
         >>> after.catch_up(ev, [(click0, 0), (click0, 1)], out.profiles)  # already learned
         0
         """
-        learn_one = self.ranker.learn_one
+        learners = [self.ranker.learn_one, *(ranker.learn_one for _, ranker in self.variant_rankers.values())]
         counts, learned_items, model_offsets = self._item_counts, self._pop_pending, self.model_offsets
         unplaced: set[str] = set()
         learned = 0
@@ -407,7 +606,8 @@ class PersonalisationEngine:
                 unplaced.add(ev.event_id)
             elif seen_at != self._position(part, offset):
                 continue
-            learn_one(ev.user_id, ev.item_id, ev.type, ev.ts)
+            for learn in learners:
+                learn(ev.user_id, ev.item_id, ev.type, ev.ts)
             counts[ev.item_id] = counts.get(ev.item_id, 0) + 1
             learned_items.append(ev.item_id)
             learned += 1
@@ -421,6 +621,8 @@ class PersonalisationEngine:
     def forget_user(self, user_id: str) -> None:
         """Remove every per-customer trace from the models (the profile is the caller's)."""
         self.ranker.forget_user(user_id)
+        for _, ranker in self.variant_rankers.values():
+            ranker.forget_user(user_id)
         self._shown.pop(user_id, None)
         self.forgotten += 1
 
@@ -435,6 +637,8 @@ class PersonalisationEngine:
             "shown": self._shown,
             "item_counts": self._item_counts,
             "model_offsets": self.model_offsets,
+            "variant_rankers": {name: (overrides, ranker.dumps())
+                                for name, (overrides, ranker) in self.variant_rankers.items()},
         }, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
@@ -455,6 +659,9 @@ class PersonalisationEngine:
         engine._shown = state["shown"]
         engine._item_counts = state["item_counts"]
         engine.model_offsets = {_source_partition(k): v for k, v in state["model_offsets"].items()}
+        # Checkpoints from before experiments carry no variant rankers; the caller sets the experiment.
+        engine.variant_rankers = {name: (overrides, HybridRanker.loads(raw))
+                                  for name, (overrides, raw) in state.get("variant_rankers", {}).items()}
         engine._init_caches()
         return engine
 

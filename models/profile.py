@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
+from models.effect.state import EffectState
 from models.events import BROWSE, CLICK, EVENT_TYPES, PURCHASE
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Profile",
     "new_profile",
     "apply_event",
+    "mark_seen",
     "seen_offset",
     "applied_offset",
     "mark_applied",
@@ -135,6 +137,14 @@ class Profile(msgspec.Struct, omit_defaults=True, gc=False):
         dedupe window. Read it through :func:`applied_offset`.
     segment
         Latest customer segment assigned by the clustering model.
+    effect
+        The customer's attribution state for the running experiment
+        (:class:`models.effect.EffectState`): recent recommendations and
+        impressions, events waiting for their impression, what has been
+        counted once. Kept here so that the changelog record that carries
+        the customer's counts also carries it, and a restore brings both back
+        together; ``None`` (omitted from the payload) until the first list,
+        impression or event the attribution sees.
 
     Payloads written before the window was compacted (``seen_event_ids`` and
     ``seen_offsets`` lists) are converted by :func:`decode_profile`.
@@ -154,6 +164,7 @@ class Profile(msgspec.Struct, omit_defaults=True, gc=False):
     recent_order_ids: tuple[str, ...] = ()
     applied: tuple[int, ...] = ()
     segment: int | None = None
+    effect: EffectState | None = None
     # The window as older payloads carried it (None once converted).
     legacy_event_ids: list[str] | None = msgspec.field(default=None, name="seen_event_ids")
     legacy_offsets: list[int] | None = msgspec.field(default=None, name="seen_offsets")
@@ -201,7 +212,7 @@ def new_profile(user_id: str) -> Profile:
     Examples
     --------
     >>> new_profile("u7")
-    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=(), category_counts={}, seen_window='', seen_window_offsets=b'', recent_order_ids=(), applied=(), segment=None, legacy_event_ids=None, legacy_offsets=None)
+    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=(), category_counts={}, seen_window='', seen_window_offsets=b'', recent_order_ids=(), applied=(), segment=None, effect=None, legacy_event_ids=None, legacy_offsets=None)
     """
     return Profile(user_id=user_id)
 
@@ -258,25 +269,8 @@ def apply_event(
     """
     if event_type not in _EVENT_TYPE_SET:
         raise ValueError(f"event_type must be one of {EVENT_TYPES}, got {event_type!r}")
-    if profile.legacy_event_ids is not None:
-        _migrate(profile)
-    key = _window_key(event_id)
-    seen = profile.seen_window
-    if key in seen:
+    if not mark_seen(profile, event_id, window, offset):
         return False
-    offsets = profile.seen_window_offsets + _OFFSETS.pack(offset)
-    seen = seen + key[1:] if seen else key
-    drop = len(offsets) // 8 - window
-    if drop > 0:
-        if drop * 8 >= len(offsets):
-            seen, offsets = "", b""
-        else:
-            pos = 0
-            for _ in range(drop):
-                pos = seen.index(_SEP, pos + 1)
-            seen, offsets = seen[pos:], offsets[8 * drop:]
-    profile.seen_window = seen
-    profile.seen_window_offsets = offsets
 
     counts = profile.counts
     counts[event_type] = counts.get(event_type, 0) + 1
@@ -311,6 +305,42 @@ def apply_event(
             if len(recent_orders) > MAX_RECENT_ORDERS:
                 recent_orders = recent_orders[len(recent_orders) - MAX_RECENT_ORDERS:]
             profile.recent_order_ids = recent_orders
+    return True
+
+
+def mark_seen(profile: Profile, event_id: str, window: int = DEDUPE_WINDOW, offset: int = -1) -> bool:
+    """Add ``event_id`` (at source position ``offset``) to the dedupe window; ``False`` if it is there already.
+
+    :func:`apply_event` does this first; a record that changes no count (an
+    impression) is deduplicated by this alone, with the same window and positions.
+
+    Examples
+    --------
+    >>> p = new_profile("u1")
+    >>> mark_seen(p, "imp-1", offset=7), mark_seen(p, "imp-1", offset=7), seen_offset(p, "imp-1")
+    (True, False, 7)
+    >>> p.counts["browse"]
+    0
+    """
+    if profile.legacy_event_ids is not None:
+        _migrate(profile)
+    key = _window_key(event_id)
+    seen = profile.seen_window
+    if key in seen:
+        return False
+    offsets = profile.seen_window_offsets + _OFFSETS.pack(offset)
+    seen = seen + key[1:] if seen else key
+    drop = len(offsets) // 8 - window
+    if drop > 0:
+        if drop * 8 >= len(offsets):
+            seen, offsets = "", b""
+        else:
+            pos = 0
+            for _ in range(drop):
+                pos = seen.index(_SEP, pos + 1)
+            seen, offsets = seen[pos:], offsets[8 * drop:]
+    profile.seen_window = seen
+    profile.seen_window_offsets = offsets
     return True
 
 

@@ -17,6 +17,7 @@ TOOLS = {
     "convert": "streams.tools.convert:convert_command",
     "bench": "streams.tools.bench.command:bench",
     "bench-engine": "streams.tools.bench_engine:bench_engine",
+    "experiment": "streams.tools.experiment:experiment",
 }
 
 

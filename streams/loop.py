@@ -71,7 +71,9 @@ class StreamLoop:
         self.checkpointer = checkpointer
         self.metrics = metrics
         self.topic_types = settings.input_topics
-        self.topics = [*settings.input_topics, settings.topic_control, settings.topic_items]
+        # Impressions are input too (deduplicated and counted like events, learned by no model).
+        self.inputs = {*settings.input_topics, settings.topic_impressions}
+        self.topics = [*settings.input_topics, settings.topic_impressions, settings.topic_control, settings.topic_items]
         self._stopping = threading.Event()
         self._submitted: collections.deque[Callable[[], None]] = collections.deque()
         self._lag: list[Position] = []
@@ -179,7 +181,7 @@ class StreamLoop:
             if msg.partition() not in owned:
                 continue  # a partition whose takeover found a newer owner
             topic = msg.topic()
-            if topic in self.topic_types:
+            if topic in self.inputs:
                 inputs.append(msg)
             elif topic == catalogue:
                 items.append(msg)

@@ -8,6 +8,13 @@ path pays a plain ``inc()`` rather than a ``labels()`` lookup, several times
 dearer (docs/BENCHMARKS.md, Metrics). Counts are observed once per
 micro-batch where that is exact.
 
+The experiment's gauges (``recostream_experiment_*``, label ``variant``: the
+configured variants, ``holdout`` and ``unknown``) are the totals of the
+partitions this worker owns (their changelog-restored counts, advanced by
+every batch), set after each batch that changed them and after every
+rebalance; summed over the workers of a group they are the experiment's
+totals. ``recostream experiment report`` gives the report itself.
+
 Two families are computed when Prometheus scrapes, not on the hot path:
 
 * consumer lag per partition (:class:`ConsumerLagCollector`), read from a
@@ -29,12 +36,24 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from models.effect import HOLDOUT, UNKNOWN, Counts, Experiment
+from models.effect.statistics import srm_p_value
 from models.events import EVENT_TYPES
 from streams.contract import REASONS
 
 # Consumed messages are counted before decoding: on a single mixed input topic
-# (all three RECOSTREAM_TOPIC_* equal) their type is not known yet.
-CONSUMED_TYPES = (*EVENT_TYPES, "mixed")
+# (all three RECOSTREAM_TOPIC_* equal) their type is not known yet; impressions
+# have a topic of their own.
+CONSUMED_TYPES = (*EVENT_TYPES, "mixed", "impression")
+# Experiment gauge -> (counter of models.effect.Counts, scale to base units).
+EFFECT_GAUGES = {
+    "impressions": ("impressions", 1.0, "Impressions counted under the variant."),
+    "items_shown": ("items_shown", 1.0, "Items in the impressions counted under the variant."),
+    "clicks": ("clicks", 1.0, "Clicks attributed to impressions of the variant."),
+    "purchases": ("purchases", 1.0, "Purchase lines attributed to impressions of the variant."),
+    "revenue": ("revenue_cents", 0.01, "Revenue (price x quantity, currency units) of the purchases attributed to the variant."),
+    "customers": ("customers", 1.0, "Distinct customers exposed to the variant (at least one impression under it)."),
+}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 log = logging.getLogger(__name__)
@@ -151,6 +170,36 @@ class Metrics:
         self._segment_counts: dict[int, int] = {}
         self._segment_gauges: dict[int, Gauge] = {}
         self._lag_collector: ConsumerLagCollector | None = None
+        self.effect_gauges = {name: Gauge(f"experiment_{name}", f"{help} Totals of the partitions this worker owns.",
+                                          ["variant"], namespace=ns, registry=r)
+                              for name, (_, _, help) in EFFECT_GAUGES.items()}
+        self.srm_p_value = Gauge("experiment_srm_p_value", "Sample-ratio mismatch p-value of the customers assigned "
+                                 "per arm in the partitions this worker owns, against the configured shares "
+                                 "(NaN while no customer is assigned; below 0.001 the split is not the configured one).",
+                                 namespace=ns, registry=r)
+        self._experiment: Experiment | None = None
+        self._effect_children: dict[str, dict[str, Gauge]] = {}
+
+    def set_experiment(self, experiment: Experiment) -> None:
+        """Create the experiment gauges' children: one per configured variant, ``holdout`` and ``unknown``."""
+        self._experiment = experiment
+        arms = [*(v.name for v in experiment.variants), HOLDOUT, UNKNOWN]
+        self._effect_children = {name: {arm: gauge.labels(arm) for arm in arms}
+                                 for name, gauge in self.effect_gauges.items()}
+        self.observe_effect({})
+
+    def observe_effect(self, by_arm: Mapping[str, Counts]) -> None:
+        """Set the experiment gauges from the owned partitions' counts per arm, summed over days
+        (``ProfileStore.by_arm``); arms outside the label set are left out."""
+        if self._experiment is None:
+            return
+        zero = Counts()
+        for name, (counter, scale, _) in EFFECT_GAUGES.items():
+            for arm, child in self._effect_children[name].items():
+                child.set(getattr(by_arm.get(arm, zero), counter) * scale)
+        shares = self._experiment.shares  # nan with one arm or nobody assigned yet
+        self.srm_p_value.set(srm_p_value([by_arm.get(arm, zero).assigned_customers for arm in shares],
+                                         list(shares.values())))
 
     def dead_letter(self, reason: str) -> None:
         child = self._dead_by_reason.get(reason)

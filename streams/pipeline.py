@@ -20,8 +20,11 @@ Error policy per stage:
   owner).
 
 Outputs of a batch, in order: changelog records of the touched customers
-(tagged with their partition's generation), recommendation messages, dead
-letters, then one Redis write for the whole batch (fenced per partition).
+(tagged with their partition's generation, and with what the batch added to
+the experiment's counts through the customer), one counts record per
+partition whose counts moved, recommendation messages, dead letters, then
+one Redis write for the whole batch (fenced per partition), the moved
+partitions' counts in it. Why the counts are exact: docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -34,16 +37,26 @@ from typing import Any, Iterator, Mapping, Sequence
 import msgspec
 import numpy as np
 
+from models.effect import merge_deltas
 from models.engine import BatchOutcome, PersonalisationEngine
 from models.profile import Profile, encode_profile, profile_summary
 from models.ranking.base import valid_counts
-from streams.contract import ContractError, Limits, Recommendation, ScoredItem, dead_letter, decode_event, decode_item
+from streams.contract import (
+    ContractError,
+    Limits,
+    Recommendation,
+    ScoredItem,
+    dead_letter,
+    decode_event,
+    decode_impression,
+    decode_item,
+)
 from streams.kafka.read import read_range
 from streams.metrics import Metrics
 from streams.ports import RecordOutput, ViewSink
 from streams.privacy import pseudonym
 from streams.settings import Settings
-from streams.state.changelog import gen_header
+from streams.state.changelog import counts_record, effect_header, gen_header
 from streams.state.store import ProfileStore
 
 _encode = msgspec.json.Encoder().encode
@@ -74,6 +87,8 @@ def _merge(a: BatchOutcome, b: BatchOutcome) -> BatchOutcome:
         setattr(a, f, getattr(a, f) + getattr(b, f))
     for t, n in b.learned_by_type.items():
         a.learned_by_type[t] = a.learned_by_type.get(t, 0) + n
+    for user, delta in b.effect.items():
+        a.effect[user] = merge_deltas(a.effect.get(user, ()), delta)
     return a
 
 
@@ -97,9 +112,11 @@ class BatchProcessor:
         self.metrics = metrics
         self.changelog_topic = s.changelog_topic
         self.topic_types = s.input_topics
+        self.impressions_topic = s.topic_impressions
         self.pseudonymize_key = s.pseudonymize_key
         self.limits = Limits(max_message_bytes=s.max_message_bytes, max_id_length=s.max_id_length,
-                             min_ts=s.min_event_ts, max_future_skew_s=s.max_future_skew_s)
+                             min_ts=s.min_event_ts, max_future_skew_s=s.max_future_skew_s,
+                             max_impression_items=s.max_impression_items)
 
     # ------------------------------------------------------------------
     def process(self, batch: Sequence[Any]) -> None:
@@ -111,7 +128,7 @@ class BatchProcessor:
         consumed = m.consumed_by_type
         for msg in batch:
             topic = msg.topic()
-            consumed[self.topic_types[topic] or "mixed"].inc()
+            consumed["impression" if topic == self.impressions_topic else self.topic_types[topic] or "mixed"].inc()
             try:
                 ev = self._decode(topic, msg.key(), msg.value(), started)
             except ContractError as err:
@@ -141,27 +158,46 @@ class BatchProcessor:
         partitions = self.store.partitions
         headers = {p: [gen_header(state.gen)] for p, state in partitions.items()}
         by_partition: dict[int, tuple[dict[str, bytes], dict[str, bytes]]] = {}
+        experiment, effect = self.engine.experiment.name, outcome.effect
+        moved: set[int] = set()
         for user, profile in outcome.profiles.items():
             raw, partition = encode_profile(profile), partition_of[user]
             self.store.put(user, raw, partition)
-            produce(changelog, user.encode(), raw, partition, headers[partition])
+            delta = effect.get(user)
+            if delta:  # the record carries what it adds to the partition's counts (docs/RELIABILITY.md)
+                self.store.count(partition, delta)
+                moved.add(partition)
+                produce(changelog, user.encode(), raw, partition,
+                        [*headers[partition], effect_header(experiment, delta)])
+            else:
+                produce(changelog, user.encode(), raw, partition, headers[partition])
             group = by_partition.get(partition)
             if group is None:
                 group = by_partition[partition] = ({}, {})
             group[1][user] = _encode(profile_summary(profile, now))
+        effects = {}
+        for p in sorted(moved):  # after the batch's profile records: the partition's total
+            state = partitions[p]
+            key, value, counts_headers = counts_record(state.gen, experiment, state.effect)
+            produce(changelog, key, value, p, counts_headers)
+            effects[p] = (state.gen, state.effect.to_bytes())
         version = self.engine.model_version
         # Scores go out with 6 decimals, rounded for the whole batch at once
         # (far cheaper than Python's round() per score on this path).
         recs = outcome.recommendations
         scores = np.round(recs.scores, 6).tolist()
+        served = recs.served
         for user, items, row, n in zip(recs.users, recs.ids.tolist(), scores, valid_counts(recs.scores).tolist()):
+            rec_id, variant = served[user]
             doc = _encode(Recommendation(user, list(map(ScoredItem, items[:n], row[:n])),
-                                         version, now, outcome.profiles[user].segment))
+                                         version, now, outcome.profiles[user].segment, rec_id, variant))
             by_partition[partition_of[user]][0][user] = doc
             produce(recs_topic, user.encode(), doc)
         meta = {"version": version, "updated_at": now, "users": len(self.store), "items": self.engine.ranker.n_items}
         self.sink.write([(p, partitions[p].gen, recs, profiles) for p, (recs, profiles) in by_partition.items()],
-                        meta)
+                        meta, effects)
+        if moved:
+            self.metrics.observe_effect(self.store.by_arm())
         written = time.time()
         m = self.metrics
         latest: dict[str, float] = {}
@@ -179,12 +215,16 @@ class BatchProcessor:
         m.model_updated.set(written)
 
     def _decode(self, topic: str, key: bytes | None, value: bytes | None, now: float) -> Any:
-        """The validated event of an input message (pseudonymised if configured); raises ContractError."""
-        ev = decode_event(value, self.topic_types[topic], self.limits, now=now)
+        """The validated event or impression of an input message (pseudonymised if configured);
+        raises ContractError."""
+        if topic == self.impressions_topic:
+            ev = decode_impression(value, self.limits, now=now)
+        else:
+            ev = decode_event(value, self.topic_types[topic], self.limits, now=now)
         if key != ev.user_id.encode():
             raise ContractError("key_mismatch",
                                 f"message key {None if key is None else key[:64]!r} is not the user_id "
-                                f"{ev.user_id[:64]!r}: input topics must be keyed by user_id")
+                                f"{ev.user_id[:64]!r}: input and impressions topics must be keyed by user_id")
         if self.pseudonymize_key:
             ev = msgspec.structs.replace(ev, user_id=pseudonym(ev.user_id, self.pseudonymize_key))
         return ev
@@ -218,18 +258,23 @@ class BatchProcessor:
         users = [(u, p) for p, state in list(partitions.items()) for u in list(state.profiles)]
         version = self.engine.model_version
         meta = {"version": version, "updated_at": now, "users": len(self.store), "items": self.engine.ranker.n_items}
+        # The lists are served again under their latest rec_id on record: no new list is named, so the
+        # customers' attribution states (in the changelog) need no change.
+        self.sink.write([], meta, {p: (state.gen, state.effect.to_bytes()) for p, state in list(partitions.items())})
         for lo in range(0, len(users), chunk):
             part = users[lo:lo + chunk]
-            ids, scores = self.engine.recommend([u for u, _ in part])
+            ids, scores, arms = self.engine.serve([u for u, _ in part])
             groups: dict[int, tuple[dict[str, bytes], dict[str, bytes]]] = {}
-            for (user, p), items, row, n in zip(part, ids.tolist(), scores.tolist(), valid_counts(scores).tolist()):
+            for (user, p), items, row, n, arm in zip(part, ids.tolist(), scores.tolist(), valid_counts(scores).tolist(),
+                                                     arms):
                 profile = self.store.get(user)
                 if profile is None or p not in partitions:
                     continue
                 recs_doc, profiles_doc = groups.setdefault(p, ({}, {}))
                 profiles_doc[user] = _encode(profile_summary(profile, now))
                 scored = [ScoredItem(i, round(sc, 6)) for i, sc in zip(items[:n], row[:n])]
-                recs_doc[user] = _encode(Recommendation(user, scored, version, now, profile.segment))
+                recs_doc[user] = _encode(Recommendation(user, scored, version, now, profile.segment,
+                                                        self.engine.rec_id_of(profile, arm), arm))
             self.sink.write([(p, partitions[p].gen, r, pr) for p, (r, pr) in groups.items()], meta)
         log.info("wrote the Redis keys of %d customers again", len(users))
         return len(users)

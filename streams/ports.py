@@ -44,8 +44,10 @@ class ViewSink(Protocol):
     #: every owned customer must then be written again.
     restarted: bool
 
-    def write(self, parts: Sequence[ViewGroup], model: Mapping[str, str | int | float]) -> int:
-        """Write every group and the model's summary at once; the number of keys fenced off."""
+    def write(self, parts: Sequence[ViewGroup], model: Mapping[str, str | int | float],
+              effects: Mapping[int, tuple[int, bytes]] | None = None) -> int:
+        """Write every group, the model's summary and ``{partition: (generation, experiment counts)}``
+        at once; the number of keys fenced off."""
 
     def delete_user(self, user_id: str) -> None:
         """Remove every key of one customer."""

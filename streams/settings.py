@@ -17,6 +17,7 @@ import socket
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from models.effect import Experiment, ExperimentError, default_experiment
 from models.events import EVENT_TYPES
 
 PREFIX = "RECOSTREAM_"
@@ -52,6 +53,7 @@ class Settings:
     topic_recommendations: str = _doc("recommendations", "Output topic of top-N recommendations, keyed by user_id.")
     topic_dead_letter: str = _doc("dead-letter", "Invalid messages with original bytes, source position and reason.")
     topic_control: str = _doc("control", "Operator commands keyed by user_id (e.g. forget a customer); partitioned like the inputs.")
+    topic_impressions: str = _doc("impressions", "What the shop displayed (rec_id, items shown), keyed by user_id; partitioned like the inputs.")
     partitions: int = _doc(4, "Partitions of the input topics (upper bound on useful workers).", min=1, max=1024)
     replication_factor: int = _doc(1, "Replication factor for topics the app creates.", min=1, max=16)
 
@@ -102,6 +104,16 @@ class Settings:
     min_event_ts: float = _doc(631152000.0, "Earliest accepted event time, epoch seconds (default 1990-01-01).", min=0)
     max_future_skew_s: float = _doc(86400.0, "How far in the future an event time may be.", min=0)
     dedupe_window: int = _doc(512, "Event ids remembered per user to drop duplicates.", min=0, max=100_000)
+    max_impression_items: int = _doc(100, "Most items one impression may list.", min=1, max=10_000)
+
+    # --- experiment (docs/EXPERIMENTS.md) ---
+    experiment: str = _doc("", "The experiment as JSON text (variants, shares, holdout). Empty: RECOSTREAM_EXPERIMENT_FILE, "
+                           "else one variant `ranker` with every customer.")
+    experiment_file: str = _doc("", "Path of a JSON file holding the experiment (instead of RECOSTREAM_EXPERIMENT).")
+    attribution_click_window_s: float = _doc(1800.0, "How long after an impression a click of an item it showed is "
+                                             "credited to it (last touch).", min=1.0, max=90 * 86400.0)
+    attribution_purchase_window_s: float = _doc(86400.0, "How long after an impression a purchase of an item it showed "
+                                                "is credited to it (last touch).", min=1.0, max=90 * 86400.0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -117,9 +129,17 @@ class Settings:
         if len(inputs) == 2:
             raise SettingsError("input topics must be three distinct topics, or one topic for every type "
                                 f"(type then comes from the payload), got {sorted(inputs)}")
-        topics = [*inputs, self.topic_items, self.topic_recommendations, self.topic_dead_letter, self.topic_control]
+        topics = [*inputs, self.topic_items, self.topic_recommendations, self.topic_dead_letter, self.topic_control,
+                  self.topic_impressions]
         if len(set(topics)) != len(topics) or not all(topics):
             raise SettingsError(f"topic names must be distinct and non-empty, got {topics}")
+        # Parsed once, here, so that settings that do not add up stop the worker at start.
+        object.__setattr__(self, "_experiment", _load_experiment(self.experiment, self.experiment_file, self.seed))
+
+    @property
+    def experiment_config(self) -> Experiment:
+        """The validated experiment (:class:`models.effect.Experiment`); the default one when none is set."""
+        return self._experiment  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------
     @classmethod
@@ -182,6 +202,39 @@ class Settings:
                 out[k] = "***"
         out["redis_url"] = masked_url(out["redis_url"])
         return out
+
+
+def _load_experiment(text: str, path: str, seed: int) -> Experiment:
+    """The experiment of RECOSTREAM_EXPERIMENT or RECOSTREAM_EXPERIMENT_FILE, or the default one.
+
+    Errors name the variable and then the setting inside the experiment
+    (``RECOSTREAM_EXPERIMENT: experiment.variants[1].share: ...``). A
+    variant's ranker overrides are checked against :class:`HybridRanker`'s
+    parameters and tried on one, so a value it refuses stops the worker here
+    rather than when it first serves that variant.
+    """
+    if text and path:
+        raise SettingsError("set RECOSTREAM_EXPERIMENT or RECOSTREAM_EXPERIMENT_FILE, not both")
+    if not text and not path:
+        return default_experiment()
+    import inspect
+
+    from models.ranking.hybrid import HybridRanker  # numpy and the models: only when an experiment is set
+
+    # `exclude` is the engine's serving rule, the same for every arm so that arms compare on equal terms.
+    known = [name for name in inspect.signature(HybridRanker).parameters if name != "exclude"]
+    var = "RECOSTREAM_EXPERIMENT" if text else f"RECOSTREAM_EXPERIMENT_FILE ({path})"
+    try:
+        experiment = Experiment.from_json(text, known) if text else Experiment.from_file(path, known)
+    except ExperimentError as exc:
+        raise SettingsError(f"{var}: {exc}") from None
+    for i, v in enumerate(experiment.variants):
+        if v.overrides:
+            try:
+                HybridRanker(**{"seed": seed, **v.overrides_dict})
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(f"{var}: experiment.variants[{i}].overrides: the ranker refuses them ({exc})") from None
+    return experiment
 
 
 def masked_url(url: str) -> str:

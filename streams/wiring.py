@@ -60,6 +60,11 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None,
                                                     checkpoint_key)) or \
             PersonalisationEngine(top_n=s.top_n, exclude=s.exclude, n_segments=s.n_segments,
                                   dedupe_window=s.dedupe_window, seed=s.seed)
+    # The experiment is configuration, not model state: whatever the engine's origin, it serves and
+    # counts under the configured one.
+    engine.set_experiment(s.experiment_config, click_window_s=s.attribution_click_window_s,
+                          purchase_window_s=s.attribution_purchase_window_s)
+    metrics.set_experiment(s.experiment_config)
     outputs = KafkaSink(s, metrics, essential_topics=frozenset({s.changelog_topic}))
     store = ProfileStore()
     processor = BatchProcessor(s, engine, store, outputs, sink, metrics)

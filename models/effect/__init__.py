@@ -25,13 +25,24 @@ Examples
 1.0
 """
 
-from models.effect.attribution import Attribution, Impression, Interaction, make_rec_id
-from models.effect.counts import COUNTERS, Counts, Delta, EffectCounts, Increment, day_of, merge_deltas
-from models.effect.experiment import HOLDOUT, UNKNOWN, Experiment, ExperimentError, Variant
+from models.effect.attribution import IMPRESSION, Attribution, Impression, Interaction, make_rec_id
+from models.effect.counts import (
+    COUNTERS,
+    Counts,
+    Delta,
+    EffectCounts,
+    Increment,
+    day_of,
+    decode_delta,
+    encode_delta,
+    merge_deltas,
+)
+from models.effect.experiment import HOLDOUT, UNKNOWN, Experiment, ExperimentError, Variant, default_experiment
 from models.effect.report import experiment_report, render_report
 from models.effect.state import EffectState, decode_state, encode_state
 
 __all__ = [
+    "IMPRESSION",
     "Attribution",
     "Impression",
     "Interaction",
@@ -43,11 +54,14 @@ __all__ = [
     "Increment",
     "day_of",
     "merge_deltas",
+    "encode_delta",
+    "decode_delta",
     "HOLDOUT",
     "UNKNOWN",
     "Experiment",
     "ExperimentError",
     "Variant",
+    "default_experiment",
     "experiment_report",
     "render_report",
     "EffectState",

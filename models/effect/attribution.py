@@ -82,9 +82,13 @@ from models.effect.experiment import UNKNOWN, Experiment
 from models.effect.state import EffectState, Issued, Marks, Pending, Shown
 from models.events import BROWSE, CLICK, EVENT_TYPES, PURCHASE
 
-__all__ = ["Impression", "Interaction", "Attribution", "make_rec_id"]
+__all__ = ["IMPRESSION", "Impression", "Interaction", "Attribution", "make_rec_id"]
 
 _KINDS = frozenset(EVENT_TYPES)
+
+#: The kind of an impression record (the ``type`` a record of the ``impressions`` topic carries
+#: through the engine); not an event type: impressions teach no model.
+IMPRESSION = "impression"
 
 
 class Impression(msgspec.Struct, frozen=True, gc=False):

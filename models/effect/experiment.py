@@ -44,6 +44,7 @@ __all__ = [
     "Variant",
     "Experiment",
     "assignment_point",
+    "default_experiment",
 ]
 
 #: The arm of customers who get no personalised list.
@@ -412,3 +413,19 @@ def _variant(data: Any, path: str, known_overrides: Collection[str] | None) -> V
         if not isinstance(value, (bool, int, float, str)) or bad_float:
             raise ExperimentError(f"{path}.overrides.{key}", f"must be a number, a boolean or a string, got {value!r}")
     return Variant(name, share, strategy, tuple(sorted(raw.items())))
+
+
+def default_experiment() -> Experiment:
+    """The experiment of a worker with none configured: one variant, ``ranker``, with every customer.
+
+    Every list then still carries a ``rec_id`` and a variant, and the counts
+    measure the product as it runs (no comparison, no holdout).
+
+    Examples
+    --------
+    >>> exp = default_experiment()
+    >>> exp.name, exp.arms, exp.variant("ranker").strategy
+    ('default', ('ranker',), 'ranker')
+    """
+    return Experiment.from_mapping({"name": "default", "salt": "default",
+                                    "variants": [{"name": "ranker", "share": 1.0, "strategy": "ranker"}]})

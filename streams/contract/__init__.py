@@ -7,6 +7,9 @@ Every message that enters or leaves the stream workers is described here:
   (:mod:`streams.contract.events`);
 * the compacted ``items`` topic (keyed by ``item_id``) is decoded with
   :func:`decode_item` into :class:`CatalogItem` (:mod:`streams.contract.items`);
+* the ``impressions`` topic (keyed by ``user_id``: what the shop displayed)
+  is decoded with :func:`decode_impression` into :class:`Impression`
+  (:mod:`streams.contract.impressions`);
 * rejected messages become :class:`DeadLetter` records, and workers publish
   :class:`Recommendation` payloads to Redis and to the ``recommendations``
   topic (:mod:`streams.contract.outputs`);
@@ -43,6 +46,7 @@ from __future__ import annotations
 from models.events import EVENT_TYPES
 from streams.contract.encoding import encode
 from streams.contract.events import Event, decode_event, event_payload
+from streams.contract.impressions import Impression, decode_impression, impression_payload
 from streams.contract.items import CatalogItem, decode_item
 from streams.contract.limits import DEFAULT_LIMITS, Limits
 from streams.contract.outputs import (
@@ -63,11 +67,14 @@ __all__ = [
     "DEFAULT_LIMITS",
     "ContractError",
     "Event",
+    "Impression",
     "CatalogItem",
     "ScoredItem",
     "Recommendation",
     "DeadLetter",
     "decode_event",
+    "decode_impression",
+    "impression_payload",
     "decode_item",
     "decode_recommendation",
     "decode_dead_letter",

@@ -26,7 +26,7 @@ _LONE_SURROGATE_ESCAPE = re.compile(
     rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 )
 _EXPECTED_GOT = re.compile(r"^Expected `(?P<exp>[^`]+)`, got `(?P<got>[^`]+)`")
-_AT_PATH = re.compile(r" - at `\$(?:\.(?P<field>[A-Za-z_][A-Za-z0-9_]*))?[^`]*`$")
+_AT_PATH = re.compile(r" - at `\$(?:\.(?P<field>[A-Za-z_][A-Za-z0-9_]*))?(?P<inner>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 
 
@@ -114,8 +114,9 @@ def _from_validation_error(exc: msgspec.ValidationError, ts_field: str | None) -
         if field is None:
             # Only the top level has no path: the document is not an object.
             return ContractError("not_object", f"message must be a JSON object, got {got}")
-        if got == "null":
-            # Every optional field accepts null, so a null here is a required field.
+        if got == "null" and not at["inner"]:
+            # Every optional field accepts null, so a null here is a required field
+            # (inside a field, e.g. an element of an impression's `items`, it is a wrong type).
             return ContractError("missing_field", f"field `{field}` is required, got null")
         if field == ts_field:
             expected = "an RFC 3339 date-time string or an epoch-milliseconds number"

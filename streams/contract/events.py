@@ -44,6 +44,9 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     price: float | None = None
     quantity: int = 1
     order_id: str | None = None
+    #: The recommendation the customer acted on (``Recommendation.rec_id``), if the shop knows it;
+    #: read by the attribution for clicks and purchases (docs/EXPERIMENTS.md).
+    rec_id: str | None = None
 
 
 # What producers actually send. Optional fields accept JSON null as "absent":
@@ -59,6 +62,7 @@ class _WireEvent(msgspec.Struct, omit_defaults=True, gc=False):
     price: Union[float, None] = None
     quantity: Union[int, float, None] = None
     order_id: Union[str, None] = None
+    rec_id: Union[str, None] = None
 
 
 _EVENT_DECODER = msgspec.json.Decoder(_WireEvent)
@@ -141,6 +145,9 @@ def decode_event(
     order_id = w.order_id or None
     if order_id is not None:
         check_id(order_id, "order_id", max_id)
+    rec_id = w.rec_id or None
+    if rec_id is not None:
+        check_id(rec_id, "rec_id", max_id)
     category = w.category or None
     if category is not None:
         check_category(category, limits.max_string_length)
@@ -160,6 +167,7 @@ def decode_event(
         price=price,
         quantity=_quantity(w.quantity, limits.max_quantity),
         order_id=order_id,
+        rec_id=rec_id,
     )
 
 
@@ -222,5 +230,6 @@ def event_payload(event: Event) -> bytes:
             price=event.price,
             quantity=event.quantity,
             order_id=event.order_id,
+            rec_id=event.rec_id,
         )
     )

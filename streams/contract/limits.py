@@ -28,6 +28,8 @@ class Limits(msgspec.Struct, frozen=True):
         Largest accepted price.
     max_quantity
         Largest accepted purchase quantity.
+    max_impression_items
+        Most items one impression may list (what a page shows at once).
 
     Examples
     --------
@@ -44,6 +46,7 @@ class Limits(msgspec.Struct, frozen=True):
     max_future_skew_s: float = 86400.0
     max_price: float = 1e9
     max_quantity: int = 100000
+    max_impression_items: int = 100
 
 
 DEFAULT_LIMITS = Limits()

@@ -25,13 +25,18 @@ class Recommendation(msgspec.Struct):
     """Top-N recommendations for one user, written to Redis and the
     ``recommendations`` topic.
 
+    ``rec_id`` names the list (the shop echoes it in its impressions, clicks
+    and purchases) and ``variant`` is the experiment arm that ranked it
+    (``holdout``: the customer is in the holdout and gets an empty list);
+    both are ``None`` only in records written before experiments existed.
+
     Examples
     --------
     >>> from streams.contract import encode
     >>> rec = Recommendation("u1", [ScoredItem("i9", 0.75)], model_version=3,
-    ...                      generated_at=1714564800.0)
+    ...                      generated_at=1714564800.0, rec_id="5d0c3e8f", variant="ranker")
     >>> encode(rec)
-    b'{"user_id":"u1","items":[{"item_id":"i9","score":0.75}],"model_version":3,"generated_at":1714564800.0,"segment":null}'
+    b'{"user_id":"u1","items":[{"item_id":"i9","score":0.75}],"model_version":3,"generated_at":1714564800.0,"segment":null,"rec_id":"5d0c3e8f","variant":"ranker"}'
     >>> decode_recommendation(encode(rec)) == rec
     True
     """
@@ -41,6 +46,8 @@ class Recommendation(msgspec.Struct):
     model_version: int
     generated_at: float
     segment: int | None = None
+    rec_id: str | None = None
+    variant: str | None = None
 
 
 class DeadLetter(msgspec.Struct):

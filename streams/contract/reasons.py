@@ -22,6 +22,8 @@ REASONS: frozenset[str] = frozenset(
         "ts_out_of_range",  # before Limits.min_ts or too far in the future
         "key_mismatch",  # Kafka key missing or not the payload's user_id (checked by the worker)
         "duplicate_field",  # a field appears twice in one JSON object
+        "empty_items",  # an impression whose `items` list is empty: nothing was shown
+        "too_many_items",  # an impression with more items than Limits.max_impression_items
         "processing_error",  # valid event on which the engine raised (a bug): parked for replay
     }
 )

@@ -17,6 +17,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     """Every topic the product reads or writes."""
     p, rf = settings.partitions, settings.replication_factor
     specs = [NewTopic(name, p, rf) for name in settings.input_topics]
+    # Impressions: keyed by user_id like the inputs, so partition p reaches the owner of p's profiles.
+    specs.append(NewTopic(settings.topic_impressions, p, rf))
     # Catalogue: one record per item, latest wins, so compaction keeps it small.
     specs.append(NewTopic(settings.topic_items, p, rf, config={"cleanup.policy": "compact"}))
     specs.append(NewTopic(settings.topic_recommendations, p, rf))
@@ -78,7 +80,7 @@ class TopicLayoutError(RuntimeError):
 
 
 def check_copartitioned(settings: Settings, timeout: float = 30.0) -> int:
-    """The partition count shared by the inputs, control, catalogue and changelog topics.
+    """The partition count shared by the inputs, impressions, control, catalogue and changelog topics.
 
     A worker owns partition ``p`` of all of them together (the range
     assignor hands partition ``p`` of every topic to one member), so their
@@ -86,7 +88,8 @@ def check_copartitioned(settings: Settings, timeout: float = 30.0) -> int:
     no owner. Raises :class:`TopicLayoutError` naming the topics.
     """
     admin = AdminClient(settings.kafka_client_config())
-    names = [*settings.input_topics, settings.topic_control, settings.topic_items, settings.changelog_topic]
+    names = [*settings.input_topics, settings.topic_impressions, settings.topic_control, settings.topic_items,
+             settings.changelog_topic]
     topics = admin.list_topics(timeout=timeout).topics
     counts = {name: len(topics[name].partitions) for name in names if name in topics}
     missing = [n for n in names if n not in counts]

@@ -12,6 +12,10 @@ key                             value
 ``rs:model``                    hash: ``version``, ``updated_at``, ``users``, ``items``
 ``rs:checkpoint:{app}:{worker}``  model checkpoint of one worker (binary; see streams/checkpointing/checkpointer.py)
 ``rs:fence:{app}:{partition}``  highest generation that owned the partition (see Fencing)
+``rs:effect:{app}:{partition}``  the experiment's counts of the partition (``EffectCounts.to_bytes()``,
+                                no TTL): overwritten, never added to, by each batch that
+                                changed them and at every takeover; ``recostream experiment
+                                report`` merges the partitions'
 ==============================  =========================================================
 
 A micro-batch's writes are ONE command: a Lua script (``WRITE_BATCH``, run with
@@ -72,11 +76,15 @@ class RedisKeys:
     def fence(self, app_id: str, partition: int) -> str:
         return f"{self.prefix}:fence:{app_id}:{partition}"
 
+    def effect(self, app_id: str, partition: int) -> str:
+        return f"{self.prefix}:effect:{app_id}:{partition}"
+
 
 # KEYS[1]: the model hash; KEYS[2 .. 1+np]: the fence key of each partition of the batch;
-# then the string keys, partition by partition.
+# then the string keys, partition by partition: its keys with a TTL, then its keys without.
 # ARGV: TTL (0 = none); n, then n field/value pairs of the model hash; np, then for each
-# partition its writer's generation and its number of keys; then one value per string key.
+# partition its writer's generation, its number of keys with a TTL and its number without
+# (its effect key: 0 or 1); then one value per string key.
 # Returns the number of keys skipped because their partition's fence is above the writer.
 WRITE_BATCH = """
 local ttl = tonumber(ARGV[1])
@@ -85,16 +93,17 @@ local a = 3 + 2 * n
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 3, a - 1)) end
 local np = tonumber(ARGV[a])
 local k = 2 + np
-local v = a + 1 + 2 * np
+local v = a + 1 + 3 * np
 local fenced = 0
 for i = 1, np do
-  local gen = tonumber(ARGV[a + 2 * i - 1])
-  local nkeys = tonumber(ARGV[a + 2 * i])
+  local gen = tonumber(ARGV[a + 3 * i - 2])
+  local nkeys = tonumber(ARGV[a + 3 * i - 1])
+  local nlasting = tonumber(ARGV[a + 3 * i])
   local fence = tonumber(redis.call('GET', KEYS[1 + i]) or '-1')
   if fence > gen then
-    fenced = fenced + nkeys
+    fenced = fenced + nkeys + nlasting
   else
-    if fence < gen then redis.call('SET', KEYS[1 + i], ARGV[a + 2 * i - 1]) end
+    if fence < gen then redis.call('SET', KEYS[1 + i], ARGV[a + 3 * i - 2]) end
     for j = 0, nkeys - 1 do
       if ttl > 0 then
         redis.call('SET', KEYS[k + j], ARGV[v + j], 'EX', ttl)
@@ -102,9 +111,12 @@ for i = 1, np do
         redis.call('SET', KEYS[k + j], ARGV[v + j])
       end
     end
+    for j = nkeys, nkeys + nlasting - 1 do
+      redis.call('SET', KEYS[k + j], ARGV[v + j])
+    end
   end
-  k = k + nkeys
-  v = v + nkeys
+  k = k + nkeys + nlasting
+  v = v + nkeys + nlasting
 end
 return fenced
 """
@@ -209,22 +221,30 @@ class RedisSink:
         return int(self.retrying(lambda: self._raise_fence(keys=[self.fence_key(partition)], args=[gen])))
 
     def write(self, parts: Sequence[tuple[int, int, Mapping[str, bytes], Mapping[str, bytes]]],
-              model: Mapping[str, str | int | float]) -> int:
-        """Write ``(partition, generation, recs by user, profiles by user)`` groups and the model hash.
+              model: Mapping[str, str | int | float], effects: Mapping[int, tuple[int, bytes]] | None = None) -> int:
+        """Write ``(partition, generation, recs by user, profiles by user)`` groups, the model hash and
+        ``{partition: (generation, the partition's experiment counts)}`` (fenced like the other keys).
 
         Returns the number of keys skipped by a fence (see the module doc)."""
-        keys = [self.keys.model] + [self.fence_key(p) for p, _, _, _ in parts]
+        effects = effects or {}
+        groups = list(parts) + [(p, gen, {}, {}) for p, (gen, _) in effects.items()
+                                if all(p != q for q, _, _, _ in parts)]
+        keys = [self.keys.model] + [self.fence_key(p) for p, _, _, _ in groups]
         args: list = [self.ttl or 0, len(model)]
         for field, value in model.items():
             args += (field, value)
-        args.append(len(parts))
+        args.append(len(groups))
         values: list = []
-        for _, gen, recs, profiles in parts:
-            args += (gen, len(recs) + len(profiles))
+        for p, gen, recs, profiles in groups:
+            effect = effects.get(p)
+            args += (gen, len(recs) + len(profiles), 0 if effect is None else 1)
             keys += [self.keys.recs(user) for user in recs]
             keys += [self.keys.profile(user) for user in profiles]
             values += recs.values()
             values += profiles.values()
+            if effect is not None:
+                keys.append(self.keys.effect(self.app_id, p))
+                values.append(effect[1])
         args += values
         fenced = int(self.retrying(lambda: self._write_batch(keys=keys, args=args)))
         if fenced:

@@ -11,7 +11,9 @@ is processed:
 2. read changelog partition ``p`` from its start up to that marker and fold
    it (``streams.state.changelog.Restore``): every profile, and the
    positions of the last position record, as of the marker;
-3. raise the partition's Redis fence to the generation;
+3. raise the partition's Redis fence to the generation, and write the
+   partition's restored experiment counts to Redis (a crashed owner may have
+   written counts there that its lost changelog records no longer hold);
 4. resume each source topic at the restored position (the group's committed
    offset only for a changelog written before this protocol; the start of
    the log when the protocol ran but wrote no position yet);
@@ -51,6 +53,7 @@ class Ownership:
         self.metrics = metrics
         self.worker_id = worker_id
         self.topic = settings.changelog_topic
+        self.experiment = settings.experiment_config.name
 
     def take(self, partitions: Iterable[int], gen: int, topics: dict[int, list[str]]) -> dict[int, dict[str, int]]:
         """Take ``partitions`` over in generation ``gen``: per partition, the offset to resume each of
@@ -62,7 +65,7 @@ class Ownership:
         logs = read_ranges(self.settings, self.topic, {p: (None, markers[p] + 1) for p in partitions})
         starts: dict[int, dict[str, int]] = {}
         for partition in partitions:
-            restore = Restore()
+            restore = Restore(experiment=self.experiment)
             for msg in logs[partition]:
                 restore.apply(msg.key(), msg.value(), msg.headers())
             if restore.gen > gen:
@@ -70,6 +73,7 @@ class Ownership:
                             "worker's %d (this assignment is out of date)", partition, restore.gen, gen)
                 continue
             starts[partition] = self._adopt(partition, gen, restore, topics[partition])
+        self.metrics.observe_effect(self.store.by_arm())
         log.info("took partitions %s over in generation %d in %.0f ms", sorted(starts), gen,
                  1000 * (time.perf_counter() - began))
         return starts
@@ -83,9 +87,11 @@ class Ownership:
                 starts.update({t: legacy.get((t, partition), 0) for t in missing})
             else:
                 starts.update(dict.fromkeys(missing, 0))
+        effect = restore.effect
         self.store.adopt(partition, PartitionState(gen=gen, profiles=restore.profiles, positions=dict(starts),
-                                                   committed=dict(starts)))
+                                                   committed=dict(starts), effect=effect))
         self.sink.raise_fence(partition, gen)
+        self.sink.write([], {}, effects={partition: (gen, effect.to_bytes())})
         m = self.metrics
         m.takeovers.inc()
         m.restored_records.inc(restore.records)
@@ -126,5 +132,6 @@ class Ownership:
     def release(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             self.store.release(partition)
+        self.metrics.observe_effect(self.store.by_arm())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
+from models.effect import Counts, Delta, EffectCounts
 from models.profile import Profile, decode_profile
 
 
@@ -14,13 +15,15 @@ class PartitionState:
 
     ``positions`` are the next offsets to process per source topic (advanced
     after each batch); ``committed`` are those last written to the changelog
-    in a position record.
+    in a position record. ``effect`` is the partition's total counts of the
+    running experiment (``T_p``), as restored and then advanced by each batch.
     """
 
     gen: int
     profiles: dict[str, bytes] = field(default_factory=dict)
     positions: dict[str, int] = field(default_factory=dict)
     committed: dict[str, int] = field(default_factory=dict)
+    effect: EffectCounts = field(default_factory=EffectCounts)
 
 
 class ProfileStore(Mapping[str, Profile]):
@@ -41,12 +44,43 @@ class ProfileStore(Mapping[str, Profile]):
 
     def __init__(self) -> None:
         self.partitions: dict[int, PartitionState] = {}
+        # Per arm, the experiment's counts summed over days and owned partitions (for the metrics):
+        # kept up to date by count(), recomputed after the owned partitions change.
+        self._by_arm: dict[str, Counts] | None = None
 
     def adopt(self, partition: int, state: PartitionState) -> None:
         self.partitions[partition] = state
+        self._by_arm = None
 
     def release(self, partition: int) -> None:
         self.partitions.pop(partition, None)
+        self._by_arm = None
+
+    def count(self, partition: int, delta: Delta) -> None:
+        """Add a batch's change of the experiment's counts to ``partition``'s total.
+
+        >>> from models.effect import Increment
+        >>> store = ProfileStore()
+        >>> store.adopt(0, PartitionState(gen=1)); store.adopt(1, PartitionState(gen=1))
+        >>> store.count(0, (Increment("ranker", 1, "clicks", 2),)); store.count(1, (Increment("ranker", 2, "clicks", 1),))
+        >>> store.partitions[0].effect.total("ranker").clicks, store.by_arm()["ranker"].clicks
+        (2, 3)
+        """
+        self.partitions[partition].effect.apply(delta)
+        by_arm = self._by_arm
+        if by_arm is not None:
+            for inc in delta:
+                counts = by_arm.get(inc.arm)
+                if counts is None:
+                    counts = by_arm[inc.arm] = Counts()
+                setattr(counts, inc.counter, getattr(counts, inc.counter) + inc.amount)
+
+    def by_arm(self) -> dict[str, Counts]:
+        """The owned partitions' counts per arm, summed over days (do not mutate)."""
+        if self._by_arm is None:
+            total = self.effect_totals()
+            self._by_arm = {arm: total.total(arm) for arm in total.arms()}
+        return self._by_arm
 
     def raw(self, user: str) -> bytes | None:
         for state in self.partitions.values():
@@ -61,6 +95,13 @@ class ProfileStore(Mapping[str, Profile]):
     def delete(self, user: str) -> None:
         for state in self.partitions.values():
             state.profiles.pop(user, None)
+
+    def effect_totals(self) -> EffectCounts:
+        """The experiment's counts summed over the owned partitions."""
+        total = EffectCounts()
+        for state in list(self.partitions.values()):
+            total = total.merge(state.effect)
+        return total
 
     def __getitem__(self, user: str) -> Profile:
         raw = self.raw(user)

@@ -40,6 +40,7 @@ def settings(stack, tmp_path) -> Settings:
         topic_browse=f"{tag}.browse", topic_click=f"{tag}.click", topic_purchase=f"{tag}.purchase",
         topic_items=f"{tag}.items", topic_recommendations=f"{tag}.recommendations",
         topic_dead_letter=f"{tag}.dead-letter", topic_control=f"{tag}.control",
+        topic_impressions=f"{tag}.impressions",
         redis_prefix=tag, partitions=2,
         metrics_port=free_port(), data_dir=str(tmp_path / "worker"),
     )

@@ -33,6 +33,7 @@ def test_agents_and_replay_give_the_same_recommendations(settings, start_worker,
     mixed = f"{settings.redis_prefix}.events"
     s = settings.replace(topic_browse=mixed, topic_click=mixed, topic_purchase=mixed, partitions=1,
                          topic_items=mixed + ".items", topic_control=mixed + ".control",
+                         topic_impressions=mixed + ".impressions",
                          app_id=settings.app_id + "-eq", worker_id="w-eq", checkpoint_interval_s=0.5)
     ensure_topics(s)
     sim = ShopperSimulator(n_users=50, n_items=300, seed=41)
@@ -66,6 +67,7 @@ def test_batched_replay_serves_the_lists_a_worker_served(settings, start_worker)
     mixed = f"{settings.redis_prefix}.events"
     s = settings.replace(topic_browse=mixed, topic_click=mixed, topic_purchase=mixed, partitions=1,
                          topic_items=mixed + ".items", topic_control=mixed + ".control",
+                         topic_impressions=mixed + ".impressions",
                          app_id=settings.app_id + "-batch", worker_id="w-batch", batch_max_events=150)
     ensure_topics(s)
     events = list(ShopperSimulator(n_users=80, n_items=300, seed=43).events(2500))

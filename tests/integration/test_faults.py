@@ -1,6 +1,7 @@
 """Faults an operator meets, against the real broker and Redis: two or three workers, a continuous
 stream, and one fault schedule per test. Every test checks exact per-customer counts in the
-changelog (what a new owner restores) and in Redis, and prints produced / counted / lost /
+changelog (what a new owner restores) and in Redis, and the experiment's counts there (every
+purchase once, every customer assigned once), and prints produced / counted / lost /
 double-counted / dead-lettered.
 
 Timings come from a seeded generator: ``RECOSTREAM_FAULT_SEED`` (``make soak`` draws a new one per
@@ -20,12 +21,15 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 
+from models.effect import EffectCounts
+from models.effect.counts import revenue_cents
 from streams.contract import decode_dead_letter
 from streams.kafka.produce import make_producer, publish_catalogue, publish_events, publish_raw
 from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
 from streams.state.changelog import Restore
 from streams.tools.embedded import free_port, start_redis
+from streams.tools.experiment import read_counts
 from streams.tools.generator import ShopperSimulator
 from tests.helpers import StreamProducer, profile_totals, read_topic, scrape_metric, wait_until
 
@@ -34,17 +38,40 @@ pytestmark = pytest.mark.integration
 SEED = int(os.environ.get("RECOSTREAM_FAULT_SEED", "1"))
 
 
-def changelog_totals(settings: Settings) -> dict[str, int]:
-    """Events counted per customer in the state a new owner would restore from the changelog."""
+def changelog_totals(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
+    """Events counted per customer in the state a new owner would restore from the changelog, and the
+    experiment's counts it would restore (:func:`experiment_summary`)."""
     restores: dict[int, Restore] = {}
     for msg in sorted(read_topic(settings, settings.changelog_topic, timeout=30.0),
                       key=lambda m: (m.partition(), m.offset())):
-        restores.setdefault(msg.partition(), Restore()).apply(msg.key(), msg.value(), msg.headers())
+        restores.setdefault(msg.partition(), Restore(experiment=settings.experiment_config.name)).apply(
+            msg.key(), msg.value(), msg.headers())
     totals: dict[str, int] = {}
+    counts = EffectCounts()
     for restore in restores.values():
         for user, raw in restore.profiles.items():
             totals[user] = sum(msgspec.msgpack.decode(raw)["counts"].values())
-    return totals
+        counts = counts.merge(restore.effect)
+    return totals, experiment_summary(counts)
+
+
+def experiment_summary(counts: EffectCounts) -> dict[str, int]:
+    """The default experiment's counters that every event moves, whatever the order: its one arm's
+    assigned customers, buyers, purchases and revenue."""
+    total = counts.total("ranker")
+    return {k: getattr(total, k) for k in ("assigned_customers", "buyers", "all_purchases", "all_revenue_cents")}
+
+
+def expected_summary(stream: StreamProducer) -> dict[str, int]:
+    users, buyers, purchases, cents = set(), set(), 0, 0
+    for etype, payload in stream.sent:
+        users.add(payload["user_id"])
+        if etype == "purchase":
+            buyers.add(payload["user_id"])
+            purchases += 1
+            cents += revenue_cents(payload.get("price"), payload.get("quantity") or 1)
+    return {"assigned_customers": len(users), "buyers": len(buyers), "all_purchases": purchases,
+            "all_revenue_cents": cents}
 
 
 @dataclass
@@ -95,7 +122,8 @@ class Cluster:
 def fault_settings(settings: Settings, **changes) -> Settings:
     s = settings.replace(partitions=4, app_id=settings.app_id + "-f", checkpoint_interval_s=2.0, **changes)
     s = s.replace(**{f"topic_{t}": f"{s.redis_prefix}.f.{t}" for t in
-                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control")})
+                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control",
+                      "impressions")})
     ensure_topics(s)
     return s
 
@@ -104,6 +132,7 @@ def settle_and_report(name: str, s: Settings, stream: StreamProducer, redis_clie
                       timeout: float = 120.0) -> dict:
     """Wait until the counts match (or ``timeout``), print the report, return it."""
     expected = stream.expected_totals()
+    expected_fx = expected_summary(stream)
     users = sorted(expected)
     state: dict = {}
 
@@ -112,21 +141,26 @@ def settle_and_report(name: str, s: Settings, stream: StreamProducer, redis_clie
             if not h.alive():
                 pytest.fail(f"a worker died:\n{h.log()[-4000:]}")
         state["redis"] = profile_totals(redis_client, s, users)
-        if state["redis"] != expected:
+        state["redis_fx"] = experiment_summary(read_counts(s, redis_client)[0])
+        if state["redis"] != expected or state["redis_fx"] != expected_fx:
             return False
-        state["changelog"] = changelog_totals(s)
-        return all(state["changelog"].get(u, 0) == n for u, n in expected.items())
+        state["changelog"], state["changelog_fx"] = changelog_totals(s)
+        return all(state["changelog"].get(u, 0) == n for u, n in expected.items()) and \
+            state["changelog_fx"] == expected_fx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not exact():
         time.sleep(0.5)
-    state.setdefault("changelog", changelog_totals(s))
+    if "changelog" not in state:
+        state["changelog"], state["changelog_fx"] = changelog_totals(s)
     report = {"produced": sum(expected.values())}
     for where in ("changelog", "redis"):
         got = state[where]
         report[f"counted_{where}"] = sum(got.get(u, 0) for u in users)
         report[f"lost_{where}"] = sum(max(0, n - got.get(u, 0)) for u, n in expected.items())
         report[f"double_{where}"] = sum(max(0, got.get(u, 0) - n) for u, n in expected.items())
+        # The experiment's counts (buyers, purchases, revenue), restored from the changelog and in Redis.
+        report[f"experiment_{where}_exact"] = state[f"{where}_fx"] == expected_fx
     letters = [decode_dead_letter(m.value()) for m in read_topic(s, s.topic_dead_letter)]
     positions = Counter((dl.topic, dl.partition, dl.offset) for dl in letters)
     report["dead_lettered"] = len(positions)
@@ -140,6 +174,7 @@ def assert_exact(report: dict) -> None:
     for where in ("changelog", "redis"):
         assert report[f"lost_{where}"] == 0 and report[f"double_{where}"] == 0, {
             k: v for k, v in report.items() if k != "letters"}
+        assert report[f"experiment_{where}_exact"], {k: v for k, v in report.items() if k != "letters"}
 
 
 def _scenario(settings, start_worker, redis_client, run, *, users=300, rate=300.0, names=("a", "b"), preload=0,

@@ -443,7 +443,8 @@ def test_dashboard_and_alert_queries_against_live_worker(settings, start_worker,
         assigned = {s["metric"]["topic"]: float(s["value"][1])
                     for s in api.result(f"recostream_consumer_assigned_partitions{{{sel}}}")}
         assert assigned == {t: float(settings.partitions)
-                            for t in [*settings.input_topics, settings.topic_control, settings.topic_items]}
+                            for t in [*settings.input_topics, settings.topic_impressions, settings.topic_control,
+                                      settings.topic_items]}
         segments = api.result(f"sum by (segment) (recostream_segment_customers{{{sel}}})")
         assert sum(float(s["value"][1]) for s in segments) == api.scalar(f"sum(recostream_users{{{sel}}})")
         assert api.scalar(f"sum(recostream_live_evaluated_total{{{sel}}})") > 0

@@ -186,7 +186,8 @@ def test_rebalance_when_one_of_two_workers_stops(settings, start_worker, redis_c
     three different ways of losing an event, see docs/RELIABILITY.md)."""
     s = settings.replace(partitions=4, app_id=settings.app_id + "-rb")
     s = s.replace(**{f"topic_{t}": f"{s.redis_prefix}.rb.{t}" for t in
-                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control")})
+                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control",
+                      "impressions")})
     ensure_topics(s)
     sim = ShopperSimulator(n_users=120, n_items=300, seed=23)
     publish_catalogue(make_producer(s), s, sim.catalogue())

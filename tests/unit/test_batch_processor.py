@@ -24,7 +24,7 @@ from streams.metrics import Metrics
 from streams.pipeline import BatchProcessor
 from streams.ports import RecordOutput, ViewGroup, ViewSink
 from streams.settings import Settings
-from streams.state.changelog import gen_header
+from streams.state.changelog import COUNTS_KEY, gen_header
 from streams.state.store import PartitionState, ProfileStore
 
 GEN = 7
@@ -66,10 +66,15 @@ class RecordedViews:
 
     def __init__(self) -> None:
         self.writes: list[tuple[list[ViewGroup], dict]] = []
+        self.effects: dict[int, bytes] = {}
         self.deleted: list[str] = []
 
-    def write(self, parts: Sequence[ViewGroup], model: Mapping[str, str | int | float]) -> int:
+    def write(self, parts: Sequence[ViewGroup], model: Mapping[str, str | int | float],
+              effects: Mapping[int, tuple[int, bytes]] | None = None) -> int:
         self.writes.append((list(parts), dict(model)))
+        for partition, (gen, counts) in (effects or {}).items():
+            assert gen == GEN
+            self.effects[partition] = counts
         return 0
 
     def delete_user(self, user_id: str) -> None:
@@ -161,12 +166,20 @@ def test_valid_events_reach_the_changelog_the_recommendations_and_redis_for_exac
         event("browse", "u1", "i3", 0, 11),
     ])
 
-    changelog = outputs.on(settings.changelog_topic)
+    changelog = [r for r in outputs.on(settings.changelog_topic) if not r.key.startswith(b"\x00")]
     assert sorted(r.key for r in changelog) == [b"u1", b"u2", b"u3"]
     for record in changelog:
-        assert record.headers == [gen_header(GEN)]
+        assert record.headers[0] == gen_header(GEN)
         assert record.partition == {b"u1": 0, b"u2": 1, b"u3": 0}[record.key]
         assert decode_profile(record.value) == store[record.key.decode()]
+    # Each customer's first events count them as assigned to the (default) experiment's only arm: every
+    # partition that moved gets one counts record after its profile records, and the same total in Redis.
+    counts = [r for r in outputs.on(settings.changelog_topic) if r.key == COUNTS_KEY]
+    assert sorted(r.partition for r in counts) == [0, 1]
+    for partition in (0, 1):
+        total = store.partitions[partition].effect
+        assert total.total("ranker").assigned_customers == len(views.users()[partition])
+        assert views.effects[partition] == total.to_bytes()
     assert store["u1"].counts["browse"] == 2 and store["u2"].counts["click"] == 1
     assert store["u3"].counts["purchase"] == 1 and store["u3"].monetary == 19.0
 
@@ -174,6 +187,7 @@ def test_valid_events_reach_the_changelog_the_recommendations_and_redis_for_exac
     assert set(recs) == {b"u1", b"u2", b"u3"}
     for key, rec in recs.items():
         assert rec.user_id == key.decode() and 0 < len(rec.items) <= settings.top_n
+        assert rec.variant == "ranker" and len(rec.rec_id) == 24
     assert "i2" not in {i.item_id for i in recs[b"u3"].items}  # purchased: excluded
 
     assert views.users() == {0: {"u1", "u3"}, 1: {"u2"}}
@@ -195,7 +209,7 @@ def test_a_malformed_event_is_dead_lettered_with_its_reason_and_the_valid_ones_a
     assert sample(metrics, "recostream_events_dead_lettered_total", reason="not_json") == 1
     assert sample(metrics, "recostream_events_dead_lettered_total", reason="key_mismatch") == 1
 
-    assert sorted(r.key for r in outputs.on(settings.changelog_topic)) == [b"u1", b"u2"]
+    assert sorted(r.key for r in outputs.on(settings.changelog_topic) if r.key != COUNTS_KEY) == [b"u1", b"u2"]
     assert {r.key for r in outputs.on(settings.topic_recommendations)} == {b"u1", b"u2"}
     assert views.users() == {0: {"u1"}, 1: {"u2"}}
     assert "u7" not in store and "u9" not in store
@@ -215,4 +229,5 @@ def test_a_redelivered_event_counts_once(worker, settings):
     assert store["u1"].monetary == 3.0 and store["u1"].orders == 1
     assert sample(metrics, "recostream_events_duplicate_total") == 2
     for record in outputs.on(settings.changelog_topic):  # every record of u1 holds the counts once
-        assert decode_profile(record.value).counts["purchase"] == 1
+        if record.key != COUNTS_KEY:
+            assert decode_profile(record.value).counts["purchase"] == 1

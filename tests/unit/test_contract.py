@@ -279,7 +279,9 @@ def test_malformed_message_is_rejected_with_reason(raw, topic, reason, fragment)
 
 
 def test_every_reason_is_exercised_or_reserved():
-    exercised = {c[3] for c in MALFORMED}
+    from tests.unit.test_contract_impressions import MALFORMED as MALFORMED_IMPRESSIONS
+
+    exercised = {c[3] for c in MALFORMED} | {c[2] for c in MALFORMED_IMPRESSIONS}
     # Raised by the worker, not the decoder: key_mismatch needs the Kafka key,
     # processing_error marks a valid event the engine failed on.
     assert exercised | {"key_mismatch", "processing_error"} == REASONS
