@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 
 import numpy as np
 
-from models.ranking.base import valid_part
+from models.ranking.base import valid_counts, valid_part
 
-__all__ = ["Event", "ModelScore", "Evaluation", "prequential", "served_lists"]
+__all__ = ["Event", "ModelScore", "Evaluation", "available_cpus", "model_groups", "prequential", "served_lists"]
 
 #: ``(ts_seconds, user_id, item_id, event_type)``
 Event = tuple[float, str, str, str]
@@ -109,6 +113,16 @@ class _Tally:
             models[name].learn_one(user, item, event_type, ts)
             self.t_learn[name] += time.perf_counter() - t0
 
+    def learn_batch(self, models: Mapping[str, object], chunk: list[Event]) -> None:
+        """:meth:`learn` for each event of ``chunk``, model by model (they are independent)."""
+        self.items.update(e[2] for e in chunk)
+        for name in self.names:
+            learn_one = models[name].learn_one
+            t0 = time.perf_counter()
+            for ts, user, item, event_type in chunk:
+                learn_one(user, item, event_type, ts)
+            self.t_learn[name] += time.perf_counter() - t0
+
     def result(self, k: int, exclude: str, events: int, seconds: float) -> Evaluation:
         ev = Evaluation(k=k, exclude=exclude, events=events, seconds=seconds)
         pos = np.asarray(self.positions, dtype=np.int64)
@@ -131,6 +145,8 @@ def prequential(
     exclude: str = "interacted",
     progress: Callable[[int], None] | None = None,
     batch: int | Sequence[int] | None = None,
+    jobs: int = 1,
+    costs: Mapping[str, float] | None = None,
 ) -> Evaluation:
     """Test-then-train evaluation over a time-ordered event stream.
 
@@ -150,6 +166,13 @@ def prequential(
     per-event protocol is the limit where a customer's list is refreshed
     right before each of their events.
 
+    Models are independent: with ``jobs`` above 1 they are split into at
+    most ``jobs`` groups (:func:`model_groups`, balanced by ``costs``), each
+    replayed over the whole stream in a forked worker process, and the
+    groups' scores are merged. The results are those of ``jobs=1``, rank for
+    rank; the models in ``models`` are then left untrained (each worker
+    trains its own copy), and the time spent per model is the worker's.
+
     Parameters
     ----------
     events
@@ -165,6 +188,10 @@ def prequential(
     batch
         Micro-batch size (or the sizes of consecutive batches), or ``None``
         for the per-event protocol.
+    jobs
+        Worker processes at most (1: all models in this process).
+    costs
+        Relative cost of each model, for balancing the groups (default 1 each).
 
     Examples
     --------
@@ -177,18 +204,133 @@ def prequential(
     >>> ev = prequential(stream, {"pop": PopularityBaseline()}, k=1, batch=2)
     >>> ev.models["pop"].summary()  # a and b were last served lists that knew only x
     {'hr': 0.0, 'mrr': 0.0, 'n': 3, 'coverage': 0.0}
+    >>> two = prequential(stream, {"pop": PopularityBaseline(), "again": PopularityBaseline()}, k=1, jobs=2)
+    >>> [score.summary()["hr"] for score in two.models.values()]  # one worker process each
+    [0.3333333333333333, 0.3333333333333333]
 
     """
     if isinstance(batch, int) and batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    tally = _Tally(list(models))
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     start = time.perf_counter()
-    count = 0
-    if batch is None:
-        count = _per_event(events, models, tally, k, exclude, progress)
-    else:
-        count = _per_batch(events, models, tally, k, exclude, progress, batch)
+    groups = model_groups(models, jobs, costs)
+    if len(groups) > 1:
+        events = events if isinstance(events, list) else list(events)  # (the workers read it as forked)
+        scores, count = _in_workers(events, models, groups, k, exclude, progress, batch)
+        ev = Evaluation(k=k, exclude=exclude, events=count, seconds=time.perf_counter() - start)
+        ev.models = {name: scores[name] for name in models}
+        return ev
+    tally, count = _replay(events, models, k, exclude, progress, batch)
     return tally.result(k, exclude, count, time.perf_counter() - start)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - (no affinity masks: macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def model_groups(names: Iterable[str], jobs: int, costs: Mapping[str, float] | None = None) -> list[list[str]]:
+    """``names`` in at most ``jobs`` groups of similar total cost, each in the order of ``names``.
+
+    Greedy: the costliest model first, each into the group that costs least
+    so far, of equal costs the one with fewer models (``costs``: default 1, a model not
+    listed costs the mean of those listed).
+
+    >>> model_groups(["ranker", "pop", "cooc", "repeat"], 2, {"ranker": 5, "pop": 1, "cooc": 3, "repeat": 1})
+    [['ranker'], ['pop', 'cooc', 'repeat']]
+    >>> model_groups(["a", "b", "c"], 8)
+    [['a'], ['b'], ['c']]
+    """
+    names = list(names)
+    costs = dict(costs or {})
+    default = sum(costs.values()) / len(costs) if costs else 1.0
+    cost = {name: float(costs.get(name, default)) for name in names}
+    groups: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(names))))]
+    load = [0.0] * len(groups)
+    for name in sorted(names, key=lambda name: -cost[name]):  # (stable: equal costs in the order given)
+        g = min(range(len(groups)), key=lambda g: (load[g], len(groups[g])))
+        groups[g].append(name)
+        load[g] += cost[name]
+    position = {name: i for i, name in enumerate(names)}
+    return [sorted(group, key=position.__getitem__) for group in groups if group]
+
+
+def _replay(events, models, k: int, exclude: str, progress, batch) -> tuple[_Tally, int]:
+    """One prequential run of ``models`` in this process: what it tallied, and the events replayed."""
+    tally = _Tally(list(models))
+    if batch is None:
+        return tally, _per_event(events, models, tally, k, exclude, progress)
+    return tally, _per_batch(events, models, tally, k, exclude, progress, batch)
+
+
+def _in_workers(events: list[Event], models, groups: list[list[str]], k: int, exclude: str, progress,
+                batch) -> tuple[dict[str, ModelScore], int]:
+    """Each group of models replayed over ``events`` in a forked process; the scores of every model.
+
+    A worker sends ``("progress", n)`` as it goes and ``("done", scores, count)``
+    (or ``("error", traceback)``) at the end. Progress is reported as far as
+    every group has gone.
+    """
+    ctx = multiprocessing.get_context("fork")
+    workers, conns = [], []
+    try:
+        for group in groups:
+            receiver, sender = ctx.Pipe(duplex=False)
+            worker = ctx.Process(target=_worker, args=(sender, events, {n: models[n] for n in group}, k, exclude,
+                                                       batch, progress is not None), daemon=True)
+            worker.start()
+            sender.close()
+            workers.append(worker)
+            conns.append(receiver)
+        done: dict[int, tuple[dict[str, ModelScore], int]] = {}
+        reached, reported = [0] * len(groups), 0
+        open_ = dict(enumerate(conns))
+        while open_:
+            ready = wait(list(open_.values()))
+            for g in [g for g, conn in open_.items() if conn in ready]:
+                try:
+                    message = open_[g].recv()
+                except EOFError:  # the worker is gone without a word
+                    workers[g].join()
+                    raise RuntimeError(f"the worker replaying {groups[g]} exited with code "
+                                       f"{workers[g].exitcode} before its results") from None
+                if message[0] == "progress":
+                    reached[g] += message[1]
+                    if progress is not None and min(reached) > reported:
+                        progress(min(reached) - reported)
+                        reported = min(reached)
+                elif message[0] == "done":
+                    done[g] = message[1], message[2]
+                    del open_[g]
+                else:
+                    raise RuntimeError(f"the worker replaying {groups[g]} failed:\n{message[1]}")
+        for worker in workers:
+            worker.join()
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        for conn in conns:
+            conn.close()
+    scores = {name: score for group_scores, _ in done.values() for name, score in group_scores.items()}
+    return scores, done[0][1]
+
+
+def _worker(conn, events: list[Event], models, k: int, exclude: str, batch, report: bool) -> None:
+    """A worker process: replay ``models`` and send their scores (see :func:`_in_workers`)."""
+    try:
+        progress = (lambda n: conn.send(("progress", n))) if report else None
+        tally, count = _replay(events, models, k, exclude, progress, batch)
+        conn.send(("done", tally.result(k, exclude, count, 0.0).models, count))
+    except BaseException:  # (anything: the parent must hear of it)
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
 
 
 def _per_event(events, models, tally: _Tally, k: int, exclude: str, progress) -> int:
@@ -213,21 +355,30 @@ def _per_event(events, models, tally: _Tally, k: int, exclude: str, progress) ->
 
 def _per_batch(events, models, tally: _Tally, k: int, exclude: str, progress, batches) -> int:
     served: dict[str, dict[str, list[str]]] = {name: {} for name in tally.names}
+    # Lists served but not yet shown when an event happened: coverage counts a list's items once, when first shown.
+    unseen: dict[str, set[str]] = {name: set() for name in tally.names}
     any_model = served[tally.names[0]] if tally.names else {}
     count = 0
     for first, chunk in _chunks(events, batches):
         scored = [(first + i, e[1], e[2]) for i, e in enumerate(chunk) if e[1] in any_model]
         tally.positions.extend(position for position, _, _ in scored)
         for name in tally.names:
+            lists, rr, fresh, recommended = served[name], tally.rr[name], unseen[name], tally.recommended[name]
             for _, user, item in scored:
-                tally.score(name, served[name][user], item)
-        for e in chunk:
-            tally.learn(models, e)
+                shown = lists[user]
+                if user in fresh:
+                    fresh.discard(user)
+                    recommended.update(shown)
+                rr.append(1.0 / (shown.index(item) + 1) if item in shown else 0.0)
+        tally.learn_batch(models, chunk)
         users = list(dict.fromkeys(e[1] for e in chunk))
         for name in tally.names:
             ids, scores = tally.recommend(models[name], name, users, k, exclude)
-            for r, user in enumerate(users):
-                served[name][user] = valid_part(ids, scores, r)[0].tolist()
+            lengths = valid_counts(scores).tolist()
+            lists = served[name]
+            for user, row, m in zip(users, ids.tolist(), lengths):
+                lists[user] = row[:m]
+            unseen[name].update(users)
         count = first + len(chunk)
         if progress is not None:
             progress(len(chunk))

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.groups import run_starts
+
 _RADIX_BOUND = 1 << 16  # keys below this are sorted by numpy's O(n) radix sort (kind="stable" on uint16)
+_run_starts = run_starts  # (the name the ranking modules import it by)
 
 
 def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
@@ -54,25 +57,32 @@ def _best_k(V: np.ndarray, k: int, ids) -> np.ndarray:
     return idx
 
 
-def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
-    """Index of the first element of each run of equal values in ``sorted_keys``.
-
-    >>> _run_starts(np.array([3, 3, 5, 7, 7, 7])).tolist()
-    [0, 2, 3]
-    """
-    if not len(sorted_keys):
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
-
-
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     """Rows of the ``n`` best finite scores, best first; ties go to the lower row.
 
+    O(len(scores)): one partition finds the ``n``-th best value; every row
+    above it is kept, and of the rows equal to it the lowest ones fill the
+    rest (a partition alone would keep an arbitrary subset of them).
+
     >>> top_n(np.array([0.1, 0.5, -np.inf, 0.5, 0.2]), 3).tolist()
     [1, 3, 4]
-
+    >>> top_n(np.array([0.0, 1.0, 0.0, 0.0, 1.0]), 3).tolist()  # of the tied 0.0s, row 0
+    [1, 4, 0]
+    >>> top_n(np.array([-np.inf, 2.0]), 5).tolist()  # padding is never a recommendation
+    [1]
     """
     k = min(n, len(scores))
-    cand = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.isfinite(scores.max()) and np.isfinite(scores).any():  # +inf or NaN: never returned
+        scores = np.where(np.isfinite(scores), scores, -np.inf)
+    if k < len(scores):
+        kth = -np.partition(-scores, k - 1)[k - 1]
+        cand = np.flatnonzero(scores > kth)
+        if kth > -np.inf:  # (padding at the cut is never returned)
+            tied = np.flatnonzero(scores == kth)[: k - len(cand)]  # ascending rows: the lowest win
+            cand = np.concatenate((cand, tied))
+    else:
+        cand = np.arange(len(scores))
     cand = cand[np.isfinite(scores[cand])]
     return cand[np.lexsort((cand, -scores[cand]))]

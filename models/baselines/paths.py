@@ -1,0 +1,25 @@
+"""Which way a baseline ranks a call: the thresholds between its ranking paths, chosen by cost.
+
+Read as module attributes at call time (``paths.MIN_BLOCK``), so that tests
+can move them and make every path serve on small data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["DENSE_ABOVE", "DENSE_ITEMS", "FULL_BELOW", "MIN_BLOCK", "dense_is_cheaper"]
+
+#: A call of fewer users than this is not ranked from the co-occurrence heads (their fixed cost per
+#: call is not repaid), and, over at most DENSE_ITEMS items, every baseline ranks it from the dense scores.
+MIN_BLOCK = 16
+DENSE_ITEMS = 16384
+#: A user with at most this many neighbour entries is scored from all of them rather than from heads.
+FULL_BELOW = 1000
+#: ... and from the dense scores once those entries outnumber the catalogue this many times.
+DENSE_ABOVE = 1.0
+
+
+def dense_is_cheaper(model, user_ids: Sequence[str]) -> bool:
+    """Whether :meth:`StreamingRecommender.recommend` (every item scored per user) ranks this call faster."""
+    return len(user_ids) < MIN_BLOCK and len(model.catalog) <= DENSE_ITEMS
