@@ -193,8 +193,13 @@ def forget(user_id: str, wait_s: float) -> None:
 @click.option("--items", "n_items", default=1000, show_default=True, help="Catalogue size.")
 @click.option("--metrics-port", type=int, default=None,
               help="Worker metrics port (0 = off). Default: RECOSTREAM_METRICS_PORT if set, else a free port.")
+@click.option("--closed-loop", is_flag=True,
+              help="Shoppers are shown their recommendations (impressions, clicks and purchases of shown items) "
+                   "while the worker runs an experiment, the ranker against popularity with a 10% holdout "
+                   "(unless RECOSTREAM_EXPERIMENT(_FILE) sets one); the summary ends with the experiment's report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object.")
-def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int | None, as_json: bool) -> None:
+def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int | None, closed_loop: bool,
+       as_json: bool) -> None:
     """Run the whole system: broker, Redis, topics, a worker and a shopper generator.
 
     Starts the embedded tansu broker and redis-server on loopback unless
@@ -202,6 +207,12 @@ def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int
     run/up-<pid>/env for other commands to source. Ctrl-C, SIGTERM, SIGHUP or
     the end of --duration stop everything it started; its children also stop
     if `up` itself is killed.
+
+    With --closed-loop each simulated shopper, at the start of a session,
+    reads its list from Redis, sends an impression of its top 5 and clicks
+    and buys shown items by its hidden tastes and the position; the summary
+    (JSON key `experiment`) is `recostream experiment report` at the end of
+    the run (docs/EXPERIMENTS.md).
     """
     import os
 
@@ -214,7 +225,7 @@ def up(duration: float, rate: float, users: int, n_items: int, metrics_port: int
     except PortTaken as exc:
         raise click.ClickException(str(exc)) from None
     summary = run_up(_settings(metrics_port=port), duration=duration, rate=rate, users=users,
-                     n_items=n_items, as_json=as_json)
+                     n_items=n_items, as_json=as_json, closed_loop=closed_loop)
     if as_json:
         click.echo(json.dumps(summary))
     if summary.get("error"):

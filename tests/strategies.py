@@ -36,6 +36,7 @@ _OPTIONAL = st.fixed_dictionaries(
     optional={
         "session_id": st.none() | _ids,
         "order_id": st.none() | _ids,
+        "rec_id": st.none() | _ids,  # the list a click or purchase came from (validated on every type)
         "category": st.none() | st.text(_SAFE_TEXT, min_size=1, max_size=20).filter(lambda s: not s.isspace()),
         "price": st.none() | st.floats(0, 1e9),
         "quantity": st.none() | st.integers(1, 100_000),

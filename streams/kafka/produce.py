@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 import msgspec
 from confluent_kafka import KafkaException, Producer
 
+from models.effect import IMPRESSION
 from streams.contract import epoch_ms
 from streams.settings import Settings
 
@@ -110,7 +111,8 @@ def publish_events(
     on_progress: Callable[[int], None] | None = None,
     on_delivered: Callable[[tuple[str, dict]], None] | None = None,
 ) -> int:
-    """Publish ``(event_type, payload)`` pairs to the type's topic, keyed by user.
+    """Publish ``(event_type, payload)`` pairs to the type's topic, keyed by user; ``("impression",
+    payload)`` pairs (the closed-loop shop's) go to the impressions topic as they are.
 
     ``rate`` (events/s) paces publishing; ``live_ts`` stamps each event with the
     wall clock at send time (the live demo), instead of its simulated time.
@@ -127,12 +129,14 @@ def publish_events(
             ahead = n / rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
-        # `type` is redundant on a per-type topic and required on a mixed one.
-        payload = {**payload, "type": etype}
+        if etype == IMPRESSION:
+            topic, payload = settings.topic_impressions, dict(payload)
+        else:  # `type` is redundant on a per-type topic and required on a mixed one
+            topic, payload = settings.topic_for(etype), {**payload, "type": etype}
         if live_ts:
             payload["ts"] = epoch_ms(time.time())
-        send(producer, settings.topic_for(etype), payload["user_id"].encode(), _encode(payload),
-              report if on_delivered is None else report.callback((etype, payload)))
+        send(producer, topic, payload["user_id"].encode(), _encode(payload),
+             report if on_delivered is None else report.callback((etype, payload)))
         n += 1
         if n % 1000 == 0:
             producer.poll(0)

@@ -8,6 +8,8 @@ recommendations the engine learns favour them over chance.
 
 The simulator is deterministic for a given seed and produces plain dicts in the
 wire format of :mod:`streams.contract` (``ts`` in epoch milliseconds).
+:mod:`streams.tools.closed_loop` extends it with shoppers who see their
+recommendations (``session_records`` is its hook).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class ShopperSimulator:
         Share of catalogue items marked unavailable (must never be recommended).
     start_ms
         Time of the first event, epoch milliseconds.
+    session_gap_ms, min_session_gap_ms
+        Between two sessions of a shopper: ``min_session_gap_ms`` plus an
+        exponential wait of mean ``session_gap_ms``.
     seed
         Everything is deterministic for a seed.
     """
@@ -51,6 +56,8 @@ class ShopperSimulator:
     taste: float = 0.85
     unavailable_share: float = 0.02
     start_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    session_gap_ms: int = 600_000
+    min_session_gap_ms: int = 0
     seed: int = 7
     user_prefix: str = "u"
     _rng: random.Random = field(init=False, repr=False)
@@ -77,6 +84,7 @@ class ShopperSimulator:
             self.items.append(item)
             self.items_by_category[cat].append(item["item_id"])
         self.price = {it["item_id"]: it["price"] for it in self.items}
+        self.category_of = {it["item_id"]: it["category"] for it in self.items}
         # Zipf-like popularity inside each category: a few hits, a long tail.
         self._weights = {c: [1.0 / (r + 1) ** 0.8 for r in range(len(ids))]
                          for c, ids in self.items_by_category.items()}
@@ -99,13 +107,16 @@ class ShopperSimulator:
     def _pick_item(self, category: str) -> str:
         return self._rng.choices(self.items_by_category[category], weights=self._weights[category])[0]
 
-    def session(self, user: str, start_ms: int) -> list[tuple[str, dict]]:
-        """One shopping session: browse a few items, click some, maybe buy."""
+    def new_session_id(self) -> str:
+        self._session_seq += 1
+        return f"s{self._session_seq}"
+
+    def session(self, user: str, start_ms: int, session_id: str | None = None) -> list[tuple[str, dict]]:
+        """One shopping session: browse a few items, click some, maybe buy (``session_id``: continue that one)."""
         rng = self._rng
         prefs = self.preferences[user]
         category = rng.choice(prefs) if rng.random() < self.taste else rng.choice(self.categories)
-        self._session_seq += 1
-        session_id = f"s{self._session_seq}"
+        session_id = session_id or self.new_session_id()
         out: list[tuple[str, dict]] = []
         t = start_ms
         for _ in range(rng.randint(2, 6)):
@@ -117,17 +128,28 @@ class ShopperSimulator:
                 out.append(("click", self._event(user, item, category, session_id, t)))
                 if rng.random() < 0.25:
                     t += rng.randint(5_000, 60_000)
-                    self._order_seq += 1
-                    ev = self._event(user, item, category, session_id, t)
-                    ev.update(price=self.price[item], quantity=rng.choice((1, 1, 1, 2)),
-                              order_id=f"o{self._order_seq}")
-                    out.append(("purchase", ev))
+                    out.append(("purchase", self.purchase(user, item, category, session_id, t, rng)))
         return out
 
-    def _event(self, user: str, item: str, category: str, session_id: str, ts_ms: int) -> dict:
+    def session_records(self, user: str, start_ms: int) -> list[tuple[str, dict]]:
+        """Everything a shopper does in one session, in time order: here, :meth:`session`."""
+        return self.session(user, start_ms)
+
+    def purchase(self, user: str, item: str, category: str | None, session_id: str, ts_ms: int,
+                 rng: random.Random) -> dict:
+        """A purchase event of one line: the item's price, a quantity drawn from ``rng``, a new order."""
+        self._order_seq += 1
+        ev = self._event(user, item, category, session_id, ts_ms)
+        ev.update(price=self.price.get(item, 1.0), quantity=rng.choice((1, 1, 1, 2)), order_id=f"o{self._order_seq}")
+        return ev
+
+    def _event(self, user: str, item: str, category: str | None, session_id: str, ts_ms: int) -> dict:
         self._event_seq += 1
-        return {"event_id": f"e{self.seed}-{self._event_seq}", "user_id": user, "item_id": item,
-                "ts": ts_ms, "session_id": session_id, "category": category}
+        ev = {"event_id": f"e{self.seed}-{self._event_seq}", "user_id": user, "item_id": item,
+              "ts": ts_ms, "session_id": session_id, "category": category}
+        if category is None:  # an item outside the simulated catalogue: the worker's catalogue knows it
+            del ev["category"]
+        return ev
 
     def events(self, n: int) -> Iterator[tuple[str, dict]]:
         """Yield ``n`` events ``(event_type, payload)`` in global time order.
@@ -145,11 +167,12 @@ class ShopperSimulator:
         while emitted < n:
             start, u = heapq.heappop(heap)
             end = start
-            for etype, ev in self.session(self.user_id(u), start):
+            for etype, ev in self.session_records(self.user_id(u), start):
                 seq += 1
                 end = ev["ts"]  # a session's events are in time order
                 heapq.heappush(pending, (end, seq, etype, ev))
-            heapq.heappush(heap, (end + int(rng.expovariate(1 / 600_000)), u))
+            gap = self.min_session_gap_ms + int(rng.expovariate(1 / self.session_gap_ms))
+            heapq.heappush(heap, (end + gap, u))
             # Everything older than the earliest possible next session start is final.
             horizon = heap[0][0]
             while pending and pending[0][0] <= horizon and emitted < n:

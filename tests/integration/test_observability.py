@@ -163,7 +163,8 @@ def test_promtool_accepts_shipped_rules_and_config():
     names = {rule["alert"] for rule in rules}
     for needed in ("RecostreamWorkerDown", "RecostreamNoEvents", "RecostreamFreshnessP99High",
                    "RecostreamDeadLetterSpike", "RecostreamConsumerLagGrowing",
-                   "RecostreamModelBelowPopularity", "RecostreamRedisDown"):
+                   "RecostreamModelBelowPopularity", "RecostreamRedisDown",
+                   "RecostreamExperimentSampleRatioMismatch"):
         assert needed in names, f"missing alert {needed}"
     docs = (ROOT / "docs" / "MONITORING.md").read_text()
     for rule in rules:
@@ -332,7 +333,20 @@ tests:
         alertname: RecostreamOutputsParked
         exp_alerts: [{exp_labels: {severity: ticket, instance: "w1:9464", topic: dead-letter}}]
       - {eval_time: 40m, alertname: RecostreamOutputsParked, exp_alerts: []}
+  - interval: 1m
+    input_series:
+      # w1's split breaks at minute 10; w2 dips below 0.001 for 5 minutes only; w3 runs one arm (NaN).
+      - {series: 'recostream_experiment_srm_p_value{job="recostream", instance="w1:9464"}', values: '0.4x9 0.0002x40'}
+      - {series: 'recostream_experiment_srm_p_value{job="recostream", instance="w2:9464"}', values: '0.3x9 0.0005x4 0.2x30'}
+      - {series: 'recostream_experiment_srm_p_value{job="recostream", instance="w3:9464"}', values: 'NaNx40'}
+    alert_rule_test:
+      - {eval_time: 20m, alertname: RecostreamExperimentSampleRatioMismatch, exp_alerts: []}
+      - eval_time: 30m
+        alertname: RecostreamExperimentSampleRatioMismatch
+        exp_alerts: [{exp_labels: {severity: ticket, job: recostream, instance: "w1:9464"}}]
 """
+# promtool's series notation repeats numbers (`0.4x9`) but not NaN: spelled out.
+ALERT_SCENARIOS = ALERT_SCENARIOS.replace("'NaNx40'", repr(" ".join(["NaN"] * 40)))
 
 
 def test_alert_rules_fire_as_designed(tmp_path):
@@ -361,6 +375,26 @@ def _bad_messages(settings) -> int:
     return sum(1 for _, v in bad if v.startswith(b"{"))  # the not_json ones
 
 
+def _impressions(settings) -> list[dict]:
+    """Impressions naming a list the worker never sent, counted under the arm `unknown`, for two shoppers of the
+    simulator (an impression alone gives a customer a profile, but no segment)."""
+    imps = [{"event_id": f"imp-{k}", "user_id": f"u{k % 2}", "rec_id": "never-sent",
+             "items": ["i1", "i2"][: 1 + k % 2], "ts": int(time.time() * 1000)} for k in range(3)]
+    producer = Producer(settings.kafka_client_config())
+    for imp in imps:
+        producer.produce(settings.topic_impressions, key=imp["user_id"].encode(), value=json.dumps(imp).encode())
+    assert producer.flush(10) == 0
+    return imps
+
+
+def test_dashboard_shows_every_experiment_metric():
+    from streams.metrics import EFFECT_GAUGES
+
+    exprs = " ".join(expr for _, expr in dashboard_queries())
+    for name in [*EFFECT_GAUGES, "srm_p_value"]:
+        assert f"recostream_experiment_{name}{{" in exprs, f"no panel shows recostream_experiment_{name}"
+
+
 def test_dashboard_and_alert_queries_against_live_worker(settings, start_worker, tmp_path):
     prometheus = tool("prometheus")
     queries = dashboard_queries()
@@ -370,6 +404,7 @@ def test_dashboard_and_alert_queries_against_live_worker(settings, start_worker,
     producer = make_producer(settings)
     publish_catalogue(producer, settings, sim.catalogue())
     n_not_json = _bad_messages(settings)
+    impressions = _impressions(settings)
     events = sim.events(10**7)
     publish_events(producer, settings, (next(events) for _ in range(1500)), live_ts=True)
 
@@ -451,6 +486,17 @@ def test_dashboard_and_alert_queries_against_live_worker(settings, start_worker,
         assert api.scalar(f"max(recostream_model_version{{{sel}}})") > 0
         assert api.scalar(f"min(recostream_redis_up{{{sel}}})") == 1
         assert api.scalar(f"sum(up{{{sel}}})") == 1
+        # The experiment's gauges: the default experiment (one arm, `ranker`) and impressions of unknown lists.
+        unknown = f'{sel}, variant="unknown"'
+        wait_until(lambda: api.scalar(f"sum(recostream_experiment_impressions{{{unknown}}})") == len(impressions),
+                   30, "Prometheus to scrape the impressions counted", worker=worker)
+        assert api.scalar(f"sum(recostream_experiment_items_shown{{{unknown}}})") == sum(
+            len(i["items"]) for i in impressions)
+        assert api.scalar(f"sum(recostream_experiment_customers{{{unknown}}})") == len({i["user_id"] for i in impressions})
+        assert {s["metric"]["variant"] for s in api.result(f"recostream_experiment_clicks{{{sel}}}")} == {
+            "ranker", "holdout", "unknown"}
+        srm = api.result(f"recostream_experiment_srm_p_value{{{sel}}}")
+        assert len(srm) == 1 and math.isnan(float(srm[0]["value"][1])), srm  # one arm: no split to check
 
         # Every alert expression parses and evaluates; Prometheus itself loaded
         # the rule file and evaluates each rule without error.

@@ -119,6 +119,26 @@ def _use_the_env_file(tmp_path: Path) -> None:
         redis.Redis.from_url("redis://" + url.split("@")[1]).get("x")
 
 
+def test_closed_loop_summary_ends_with_the_experiment_report(tmp_path):
+    proc = _start_up(tmp_path, "--closed-loop", "--json", "--duration", "40", "--rate", "300", "--users", "150")
+    out, err = proc.communicate(timeout=150)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    report = summary["experiment"]  # the keys of `recostream experiment report --json`
+    assert set(report) == {"experiment", "control", "days", "variants", "comparisons", "vs_holdout",
+                           "srm_p_value", "srm_alarm", "method", "partitions"}
+    assert (report["experiment"], report["control"], report["partitions"]) == ("closed-loop", "popularity", [0, 1, 2, 3])
+    assert set(report["variants"]) == {"ranker", "popularity", "holdout"}, report["variants"].keys()
+    shown = sum(arm["impressions"] for arm in report["variants"].values())
+    # what the shop generated last may not have been sent when `up` stopped it
+    assert 0 < shown <= summary["closed_loop"]["impressions"]
+    assert report["variants"]["ranker"]["impressions"] and report["variants"]["popularity"]["impressions"]
+    assert report["variants"]["holdout"]["assigned_customers"] > 0 == report["variants"]["holdout"]["impressions"]
+    env = (tmp_path / summary["env_file"]).read_text()
+    assert "RECOSTREAM_EXPERIMENT=" in env and "closed-loop-1" in env and "RECOSTREAM_TOPIC_IMPRESSIONS=" in env
+    assert "first recommendations in Redis" in err and "impressions" in err
+
+
 def test_sigkill_of_up_leaves_no_process_behind(tmp_path):
     proc = _start_up(tmp_path, "--rate", "300")
     children = _wait_for_recommendations(proc, tmp_path)

@@ -70,7 +70,7 @@ def _start_services(settings: Settings, stack: EmbeddedStack, run_dir: Path) -> 
 
 def _own_names(settings: Settings, tag: str) -> Settings:
     """Topics, consumer group and Redis keys of this run only: a run never touches another's data."""
-    topics = ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control")
+    topics = ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control", "impressions")
     return settings.replace(app_id=tag, redis_prefix=tag,
                             **{f"topic_{t}": f"{tag}.{t.replace('_', '-')}" for t in topics})
 
