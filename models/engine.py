@@ -534,11 +534,9 @@ class PersonalisationEngine:
         purchased and interacted items.
         """
         n, ranker = self.top_n, self.ranker
-        states = ranker._users  # the exclusion sets live only in the ranker's per-user state
         excluded = []
         for user in users:
-            state = states.get(user)
-            excl = state.excluded(self.exclude) if state is not None else None
+            excl = ranker.excluded_rows(user, self.exclude)
             excluded.append(excl if excl is not None and len(excl) else None)
         extra = max((len(e) for e in excluded if e is not None), default=0)
         cold_ids, cold_scores = ranker.recommend([_NO_HISTORY], n=n + extra, exclude="none")

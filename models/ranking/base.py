@@ -140,6 +140,12 @@ class StreamingRecommender(abc.ABC):
         """Add or update a catalogue item (category, availability)."""
         self.catalog.upsert(item_id, category=category, available=available)
 
+    def excluded_rows(self, user_id: str, rule: str) -> np.ndarray | None:
+        """Catalogue rows the exclusion ``rule`` removes from ``user_id``'s lists, sorted (``None``:
+        an unknown customer, or the rule ``"none"``)."""
+        user = self._users.get(user_id)
+        return user.excluded(rule) if user is not None else None
+
     def item_category(self, item_id: str) -> str | None:
         """The catalogue's category of ``item_id`` (``None`` when unknown)."""
         return self.catalog.category_of(item_id)
