@@ -41,7 +41,7 @@ import pickle
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -336,8 +336,8 @@ class PersonalisationEngine:
         pop_top = self._popular(self.hit_k)
         latest_ts = 0.0
         model_offsets = self.model_offsets
-        learn_one = self.ranker.learn_one
-        variant_learners = [ranker.learn_one for _, ranker in self.variant_rankers.values()]
+        learners = [self.ranker.learn_one, *(ranker.learn_one for _, ranker in self.variant_rankers.values())]
+        personal: set[str] = set()  # customers whose own model state changed
         counts = self._item_counts
         learned_items = self._pop_pending
         learned_by_type = out.learned_by_type
@@ -348,7 +348,11 @@ class PersonalisationEngine:
             user = ev.user_id
             profile = touched.get(user)
             if profile is None:
-                profile = profiles.get(user) or new_profile(user)
+                profile = profiles.get(user)
+                if profile is None:
+                    profile = new_profile(user)
+                elif self._take_model_state(profile):
+                    personal.add(user)
             if positions is None:
                 part, offset, position, model_new = None, -1, -1, True
             else:
@@ -377,8 +381,14 @@ class PersonalisationEngine:
                 out.duplicates += 1
                 if not (redelivery and model_new):
                     continue  # a producer's duplicate, or a redelivery the models already know
-                # A redelivery the restored models have not learned yet: catch up.
+                # A redelivery the restored models have not learned yet: the item side catches up
+                # (the customer's own state came with the profile, which holds the event).
             if not model_new:
+                # New to the profile, known to the item side (a checkpoint newer than the
+                # changelog): only the customer's own state, taken from the profile, learns it.
+                for learn in learners:
+                    learn(user, ev.item_id, ev.type, ev.ts, items=False)
+                personal.add(user)
                 continue
             if part is not None:
                 model_offsets[part] = offset + 1
@@ -389,9 +399,10 @@ class PersonalisationEngine:
                 out.evaluated += 1
                 out.hits += item in shown
                 out.popularity_hits += item in pop_top
-            learn_one(user, item, etype, ts)
-            for learn in variant_learners:
-                learn(user, item, etype, ts)
+            for learn in learners:
+                learn(user, item, etype, ts, personal=applied)
+            if applied:
+                personal.add(user)
             counts[item] = counts.get(item, 0) + 1
             learned_items.append(item)
             out.learned += 1
@@ -402,7 +413,27 @@ class PersonalisationEngine:
             delta = merge_deltas(incs)
             if delta:
                 out.effect[user] = delta
+        self._put_model_state(touched, personal)
         return latest_ts
+
+    def _take_model_state(self, profile: Profile) -> bool:
+        """Make the models hold the customer's own state as their stored ``profile`` has it: taken
+        from the profile when this process holds none or another version (the customer's partition
+        was elsewhere, or a checkpoint restored an older state); whether it was taken."""
+        record, user = profile.model, profile.user_id
+        if record is None or self.ranker.user_version(user) == profile.model_version:
+            return False
+        for ranker in (self.ranker, *(r for _, r in self.variant_rankers.values())):
+            ranker.import_user(user, record)
+        return True
+
+    def _put_model_state(self, touched: dict[str, Profile], users: set[str]) -> None:
+        """Write the customers' own model state into their profiles (see :attr:`Profile.model`)."""
+        order = list(users)
+        version = self.ranker.user_version
+        for user, record in zip(order, self.ranker.export_users(order)):
+            profile = touched[user]
+            profile.model, profile.model_version = record, version(user) or 0
 
     def _effect(self, profile: Profile) -> EffectState:
         """The customer's attribution state, created on first use (kept in the profile)."""
@@ -618,11 +649,18 @@ class PersonalisationEngine:
 
     def forget_user(self, user_id: str) -> None:
         """Remove every per-customer trace from the models (the profile is the caller's)."""
-        self.ranker.forget_user(user_id)
-        for _, ranker in self.variant_rankers.values():
-            ranker.forget_user(user_id)
-        self._shown.pop(user_id, None)
+        self.drop_users([user_id])
         self.forgotten += 1
+
+    def drop_users(self, user_ids: Iterable[str]) -> None:
+        """Let go of these customers' state in the models (their partition moved to another worker:
+        their profiles carry it there); nothing changes for anyone else."""
+        user_ids = frozenset(user_ids)
+        for ranker in (self.ranker, *(r for _, r in self.variant_rankers.values())):
+            ranker.drop_users(user_ids)
+        shown = self._shown
+        for user_id in user_ids:
+            shown.pop(user_id, None)
 
     # ------------------------------------------------------------------
     def dumps(self) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import copy
 import sys
-from collections.abc import Container, Sequence
+from collections.abc import Collection, Container, Sequence
 
 import numpy as np
 from river import optim, reco
@@ -283,15 +283,57 @@ class ImplicitMF:
         return self._F
 
     def forget_user(self, user: str) -> None:
-        keep = [i for i, u in enumerate(self._pend_u) if u != user]
+        self.forget_users({user})
+
+    def forget_users(self, users: Collection[str]) -> None:
+        """Drop these users' factors and the steps queued for them (one pass over the queue)."""
+        self._drop_steps(users)
+        u_lat, uix, U = self.model.u_latents, self._uix, self._U
+        for user in users:
+            u_lat.pop(user, None)
+            i = uix.pop(user, None)
+            if i is not None:
+                U[i] = 0.0  # the row stays unused
+
+    def set_user_vector(self, user: str, vector: np.ndarray | None,
+                        steps: Sequence[tuple[int, str, float]] = ()) -> None:
+        """Replace ``user``'s factors by ``vector`` (``None``: none yet) and their queued steps by
+        ``steps`` (``(row, item id, target)``). No random draw: the initialiser's stream is left
+        as it is."""
+        if vector is None:
+            self.forget_user(user)
+        else:
+            self._drop_steps({user})
+            i = self._uix.get(user)
+            if i is not None:
+                self._U[i] = vector  # River's latent is a view of this row
+            else:
+                self.model.u_latents[user] = np.array(vector, dtype=np.float64)
+                self._add_users([user])
+        for row, item_id, target in steps:
+            if row not in self._row_ids:  # an item this model has not learned yet
+                self._row_ids[row] = item_id
+            self._pend_u.append(user)
+            self._pend_r.append(row)
+            self._pend_y.append(target)
+
+    def queued_steps(self, users: Container[str]) -> dict[str, list[tuple[int, float]]]:
+        """The queued SGD steps of ``users`` that have some, in order: ``(row, target)`` (one pass)."""
+        out: dict[str, list[tuple[int, float]]] = {}
+        for u, r, y in zip(self._pend_u, self._pend_r, self._pend_y):
+            if u in users:
+                steps = out.get(u)
+                if steps is None:
+                    steps = out[u] = []
+                steps.append((r, y))
+        return out
+
+    def _drop_steps(self, users: Container[str]) -> None:
+        keep = [i for i, u in enumerate(self._pend_u) if u not in users]
         if len(keep) < len(self._pend_u):
             self._pend_u = [self._pend_u[i] for i in keep]
             self._pend_r = [self._pend_r[i] for i in keep]
             self._pend_y = [self._pend_y[i] for i in keep]
-        self.model.u_latents.pop(user, None)
-        i = self._uix.pop(user, None)
-        if i is not None:
-            self._U[i] = 0.0  # the row stays unused
 
     # -- reading (never mutates) ------------------------------------------
 

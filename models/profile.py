@@ -145,6 +145,13 @@ class Profile(msgspec.Struct, omit_defaults=True, gc=False):
         the customer's counts also carries it, and a restore brings both back
         together; ``None`` (omitted from the payload) until the first list,
         impression or event the attribution sees.
+    model, model_version
+        The ranker's own state of this customer in portable form (history,
+        excluded items, latent factors: :class:`models.ranking.users.UserRecord`
+        bytes) and its version (events it holds), written with every batch
+        that changed it. Kept here so that the customer's model state moves
+        with their partition: a worker serving them for the first time (or
+        holding an older version) takes it from the restored profile.
 
     Payloads written before the window was compacted (``seen_event_ids`` and
     ``seen_offsets`` lists) are converted by :func:`decode_profile`.
@@ -165,6 +172,8 @@ class Profile(msgspec.Struct, omit_defaults=True, gc=False):
     applied: tuple[int, ...] = ()
     segment: int | None = None
     effect: EffectState | None = None
+    model: bytes | None = None
+    model_version: int = 0
     # The window as older payloads carried it (None once converted).
     legacy_event_ids: list[str] | None = msgspec.field(default=None, name="seen_event_ids")
     legacy_offsets: list[int] | None = msgspec.field(default=None, name="seen_offsets")
@@ -212,7 +221,7 @@ def new_profile(user_id: str) -> Profile:
     Examples
     --------
     >>> new_profile("u7")
-    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=(), category_counts={}, seen_window='', seen_window_offsets=b'', recent_order_ids=(), applied=(), segment=None, effect=None, legacy_event_ids=None, legacy_offsets=None)
+    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=(), category_counts={}, seen_window='', seen_window_offsets=b'', recent_order_ids=(), applied=(), segment=None, effect=None, model=None, model_version=0, legacy_event_ids=None, legacy_offsets=None)
     """
     return Profile(user_id=user_id)
 

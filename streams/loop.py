@@ -251,7 +251,7 @@ class StreamLoop:
                     consumer.commit(offsets=offsets, asynchronous=False)
                 except Exception as exc:
                     log.info("group commit on revocation failed: %s", exc)
-        self.ownership.release({tp.partition for tp in partitions})
+        self._let_go({tp.partition for tp in partitions})
         consumer.unassign()
         self._lag = []
 
@@ -259,6 +259,10 @@ class StreamLoop:
         log.warning("lost %d partitions (this worker was expelled from the group, e.g. paused longer than "
                     "the session timeout); their state is dropped, their new owner restores it",
                     len({tp.partition for tp in partitions}))
-        self.ownership.release({tp.partition for tp in partitions})
+        self._let_go({tp.partition for tp in partitions})
         consumer.unassign()
         self._lag = []
+
+    def _let_go(self, partitions: set[int]) -> None:
+        self.processor.let_go(partitions)
+        self.ownership.release(partitions)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import msgspec
 import numpy as np
@@ -307,6 +307,12 @@ class BatchProcessor:
         self.outputs.flush()
         self.sink.delete_user(user_id)
         log.info("forgot a customer of partition %d (profile, models, Redis keys)", partition)
+
+    def let_go(self, partitions: Iterable[int]) -> None:
+        """Drop the models' state of the customers of ``partitions``, which this worker no longer
+        owns: their profiles carry it to the next owner (call before the store lets them go)."""
+        owned = self.store.partitions
+        self.engine.drop_users([user for p in partitions if p in owned for user in owned[p].profiles])
 
     def send_dead_letter(self, err: ContractError, msg: Any) -> None:
         """Queue ``msg`` for the dead-letter topic (acknowledged before its position is written)."""

@@ -19,6 +19,33 @@ from streams.tools.scrape import metric_sum, scrape
 from streams.tools.up import spawn_worker, stop_process
 
 
+def shop_events(n: int, n_users: int, n_items: int, seed: int) -> tuple[list, list]:
+    """``n`` simulated shop events as the engine takes them (``ts`` in seconds), and the catalogue."""
+    from types import SimpleNamespace
+
+    from streams.tools.generator import ShopperSimulator
+
+    sim = ShopperSimulator(n_users=n_users, n_items=n_items, seed=seed)
+    events = [SimpleNamespace(event_id=p["event_id"], user_id=p["user_id"], item_id=p["item_id"], type=t,
+                              ts=p["ts"] / 1000, category=p.get("category"), price=p.get("price"),
+                              quantity=p.get("quantity"), order_id=p.get("order_id"))
+              for t, p in sim.events(n)]
+    return events, sim.catalogue()
+
+
+def own_topics(settings: Settings, tag: str, **changes) -> Settings:
+    """``settings`` for a test of its own: 4 partitions, an app id and input/output topics tagged
+    ``tag`` (created), so that its workers share nothing with another test's."""
+    from streams.kafka.topics import ensure_topics
+
+    s = settings.replace(partitions=4, app_id=f"{settings.app_id}-{tag}", **changes)
+    s = s.replace(**{f"topic_{t}": f"{s.redis_prefix}.{tag}.{t}" for t in
+                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control",
+                      "impressions")})
+    ensure_topics(s)
+    return s
+
+
 class WorkerHandle:
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings

@@ -84,7 +84,7 @@ class CooccurrenceBaseline(BatchedRecommender):
 
     # -- learning -------------------------------------------------------------
 
-    def _learn(self, user_id, user, row, weight, ts):
+    def _learn(self, user_id, user, row, weight, ts, personal=True):
         self.popularity.update(row, 1.0)
         if user.history:
             queue = self.__dict__.setdefault("_queue", [])

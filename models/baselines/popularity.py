@@ -43,7 +43,7 @@ class PopularityBaseline(BatchedRecommender):
         super()._reset()
         self.popularity = TrendingPopularity(half_life=None)
 
-    def _learn(self, user_id, user, row, weight, ts):
+    def _learn(self, user_id, user, row, weight, ts, personal=True):
         self.popularity.update(row, 1.0)
 
     def _scores(self, user_id, user, n_items):

@@ -50,7 +50,7 @@ class RepeatBaseline(BatchedRecommender):
         self.window = window
         super().__init__(history_size=window, seed=seed)
 
-    def _learn(self, user_id, user, row, weight, ts):
+    def _learn(self, user_id, user, row, weight, ts, personal=True):
         pass
 
     def _scores(self, user_id, user, n_items):

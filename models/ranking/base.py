@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from models.catalog import Catalog
 from models.events import EVENT_WEIGHTS, PURCHASE
 from models.ranking import pickling
 from models.ranking.topk import top_n
-from models.ranking.users import _pack_users, _unpack_users, _User
+from models.ranking.users import _pack_users, _unpack_users, _User, decode_user, encode_user
 
 __all__ = ["EXCLUDE_RULES", "PAD_ID", "PAD_SCORE", "StreamingRecommender", "valid_counts", "valid_part"]
 
@@ -150,21 +150,74 @@ class StreamingRecommender(abc.ABC):
         """The catalogue's category of ``item_id`` (``None`` when unknown)."""
         return self.catalog.category_of(item_id)
 
-    def learn_one(self, user_id: str, item_id: str, event_type: str = "click", ts: float | None = None) -> None:
-        """Learn from one interaction; ``ts`` is in epoch seconds."""
+    def learn_one(self, user_id: str, item_id: str, event_type: str = "click", ts: float | None = None, *,
+                  items: bool = True, personal: bool = True) -> None:
+        """Learn from one interaction; ``ts`` is in epoch seconds.
+
+        A worker learns some events on one side only: ``personal=False`` when
+        the customer's own state (history, sets, factors) holds the event
+        already, having come with their profile (:meth:`import_user`), and
+        ``items=False`` when the item-side state has learned it already
+        (a restored checkpoint newer than the profile).
+        """
         try:
             weight = self.event_weights[event_type]
         except KeyError:
             raise ValueError(f"unknown event_type {event_type!r}; expected one of {sorted(self.event_weights)}") from None
-        row = self.catalog.row(item_id)
-        if row is None:
-            row = self.catalog.upsert(item_id)
+        row = self._row(item_id)
         user = self._users.get(user_id)
         if user is None:
             user = self._users[user_id] = _User(self.history_size)
-        self._learn(user_id, user, row, weight, ts)
-        user.push(row, weight, event_type == PURCHASE, ts)
-        self._n_learned += 1
+        if items:
+            self._learn(user_id, user, row, weight, ts, personal)
+            self._n_learned += 1
+        if personal:
+            user.push(row, weight, event_type == PURCHASE, ts)
+
+    def _row(self, item_id: str) -> int:
+        """The catalogue row of ``item_id``, added if it is new."""
+        row = self.catalog.row(item_id)
+        return self.catalog.upsert(item_id) if row is None else row
+
+    # -- per-customer state that moves between workers ------------------------
+
+    def user_version(self, user_id: str) -> int | None:
+        """How many events ``user_id``'s own state holds (``None``: no state here)."""
+        user = self._users.get(user_id)
+        return None if user is None else user.n
+
+    def export_users(self, user_ids: Sequence[str]) -> list[bytes | None]:
+        """Each customer's own state in portable form (:class:`~models.ranking.users.UserRecord`
+        bytes; ``None`` for a customer without state here)."""
+        users = self._users
+        factors = self._user_factors([u for u in user_ids if u in users])
+        ids = self.catalog.ids
+        return [None if (user := users.get(u)) is None else encode_user(user, ids, *factors.get(u, (b"", [])))
+                for u in user_ids]
+
+    def import_user(self, user_id: str, record: bytes) -> None:
+        """Replace whatever state this model holds for ``user_id`` by ``record`` (:meth:`export_users`',
+        possibly of another process: items are named by id). Item-side state is left as it is."""
+        user, rec = decode_user(record, self._row, self.history_size)
+        self._users[user_id] = user
+        self._set_user_factors(user_id, rec.factors, [(self._row(item), item, y) for item, y in rec.steps])
+
+    def drop_users(self, user_ids: Collection[str]) -> None:
+        """Let go of these customers' own state in this process (another worker serves them now:
+        their profiles carry it there). Item-side aggregates are kept, as by :meth:`forget_user`."""
+        users = self._users
+        for user_id in user_ids:
+            users.pop(user_id, None)
+
+    def _user_factors(self, user_ids: list[str]) -> dict[str, tuple[bytes, list[tuple[str, float]]]]:
+        """Per customer with some, their latent factors and the steps queued for them (item id,
+        target), for :meth:`export_users` (subclass hook; none by default)."""
+        return {}
+
+    def _set_user_factors(self, user_id: str, factors: bytes, steps: list[tuple[int, str, float]]) -> None:
+        """Set the customer's latent factors (``b""``: none) and queued steps (row, item id, target) (subclass hook;
+        a model without factors has nothing to set)."""
+        return None
 
     def recommend(self, user_ids: Sequence[str], n: int = 20,
                   exclude: str = "purchased") -> tuple[np.ndarray, np.ndarray]:
@@ -211,7 +264,7 @@ class StreamingRecommender(abc.ABC):
         Item-side aggregates (co-visit counts, popularity) are anonymous sums
         and are kept, as in any aggregate statistic.
         """
-        self._users.pop(user_id, None)
+        self.drop_users((user_id,))
 
     def dumps(self) -> bytes:
         """Checkpoint (pickle; equal models give equal bytes)."""
@@ -242,8 +295,10 @@ class StreamingRecommender(abc.ABC):
     # -- hooks of subclasses --------------------------------------------------
 
     @abc.abstractmethod
-    def _learn(self, user_id: str, user: _User, row: int, weight: float, ts: float | None) -> None:
-        """Fold one interaction into the model's item-side state (subclass hook)."""
+    def _learn(self, user_id: str, user: _User, row: int, weight: float, ts: float | None,
+               personal: bool = True) -> None:
+        """Fold one interaction into the model's item-side state, and also into the customer's own
+        factors unless ``personal`` is false (subclass hook)."""
 
     @abc.abstractmethod
     def _scores(self, user_id: str, user: _User | None, n_items: int) -> np.ndarray:

@@ -311,7 +311,7 @@ class HybridRanker(StreamingRecommender):
         self.choice = SoftmaxChoice(PRIOR, lr=self.choice_lr, l2=self.choice_l2)
         self.sessions = SessionNeighbours(sessions_per_item=50) if self.session_neighbours else None
 
-    def _learn(self, user_id, user, row, weight, ts):
+    def _learn(self, user_id, user, row, weight, ts, personal=True):
         if self.train_every and user.history and self._n_learned % self.train_every == 0:
             self._learn_choice(user_id, user, row)
         history = user.history[::-1]
@@ -320,21 +320,42 @@ class HybridRanker(StreamingRecommender):
         items.popularity.update(row, weight, t)
         items.covisit.update(history, row, weight, t)
         items.successors.update(history[:1], row, weight, t)
-        if self.sessions is not None:
+        if self.sessions is not None and personal:
             self.sessions.update(user_id, row)
-        if self.mf is not None:
+        if self.mf is not None and personal:
             # Targets in (0, 1]: the strongest event type is a full positive.
             target = weight / max(self.event_weights.values())
             self.mf.learn_one(user_id, self.catalog.item_id(row), row, target, seen=user.interacted)
         if (self._n_learned + 1) % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:
             self._context(len(self.catalog), pools=True)  # exact pools after this event
 
-    def forget_user(self, user_id: str) -> None:
-        super().forget_user(user_id)
+    def drop_users(self, user_ids):
+        super().drop_users(user_ids)
         if self.sessions is not None:
-            self.sessions.forget(user_id)
+            for user_id in user_ids:
+                self.sessions.forget(user_id)
         if self.mf is not None:
-            self.mf.forget_user(user_id)
+            self.mf.forget_users(frozenset(user_ids))
+
+    def _user_factors(self, user_ids):
+        if self.mf is None:
+            return {}
+        latents, item_id = self.mf.model.u_latents, self.catalog.item_id
+        steps = self.mf.queued_steps(frozenset(user_ids))
+        out = {}
+        for user in user_ids:
+            u = latents[user] if user in latents else None  # (River's defaultdict would insert)
+            queued = steps.get(user)
+            if u is not None or queued:
+                out[user] = (b"" if u is None else u.tobytes(),  # float64, this machine's byte order
+                             [(item_id(row), y) for row, y in queued] if queued else [])
+        return out
+
+    def _set_user_factors(self, user_id, factors, steps):
+        if self.mf is not None:
+            if len(factors) not in (0, 8 * self.mf.n_factors):  # (a ranker with other factors wrote it)
+                factors, steps = b"", []
+            self.mf.set_user_vector(user_id, np.frombuffer(factors, dtype=np.float64) if factors else None, steps)
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -5,10 +5,15 @@ from __future__ import annotations
 import itertools
 import operator
 
+import msgspec
 import numpy as np
 
 #: A gap longer than this (seconds) between two events of a customer starts a new session.
 SESSION_GAP_S = 1800.0
+
+#: Items kept in a customer's interacted set (the most recently added; their purchases are among
+#: them): the set travels in the customer's profile, which must stay bounded.
+MAX_SET_ITEMS = 4096
 
 
 class _User:
@@ -27,7 +32,7 @@ class _User:
     """
 
     __slots__ = ("maxlen", "history", "weights", "counts", "times", "session_start", "interacted", "purchased",
-                 "_excl")
+                 "n", "_excl")
 
     def __init__(self, history_size: int):
         self.maxlen = history_size
@@ -38,6 +43,7 @@ class _User:
         self.session_start = 0.0
         self.interacted: dict[int, None] = {}  # ordered set (deterministic pickles)
         self.purchased: dict[int, None] = {}
+        self.n = 0  # events pushed: the version of this state (see UserRecord)
         self._excl: dict[str, np.ndarray] = {}  # cached exclusion arrays
 
     def push(self, row: int, weight: float, purchase: bool, ts: float | None = None) -> None:
@@ -66,12 +72,20 @@ class _User:
         if drop > 0:
             history, weights, counts, times = history[drop:], weights[drop:], counts[drop:], times[drop:]
         self.history, self.weights, self.counts, self.times = history, weights, counts, times
-        if row not in self.interacted:
-            self.interacted[row] = None
+        interacted = self.interacted
+        if row not in interacted:
+            interacted[row] = None
             self._excl.pop("interacted", None)
+            if len(interacted) > MAX_SET_ITEMS:
+                oldest = next(iter(interacted))
+                del interacted[oldest]
+                if oldest in self.purchased:  # purchases stay a subset of the interacted items
+                    del self.purchased[oldest]
+                    self._excl.pop("purchased", None)
         if purchase and row not in self.purchased:
             self.purchased[row] = None
             self._excl.pop("purchased", None)
+        self.n += 1
 
     def excluded(self, rule: str) -> np.ndarray | None:
         """The user's rows that the exclusion ``rule`` removes, sorted (``None`` for ``"none"``; cached)."""
@@ -85,12 +99,13 @@ class _User:
 
     def __getstate__(self):
         return (self.maxlen, list(self.history), list(self.weights), list(self.interacted), list(self.purchased),
-                list(self.counts), list(self.times), self.session_start)
+                list(self.counts), list(self.times), self.session_start, self.n)
 
     def __setstate__(self, state):
         maxlen, history, weights, interacted, purchased = state[:5]
         # Checkpoints from before counts and times: every item seen once, all in one session.
-        counts, times, start = state[5:] if len(state) > 5 else ([1] * len(history), [0.0] * len(history), 0.0)
+        counts, times, start = state[5:8] if len(state) > 5 else ([1] * len(history), [0.0] * len(history), 0.0)
+        self.n = state[8] if len(state) > 8 else 0  # (before versions: 0, which no record carries)
 
         def last(values):
             return tuple(values[len(values) - maxlen:] if maxlen is not None and len(values) > maxlen else values)
@@ -138,6 +153,7 @@ def _pack_users(users: dict[str, _User], maxlen: int) -> dict | None:
             "counts": concat("counts", hist_lens, np.int64),
             "times": concat("times", hist_lens, np.float64),
             "session_start": np.fromiter(map(operator.attrgetter("session_start"), values), dtype=np.float64, count=n),
+            "versions": np.fromiter(map(operator.attrgetter("n"), values), dtype=np.int64, count=n),
             "interacted": (inter_lens, concat("interacted", inter_lens, np.int64)),
             "purchased": (purch_lens, concat("purchased", purch_lens, np.int64))}
 
@@ -161,12 +177,76 @@ def _unpack_users(packed: dict) -> dict[str, _User]:
         counts = [[1] * len(h) for h in histories]
         times = [[0.0] * len(h) for h in histories]
         starts = [0.0] * len(histories)
+    versions = packed["versions"].tolist() if "versions" in packed else [0] * len(histories)
     users: dict[str, _User] = {}
     new = _User.__new__
-    for user_id, h, w, c, t, s, i, p in zip(packed["ids"], histories, weights, counts, times, starts,
-                                            interacted, purchased):
+    for user_id, h, w, c, t, s, i, p, v in zip(packed["ids"], histories, weights, counts, times, starts,
+                                               interacted, purchased, versions):
         u = new(_User)
         u.maxlen, u.history, u.weights, u.counts, u.times, u.session_start = maxlen, tuple(h), tuple(w), tuple(c), tuple(t), s
-        u.interacted, u.purchased, u._excl = dict.fromkeys(i), dict.fromkeys(p), {}
+        u.interacted, u.purchased, u.n, u._excl = dict.fromkeys(i), dict.fromkeys(p), v, {}
         users[user_id] = u
     return users
+
+
+class UserRecord(msgspec.Struct, array_like=True, gc=False):
+    """A customer's per-user ranker state in portable form: item ids, not this process's catalogue rows.
+
+    What a worker writes into the customer's profile after every batch, so
+    that a worker taking the customer's partition over serves them from their
+    own history instead of as a newcomer (:meth:`StreamingRecommender.import_user
+    <models.ranking.base.StreamingRecommender.import_user>`). ``n`` is the
+    state's version: the events pushed into it.
+    """
+
+    n: int
+    history: list[str]  # oldest first
+    weights: list[float]
+    counts: list[int]
+    times: list[float]
+    session_start: float
+    interacted: list[str]  # in first-seen order
+    purchased: list[int]  # positions in ``interacted``
+    factors: bytes = b""  # the customer's latent factors (float64), when the ranker has them ...
+    steps: list[tuple[str, float]] = []  # ... and the factor steps queued for them: (item id, target)
+
+
+_RECORD_ENCODER = msgspec.msgpack.Encoder()
+_RECORD_DECODER = msgspec.msgpack.Decoder(UserRecord)
+
+
+def encode_user(user: _User, item_ids, factors: bytes = b"", steps: list[tuple[str, float]] = ()) -> bytes:
+    """``user`` as :class:`UserRecord` bytes, its rows named by ``item_ids[row]``.
+
+    >>> u = _User(3)
+    >>> for row, ts in ((0, 10.0), (2, 20.0), (0, 30.0)):
+    ...     u.push(row, 1.0, purchase=row == 2, ts=ts)
+    >>> v, _ = decode_user(encode_user(u, ["a", "b", "c"]), {"a": 5, "c": 7}.__getitem__, 3)
+    >>> v.history, v.counts, v.times, list(v.interacted), list(v.purchased), v.n
+    ((7, 5), (1, 2), (20.0, 30.0), [5, 7], [7], 3)
+    """
+    name = item_ids.__getitem__
+    interacted = user.interacted
+    if user.purchased:
+        at = {row: i for i, row in enumerate(interacted)}
+        purchased = [at[row] for row in user.purchased]
+    else:
+        purchased = []
+    # Tuples go to the encoder as they are (it writes them as arrays, like the lists they decode to).
+    return _RECORD_ENCODER.encode(UserRecord(
+        user.n, list(map(name, user.history)), user.weights, user.counts, user.times, user.session_start,
+        list(map(name, interacted)), purchased, factors, steps))
+
+
+def decode_user(record: bytes, row_of, maxlen: int) -> tuple[_User, UserRecord]:
+    """The inverse of :func:`encode_user`: ``(user, record)``, ids mapped to rows by ``row_of``."""
+    r = _RECORD_DECODER.decode(record)
+    u = _User.__new__(_User)
+    u.maxlen, u.n, u.session_start, u._excl = maxlen, r.n, r.session_start, {}
+    keep = slice(max(0, len(r.history) - maxlen), None)  # (a record of a longer history)
+    u.history = tuple(map(row_of, r.history[keep]))
+    u.weights, u.counts, u.times = tuple(r.weights[keep]), tuple(r.counts[keep]), tuple(r.times[keep])
+    interacted = list(map(row_of, r.interacted))
+    u.interacted = dict.fromkeys(interacted)
+    u.purchased = dict.fromkeys(interacted[i] for i in r.purchased)
+    return u, r

@@ -25,13 +25,12 @@ from models.effect import EffectCounts
 from models.effect.counts import revenue_cents
 from streams.contract import decode_dead_letter
 from streams.kafka.produce import make_producer, publish_catalogue, publish_events, publish_raw
-from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
 from streams.state.changelog import Restore
 from streams.tools.embedded import free_port, start_redis
 from streams.tools.experiment import read_counts
 from streams.tools.generator import ShopperSimulator
-from tests.helpers import StreamProducer, profile_totals, read_topic, scrape_metric, wait_until
+from tests.helpers import StreamProducer, own_topics, profile_totals, read_topic, scrape_metric, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -120,12 +119,7 @@ class Cluster:
 
 
 def fault_settings(settings: Settings, **changes) -> Settings:
-    s = settings.replace(partitions=4, app_id=settings.app_id + "-f", checkpoint_interval_s=2.0, **changes)
-    s = s.replace(**{f"topic_{t}": f"{s.redis_prefix}.f.{t}" for t in
-                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control",
-                      "impressions")})
-    ensure_topics(s)
-    return s
+    return own_topics(settings, "f", checkpoint_interval_s=2.0, **changes)
 
 
 def settle_and_report(name: str, s: Settings, stream: StreamProducer, redis_client, live: list,

@@ -21,7 +21,7 @@ from streams.kafka.topics import ensure_topics
 from streams.sinks.redis import RedisKeys
 from streams.tools.embedded import free_port, start_broker, start_redis
 from streams.tools.generator import ShopperSimulator
-from tests.helpers import StreamProducer, profile_totals, scrape_metric, wait_until
+from tests.helpers import StreamProducer, own_topics, profile_totals, scrape_metric, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -184,11 +184,7 @@ def test_rebalance_when_one_of_two_workers_stops(settings, start_worker, redis_c
     with SIGTERM mid-stream and the other takes over its partitions: every
     event counted exactly once. `make soak` repeats this test (it caught
     three different ways of losing an event, see docs/RELIABILITY.md)."""
-    s = settings.replace(partitions=4, app_id=settings.app_id + "-rb")
-    s = s.replace(**{f"topic_{t}": f"{s.redis_prefix}.rb.{t}" for t in
-                     ("browse", "click", "purchase", "items", "recommendations", "dead_letter", "control",
-                      "impressions")})
-    ensure_topics(s)
+    s = own_topics(settings, "rb")
     sim = ShopperSimulator(n_users=120, n_items=300, seed=23)
     publish_catalogue(make_producer(s), s, sim.catalogue())
     s_a = s.replace(worker_id="a", metrics_port=free_port())

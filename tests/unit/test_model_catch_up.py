@@ -11,18 +11,13 @@ from types import SimpleNamespace
 import numpy as np
 
 from models.engine import PersonalisationEngine
-from streams.tools.generator import ShopperSimulator
+from tests.helpers import shop_events
 
 PART = ("click", 0)  # topic, partition
 
 
 def _events(n: int, seed: int = 3) -> tuple[list, list]:
-    sim = ShopperSimulator(n_users=40, n_items=150, seed=seed)
-    events = [SimpleNamespace(event_id=p["event_id"], user_id=p["user_id"], item_id=p["item_id"], type=t,
-                              ts=p["ts"] / 1000, category=p.get("category"), price=p.get("price"),
-                              quantity=p.get("quantity"), order_id=p.get("order_id"))
-              for t, p in sim.events(n)]
-    return events, sim.catalogue()
+    return shop_events(n, n_users=40, n_items=150, seed=seed)
 
 
 def _engine(catalogue, **kw) -> PersonalisationEngine:

@@ -39,7 +39,7 @@ NO_HISTORY = ""
 class FreeRanker(HybridRanker):
     """Learns nothing; recommends the cold-start list to everyone."""
 
-    def _learn(self, user_id, user, row, weight, ts) -> None:
+    def _learn(self, user_id, user, row, weight, ts, personal=True) -> None:
         return None
 
     def recommend(self, user_ids: Sequence[str], n: int = 20,

@@ -1,0 +1,138 @@
+"""A customer's own model state travels in their profile: a worker that takes their partition over
+serves them from their history, not as a newcomer (``PersonalisationEngine`` and the ranker, no broker).
+
+The worker side (revocation drops the state; the restored profile brings it back) is
+``streams/loop.py`` and ``streams/pipeline.py::BatchProcessor.let_go``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from models.engine import PersonalisationEngine
+from models.profile import decode_profile, encode_profile
+from models.ranking.users import UserRecord
+from tests.helpers import shop_events
+
+PART = ("click", 0)
+BATCH = 256  # the factors' block: every batch ends with no factor step queued
+
+
+def _events(n: int, seed: int = 5) -> tuple[list, list]:
+    return shop_events(n, n_users=50, n_items=200, seed=seed)
+
+
+def _engine(catalogue) -> PersonalisationEngine:
+    engine = PersonalisationEngine()
+    for item in catalogue:
+        engine.upsert_item(item["item_id"], item["category"], item["available"])
+    return engine
+
+
+def _run(engine, events, profiles: dict, start: int) -> dict:
+    """Process ``events`` (at offsets ``start``..) in batches, as a worker; the lists served."""
+    served = {}
+    for lo in range(0, len(events), BATCH):
+        chunk = events[lo:lo + BATCH]
+        out = engine.process(chunk, profiles, positions=[(PART, start + lo + k) for k in range(len(chunk))])
+        profiles.update(out.profiles)
+        recs = out.recommendations
+        served.update({u: recs.ids[i].tolist() for i, u in enumerate(recs.users)})
+    return served
+
+
+def _copy(profiles: dict) -> dict:
+    """Another worker's copy of the stored profiles (the engine updates the profiles it is given)."""
+    return {u: decode_profile(encode_profile(p)) for u, p in profiles.items()}
+
+
+def _personal(profile) -> tuple:
+    """The record's history and sets (factors depend on the item side, which differs between workers)."""
+    r = msgspec.msgpack.decode(profile.model, type=UserRecord)
+    return r.n, r.history, r.weights, r.counts, r.times, r.interacted, r.purchased
+
+
+def test_the_profile_carries_the_customers_own_state():
+    events, catalogue = _events(600)
+    profiles: dict = {}
+    _run(_engine(catalogue), events, profiles, 0)
+    for profile in profiles.values():
+        n, history, *_ = _personal(profile)
+        assert profile.model_version == n == sum(profile.counts.values())
+        assert tuple(history) == profile.recent_items  # the same bounded history, most recent last
+
+
+def test_a_worker_without_the_customers_state_serves_what_the_owner_would_have():
+    events, catalogue = _events(1536)
+    owner = _engine(catalogue)
+    profiles: dict = {}
+    _run(owner, events[:1024], profiles, 0)
+    taker = PersonalisationEngine.loads(owner.dumps())  # the same item side ...
+    taker.drop_users(list(profiles))  # ... and none of the customers' own state (their partition moved)
+    assert taker.ranker.n_users == 0
+
+    moved = _copy(profiles)
+    expected = _run(owner, events[1024:], profiles, 1024)
+    served = _run(taker, events[1024:], moved, 1024)
+
+    assert served == expected
+    assert {u: p.model for u, p in moved.items()} == {u: p.model for u, p in profiles.items()}
+
+
+def test_the_state_in_the_profile_replaces_an_older_one_and_redeliveries_are_not_learned_twice():
+    events, catalogue = _events(1536)
+    owner = _engine(catalogue)
+    profiles: dict = {}
+    _run(owner, events[:512], profiles, 0)
+    stale = owner.dumps()  # this worker's checkpoint; the customers then moved elsewhere and back
+    _run(owner, events[512:1024], profiles, 512)
+    back = PersonalisationEngine.loads(stale)
+
+    # The first batch back holds events the profiles already have (a redelivery after the last
+    # position record), which the old checkpoint's models have not learned: the item side learns
+    # them, the customers' own state (taken from the profile, which holds them) does not again.
+    moved = _copy(profiles)
+    _run(owner, events[1024:], profiles, 1024)
+    _run(back, events[768:], moved, 768)
+
+    assert {u: _personal(p) for u, p in moved.items()} == {u: _personal(p) for u, p in profiles.items()}
+    for user in {ev.user_id for ev in events[768:]}:  # the others are taken from their profile on first touch
+        profile = moved[user]
+        assert back.ranker.user_version(user) == profile.model_version == sum(profile.counts.values())
+
+
+def test_a_customers_sets_are_bounded_and_their_record_with_them():
+    from models.ranking.users import MAX_SET_ITEMS, _User, decode_user, encode_user
+
+    user = _User(20)
+    for row in range(MAX_SET_ITEMS + 10):
+        user.push(row, 1.0, purchase=row % 2 == 0)
+    assert len(user.interacted) == MAX_SET_ITEMS and next(iter(user.interacted)) == 10
+    assert set(user.purchased) <= set(user.interacted) and min(user.purchased) == 10
+    ids = [f"item-{row:0>120}" for row in range(MAX_SET_ITEMS + 10)]  # ids near the longest allowed
+    record = encode_user(user, ids)
+    assert len(record) < 0.6 * 2**20
+    back, _ = decode_user(record, {item: row for row, item in enumerate(ids)}.__getitem__, 20)
+    assert list(back.interacted) == list(user.interacted) and list(back.purchased) == list(user.purchased)
+
+
+def test_a_record_with_queued_factor_steps_is_taken_by_a_worker_that_never_saw_those_items():
+    from models.ranking.hybrid import HybridRanker
+
+    events, catalogue = _events(500)
+    owner, taker = HybridRanker(seed=1), HybridRanker(seed=1)
+    for item in catalogue:
+        owner.upsert_item(item["item_id"], item["category"], item["available"])
+    for ev in events[:200]:
+        owner.learn_one(ev.user_id, ev.item_id, ev.type, ev.ts)
+    users = sorted({ev.user_id for ev in events})
+    records = dict(zip(users, owner.export_users(users)))
+    queued = [r for r in records.values() if r is not None and msgspec.msgpack.decode(r, type=UserRecord).steps]
+    assert queued, "some customers have factor steps queued (200 events: less than one block)"
+    for user, record in records.items():
+        if record is not None:
+            taker.import_user(user, record)
+    for ev in events[200:]:  # the queued steps are applied at the next block (256 events)
+        taker.learn_one(ev.user_id, ev.item_id, ev.type, ev.ts)
+    ids, _ = taker.recommend(users, 10)
+    assert (ids[:, 0] != None).all()  # noqa: E711 - an array comparison, element by element
