@@ -37,11 +37,12 @@ learn them when the worker reads them again.
 from __future__ import annotations
 
 import heapq
+import itertools
 import pickle
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Collection, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -230,8 +231,10 @@ class PersonalisationEngine:
     """
 
     def __init__(self, top_n: int = 20, exclude: str = "purchased", n_segments: int = 6,
-                 dedupe_window: int = 512, hit_k: int = 10, seed: int = 42) -> None:
+                 dedupe_window: int = 512, hit_k: int = 10, seed: int = 42,
+                 warm_customers: int = 100_000) -> None:
         self.top_n = top_n
+        self.warm_customers = warm_customers
         self.exclude = exclude
         self.n_segments = n_segments
         self.dedupe_window = dedupe_window
@@ -286,6 +289,8 @@ class PersonalisationEngine:
         self._pop_top: list[str] | None = None  # popularity top list as of the last batch ...
         self._pop_pending: list[str] = []  # ... and the items learned since
         self._item_seq: dict[str, int] = {}  # first-seen rank of each item (ties of the top list)
+        # Customers whose own model state is in memory, least recently touched first.
+        self._warm: dict[str, None] = dict.fromkeys(self.ranker.warm_users())
 
     # ------------------------------------------------------------------
     def upsert_item(self, item_id: str, category: str | None = None, available: bool = True) -> None:
@@ -428,12 +433,29 @@ class PersonalisationEngine:
         return True
 
     def _put_model_state(self, touched: dict[str, Profile], users: set[str]) -> None:
-        """Write the customers' own model state into their profiles (see :attr:`Profile.model`)."""
+        """Write the customers' own model state into their profiles (see :attr:`Profile.model`), then
+        let go of the state of the customers touched least recently beyond :attr:`warm_customers`:
+        their profiles hold it, and the next batch that meets them takes it back."""
         order = list(users)
         version = self.ranker.user_version
         for user, record in zip(order, self.ranker.export_users(order)):
             profile = touched[user]
             profile.model, profile.model_version = record, version(user) or 0
+        self._touch(touched)
+
+    def _touch(self, users: Collection[str]) -> None:
+        """``users`` were just served: the most recent of the warm customers; the least recent
+        ones beyond the bound are let go, except this batch's and those with factor steps queued
+        (their record does not hold them yet)."""
+        warm = self._warm
+        for user in users:
+            warm.pop(user, None)
+            warm[user] = None
+        excess = min(len(warm) - self.warm_customers, len(warm) - len(users))
+        if excess > 0:
+            busy = self.ranker.users_with_queued_steps()
+            cold = [user for user in itertools.islice(warm, excess + len(busy)) if user not in busy][:excess]
+            self.drop_users(cold)
 
     def _effect(self, profile: Profile) -> EffectState:
         """The customer's attribution state, created on first use (kept in the profile)."""
@@ -658,9 +680,10 @@ class PersonalisationEngine:
         user_ids = frozenset(user_ids)
         for ranker in (self.ranker, *(r for _, r in self.variant_rankers.values())):
             ranker.drop_users(user_ids)
-        shown = self._shown
+        shown, warm = self._shown, self._warm
         for user_id in user_ids:
             shown.pop(user_id, None)
+            warm.pop(user_id, None)
 
     # ------------------------------------------------------------------
     def dumps(self) -> bytes:

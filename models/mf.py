@@ -293,7 +293,9 @@ class ImplicitMF:
             u_lat.pop(user, None)
             i = uix.pop(user, None)
             if i is not None:
-                U[i] = 0.0  # the row stays unused
+                U[i] = 0.0  # the row stays unused ...
+        if self._n_users > 2 * len(uix) + 1024:  # ... until unused rows are the majority: compact
+            self._link()
 
     def set_user_vector(self, user: str, vector: np.ndarray | None,
                         steps: Sequence[tuple[int, str, float]] = ()) -> None:
@@ -316,6 +318,10 @@ class ImplicitMF:
             self._pend_u.append(user)
             self._pend_r.append(row)
             self._pend_y.append(target)
+
+    def queued_users(self) -> frozenset[str]:
+        """Users with SGD steps queued."""
+        return frozenset(self._pend_u)
 
     def queued_steps(self, users: Container[str]) -> dict[str, list[tuple[int, float]]]:
         """The queued SGD steps of ``users`` that have some, in order: ``(row, target)`` (one pass)."""

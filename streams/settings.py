@@ -71,6 +71,9 @@ class Settings:
     model_catch_up_max_events: int = _doc(100_000, "On resuming a partition, most events between the models' "
                                           "checkpoint and the committed offset re-read so the models learn them "
                                           "(0 = none).", min=0, max=100_000_000)
+    warm_customers: int = _doc(100_000, "Customers whose own model state stays in memory between batches (the least "
+                               "recently served beyond it are held only in their profiles, and taken back when "
+                               "they return).", min=1, max=100_000_000)
     batch_max_events: int = _doc(1000, "Upper bound of one micro-batch.", min=1, max=100_000)
     batch_max_wait_s: float = _doc(0.01, "Max seconds a micro-batch waits to fill.", min=0.001, max=10.0)
     shutdown_timeout_s: float = _doc(30.0, "After SIGTERM/SIGINT, seconds before a worker that has not stopped "

@@ -60,8 +60,9 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None,
                                                     checkpoint_key)) or \
             PersonalisationEngine(top_n=s.top_n, exclude=s.exclude, n_segments=s.n_segments,
                                   dedupe_window=s.dedupe_window, seed=s.seed)
-    # The experiment is configuration, not model state: whatever the engine's origin, it serves and
-    # counts under the configured one.
+    # The experiment and the warm bound are configuration, not model state: whatever the engine's
+    # origin, it serves and counts under the configured ones.
+    engine.warm_customers = s.warm_customers
     engine.set_experiment(s.experiment_config, click_window_s=s.attribution_click_window_s,
                           purchase_window_s=s.attribution_purchase_window_s)
     metrics.set_experiment(s.experiment_config)

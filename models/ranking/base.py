@@ -181,6 +181,15 @@ class StreamingRecommender(abc.ABC):
 
     # -- per-customer state that moves between workers ------------------------
 
+    def warm_users(self) -> list[str]:
+        """The customers whose own state this model holds, in the order it took them."""
+        return list(self._users)
+
+    def users_with_queued_steps(self) -> frozenset[str]:
+        """Customers with learning steps queued but not applied yet (none by default): their
+        exported state would not hold those steps."""
+        return frozenset()
+
     def user_version(self, user_id: str) -> int | None:
         """How many events ``user_id``'s own state holds (``None``: no state here)."""
         user = self._users.get(user_id)

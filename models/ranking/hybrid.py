@@ -337,6 +337,9 @@ class HybridRanker(StreamingRecommender):
         if self.mf is not None:
             self.mf.forget_users(frozenset(user_ids))
 
+    def users_with_queued_steps(self):
+        return self.mf.queued_users() if self.mf is not None else frozenset()
+
     def _user_factors(self, user_ids):
         if self.mf is None:
             return {}

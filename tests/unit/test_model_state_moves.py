@@ -136,3 +136,14 @@ def test_a_record_with_queued_factor_steps_is_taken_by_a_worker_that_never_saw_t
         taker.learn_one(ev.user_id, ev.item_id, ev.type, ev.ts)
     ids, _ = taker.recommend(users, 10)
     assert (ids[:, 0] != None).all()  # noqa: E711 - an array comparison, element by element
+
+
+def test_customers_beyond_the_warm_bound_are_held_in_their_profiles_and_served_the_same():
+    events, catalogue = _events(3000)
+    everyone, few = _engine(catalogue), _engine(catalogue)
+    few.warm_customers = 8
+    expected = _run(everyone, events, {}, 0)
+    served = _run(few, events, {}, 0)
+    assert served == expected
+    assert everyone.ranker.n_users == 50
+    assert few.ranker.n_users < everyone.ranker.n_users  # the last batch's customers and those with steps queued
