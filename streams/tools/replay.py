@@ -24,6 +24,7 @@ from models.baselines import (
 from models.evaluation import Evaluation, available_cpus, prequential
 from models.events import EVENT_WEIGHTS
 from models.ranking import EXCLUDE_RULES, HybridRanker
+from models.sharded import ShardedRecommender
 from streams.contract import parse_timestamp
 
 __all__ = ["replay", "read_events", "build_models", "run_replay"]
@@ -109,18 +110,24 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False):
     return events, n_bad
 
 
-def build_models(seed: int | None = None, exclude: str = "purchased") -> dict:
+def build_models(seed: int | None = None, exclude: str = "purchased", workers: int = 1) -> dict:
     """The product ranker, built exactly as the workers build it, and the baselines.
 
     The seed comes from the same settings (``RECOSTREAM_SEED``) the workers read,
     so a replay and a live worker fed the same events hold the same model; the
     ranker learns to rank under the exclusion rule it is evaluated with, as a
-    worker learns under the rule it serves (``RECOSTREAM_EXCLUDE``).
+    worker learns under the rule it serves (``RECOSTREAM_EXCLUDE``). With
+    ``workers`` above 1 the ranker is that many workers' rankers, each learning
+    and serving the customers of its partitions (:class:`models.sharded.ShardedRecommender`);
+    the baselines stay whole.
     """
     from streams.settings import Settings
 
+    seed = Settings.from_env().seed if seed is None else seed
+    ranker = (HybridRanker(seed=seed, exclude=exclude) if workers == 1 else
+              ShardedRecommender(lambda: HybridRanker(seed=seed, exclude=exclude), workers))
     return {
-        MODEL_NAME: HybridRanker(seed=Settings.from_env().seed if seed is None else seed, exclude=exclude),
+        MODEL_NAME: ranker,
         "popularity": PopularityBaseline(),
         "cooccurrence": CooccurrenceBaseline(window=20),
         "cooccurrence_decayed": DecayedCooccurrenceBaseline(window=20, decay=0.9),
@@ -130,14 +137,15 @@ def build_models(seed: int | None = None, exclude: str = "purchased") -> dict:
 
 
 def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, models=None,
-               batch: int | None = None, jobs: int = 1) -> Evaluation:
-    """:func:`~models.evaluation.prequential` of ``models`` (default :func:`build_models`), ``jobs`` worker
-    processes at most (with more than 1, the models given are left untrained: the workers train copies)."""
-    return prequential(events, build_models(exclude=exclude) if models is None else models, k=k, exclude=exclude,
-                       progress=progress, batch=batch, jobs=jobs, costs=COSTS)
+               batch: int | None = None, jobs: int = 1, workers: int = 1) -> Evaluation:
+    """:func:`~models.evaluation.prequential` of ``models`` (default :func:`build_models` for ``workers``),
+    ``jobs`` processes at most (with more than 1, the models given are left untrained: the processes
+    train copies)."""
+    models = build_models(exclude=exclude, workers=workers) if models is None else models
+    return prequential(events, models, k=k, exclude=exclude, progress=progress, batch=batch, jobs=jobs, costs=COSTS)
 
 
-def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None) -> dict:
+def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers: int = 1) -> dict:
     len_half = ev.events // 2
 
     def block(name):
@@ -153,6 +161,7 @@ def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None) -> dict
         "k": ev.k,
         "exclude": ev.exclude,
         "batch": batch,
+        "workers": workers,
         "events": ev.events,
         "bad_rows": bad_rows,
         "events_per_s": ev.events_per_s,
@@ -201,7 +210,10 @@ def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
               show_default="the CPUs available to this process",
               help="Worker processes: the models are split into at most this many groups of similar cost, "
                    "each replayed over the whole log in its own process; the results are those of --jobs 1.")
-def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs):
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rank as this many workers do: customers split over them by key hash, each worker's "
+                   "ranker learning and serving its own customers only (item-side state included).")
+def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs, workers):
     """Replay an event log test-then-train through the ranker and the baselines.
 
     For each event of an already-seen user, every model recommends K items
@@ -241,17 +253,17 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
             bar.advance(task, n)
             bar.refresh()
 
-        ev = run_replay(events, k=k, exclude=exclude, progress=advance, batch=batch, jobs=jobs)
+        ev = run_replay(events, k=k, exclude=exclude, progress=advance, batch=batch, jobs=jobs, workers=workers)
 
     if plot_path:
         plot_rolling(ev, plot_path)
         click.echo(f"wrote the rolling hit rate of every model to {plot_path}", err=True)
-    result = result_json(ev, n_bad, batch)
+    result = result_json(ev, n_bad, batch, workers)
     if as_json:
         click.echo(json.dumps(result))
         return
     out = Console(width=max(120, Console().width))
-    served = f"micro-batches of {batch}" if batch else "per event"
+    served = (f"micro-batches of {batch}" if batch else "per event") + (f", {workers} workers" if workers > 1 else "")
     table = Table(title=f"Prequential replay: {ev.events} events, K={k}, exclude={exclude}, {served}")
     for col in ("model", f"HR@{k}", f"MRR@{k}", "coverage", "n", f"HR@{k} 1st half", f"HR@{k} 2nd half"):
         table.add_column(col, justify="left" if col == "model" else "right")
