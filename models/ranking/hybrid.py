@@ -343,11 +343,11 @@ class HybridRanker(StreamingRecommender):
     def _user_factors(self, user_ids):
         if self.mf is None:
             return {}
-        latents, item_id = self.mf.model.u_latents, self.catalog.item_id
+        vector, item_id = self.mf.user_vector, self.catalog.item_id
         steps = self.mf.queued_steps(frozenset(user_ids))
         out = {}
         for user in user_ids:
-            u = latents[user] if user in latents else None  # (River's defaultdict would insert)
+            u = vector(user)
             queued = steps.get(user)
             if u is not None or queued:
                 out[user] = (b"" if u is None else u.tobytes(),  # float64, this machine's byte order

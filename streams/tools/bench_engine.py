@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import zlib
 from typing import Any, Callable
 
 import click
@@ -39,12 +38,13 @@ def to_events(raw: list[tuple[str, dict]]) -> tuple[list[Any], list[tuple[tuple[
     Events go to the topic of their type, partitioned by user id (as the
     producer keys them), with consecutive offsets per topic-partition.
     """
+    from models.sharded import shard_of
     from streams.contract import Event
 
     events, positions = [], []
     offsets: dict[tuple[str, int], int] = {}
     for etype, p in raw:
-        part = (etype, zlib.crc32(p["user_id"].encode()) % PARTITIONS)
+        part = (etype, shard_of(p["user_id"], PARTITIONS))
         offset = offsets.get(part, 0)
         offsets[part] = offset + 1
         events.append(Event(event_id=p["event_id"], user_id=p["user_id"], item_id=p["item_id"], type=etype,
