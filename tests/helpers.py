@@ -10,7 +10,7 @@ from typing import Callable
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.kafka.produce import make_producer, publish_events
 from streams.settings import Settings
@@ -78,22 +78,26 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
 
 
 def read_topic(settings: Settings, topic: str, timeout: float = 10.0) -> list:
-    """Every message currently in ``topic`` (all partitions, from the beginning)."""
+    """Every message currently in ``topic`` (all partitions, from the beginning).
+
+    Done at each partition's end-of-partition event, not at the high watermark
+    of a ListOffsets request: tansu answers that with the last record batch's
+    base offset + 1, so a watermark-bounded reader misses the rest of the
+    batch. The fetch response's watermark, behind the end-of-partition event,
+    is exact.
+    """
     c = Consumer({**settings.kafka_client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True})
     try:
         meta = c.list_topics(topic, timeout=timeout).topics[topic]
-        tps = [TopicPartition(topic, p, 0) for p in meta.partitions]
-        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=timeout)[1] for tp in tps}
-        c.assign(tps)
-        out, done = [], {p for p, end in ends.items() if end == 0}
+        c.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        out, done = [], set()
         deadline = time.monotonic() + timeout
-        while len(done) < len(tps) and time.monotonic() < deadline:
+        while len(done) < len(meta.partitions) and time.monotonic() < deadline:
             for msg in c.consume(1000, timeout=0.5):
-                if msg.error():
-                    continue
-                out.append(msg)
-                if msg.offset() + 1 >= ends[msg.partition()]:
+                if msg.error() is None:
+                    out.append(msg)
+                elif msg.error().code() == KafkaError._PARTITION_EOF:
                     done.add(msg.partition())
         return out
     finally:

@@ -33,11 +33,10 @@ from click.testing import CliRunner
 from models.effect import Experiment
 from streams.cli import cli
 from streams.kafka.produce import make_producer, publish_catalogue, publish_events
-from streams.kafka.read import assigned_consumer, read_ranges
 from streams.settings import Settings, settings_env
 from streams.sinks.redis import RedisKeys
 from streams.tools.closed_loop import CLOSED_LOOP_EXPERIMENT, ClosedLoopShop, RedisLists
-from tests.helpers import scrape_metric, wait_until
+from tests.helpers import read_topic, scrape_metric, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,17 +47,9 @@ COMPARED = ("customers", "impressions", "items_shown", "clicks", "clicked_impres
 
 
 def read_all(settings: Settings, topic: str) -> list[dict]:
-    """Every record of ``topic`` (JSON values), read with the worker's own bounded reader."""
-    from confluent_kafka import TopicPartition
-
-    probe = assigned_consumer(settings, "closed-loop-test")
-    try:
-        ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(settings.partitions)}
-    finally:
-        probe.close()
-    parts = read_ranges(settings, topic, {p: (None, end) for p, end in ends.items()}, timeout_s=60)
-    return [msgspec.json.decode(m.value()) for p in sorted(parts) for m in parts[p]]
+    """Every record of ``topic`` (JSON values), in offset order per partition."""
+    msgs = read_topic(settings, topic, timeout=60)
+    return [msgspec.json.decode(m.value()) for m in sorted(msgs, key=lambda m: (m.partition(), m.offset()))]
 
 
 def recount(experiment: Experiment, topics: dict[str, list[dict]]) -> dict[str, Counter]:
