@@ -123,6 +123,15 @@ class _Tally:
                 learn_one(user, item, event_type, ts)
             self.t_learn[name] += time.perf_counter() - t0
 
+    def end_batch(self, models: Mapping[str, object]) -> None:
+        """Tell the models that have learners to synchronise (``end_batch``) that a batch is learned."""
+        for name in self.names:
+            end_batch = getattr(models[name], "end_batch", None)
+            if end_batch is not None:
+                t0 = time.perf_counter()
+                end_batch()
+                self.t_learn[name] += time.perf_counter() - t0
+
     def result(self, k: int, exclude: str, events: int, seconds: float) -> Evaluation:
         ev = Evaluation(k=k, exclude=exclude, events=events, seconds=seconds)
         pos = np.asarray(self.positions, dtype=np.int64)
@@ -346,6 +355,7 @@ def _per_event(events, models, tally: _Tally, k: int, exclude: str, progress) ->
         else:
             seen_users.add(user)
         tally.learn(models, event)
+        tally.end_batch(models)
         if progress is not None and count % 1000 == 0:
             progress(1000)
     if progress is not None and count % 1000:
@@ -371,6 +381,7 @@ def _per_batch(events, models, tally: _Tally, k: int, exclude: str, progress, ba
                     recommended.update(shown)
                 rr.append(1.0 / (shown.index(item) + 1) if item in shown else 0.0)
         tally.learn_batch(models, chunk)
+        tally.end_batch(models)
         users = list(dict.fromkeys(e[1] for e in chunk))
         for name in tally.names:
             ids, scores = tally.recommend(models[name], name, users, k, exclude)
@@ -402,6 +413,9 @@ def served_lists(events: Iterable[Event], model, batches: int | Sequence[int], k
     for first, chunk in _chunks(events, batches):
         for ts, user, item, event_type in chunk:
             model.learn_one(user, item, event_type, ts)
+        end_batch = getattr(model, "end_batch", None)
+        if end_batch is not None:
+            end_batch()
         users = list(dict.fromkeys(e[1] for e in chunk))
         ids, scores = model.recommend(users, n=k, exclude=exclude)
         yield first, chunk, users, ids, scores

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from models.ranking.base import check_request, padded
+from models.ranking.item_updates import decode_update, encode_update
 
 __all__ = ["ShardedRecommender", "shard_of"]
 
@@ -24,15 +25,25 @@ def shard_of(user_id: str, shards: int) -> int:
 
 class ShardedRecommender:
     """``workers`` recommenders made by ``make``, each learning the events of its own customers and
-    ranking them, as that many workers of the runtime do: their item-side state is each one's own,
-    learned from its customers only.
+    ranking them, as that many workers of the runtime do.
+
+    Unshared, each worker's item side is its own, learned from its customers
+    only. With ``sharing``, each worker's recommender queues its item-side
+    updates (``HybridRanker(share_items=True)``), and at the end of every
+    micro-batch (:meth:`end_batch`) every worker applies every worker's
+    update, its own included, in worker order, through their wire form: the
+    order an ``item-updates`` topic gives them, one batch of each worker after
+    the other.
 
     Parameters
     ----------
     make
-        Builds one worker's recommender (a :class:`~models.ranking.base.StreamingRecommender`).
+        Builds one worker's recommender (a :class:`~models.ranking.base.StreamingRecommender`;
+        with ``sharing``, one with ``take_updates`` and ``apply_updates``).
     workers
         How many.
+    sharing
+        Whether the workers share their item-side learning.
 
     Examples
     --------
@@ -47,14 +58,18 @@ class ShardedRecommender:
     [['a', 'c'], ['b', None]]
     """
 
-    def __init__(self, make: Callable[[], object], workers: int):
+    def __init__(self, make: Callable[[], object], workers: int, sharing: bool = False):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
+        self.sharing = sharing
         self.shards = [make() for _ in range(workers)]
 
     @property
     def model_version(self) -> int:
+        """Events learned: each worker's own unshared; with sharing, those every worker applied."""
+        if self.sharing:
+            return min(s.model_version for s in self.shards)
         return sum(s.model_version for s in self.shards)
 
     @property
@@ -71,6 +86,15 @@ class ShardedRecommender:
 
     def learn_one(self, user_id: str, item_id: str, event_type: str = "click", ts: float | None = None) -> None:
         self.shards[shard_of(user_id, self.workers)].learn_one(user_id, item_id, event_type, ts)
+
+    def end_batch(self) -> None:
+        """A micro-batch is learned: with sharing, every worker applies every worker's update."""
+        if not self.sharing:
+            return
+        updates = [encode_update(u) for s in self.shards if (u := s.take_updates()) is not None]
+        for data in updates:
+            for s in self.shards:
+                s.apply_updates(decode_update(data))
 
     def recommend(self, user_ids: Sequence[str], n: int = 20,
                   exclude: str = "purchased") -> tuple[np.ndarray, np.ndarray]:

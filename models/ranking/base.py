@@ -168,8 +168,7 @@ class StreamingRecommender(abc.ABC):
         user = self._users.get(user_id)
         if user is None:
             user = self._users[user_id] = _User(self.history_size)
-        if items:
-            self._learn(user_id, user, row, weight, ts, personal)
+        if items and self._learn(user_id, user, row, weight, ts, personal) is not False:
             self._n_learned += 1
         if personal:
             user.push(row, weight, event_type == PURCHASE, ts)
@@ -307,7 +306,8 @@ class StreamingRecommender(abc.ABC):
     def _learn(self, user_id: str, user: _User, row: int, weight: float, ts: float | None,
                personal: bool = True) -> None:
         """Fold one interaction into the model's item-side state, and also into the customer's own
-        factors unless ``personal`` is false (subclass hook)."""
+        factors unless ``personal`` is false (subclass hook). ``False`` says the item side
+        will learn it later (a ranker sharing its item side): it is not counted as learned yet."""
 
     @abc.abstractmethod
     def _scores(self, user_id: str, user: _User | None, n_items: int) -> np.ndarray:

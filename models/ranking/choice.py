@@ -85,19 +85,30 @@ class SoftmaxChoice:
 
     def learn_one(self, X: np.ndarray, chosen: int | None) -> None:
         """One choice: row ``chosen`` of the candidates ``X`` was picked (``None``: none of them)."""
+        grad = self.gradient(X, chosen)
+        if grad is not None:
+            self.apply_gradient(grad)
+
+    def gradient(self, X: np.ndarray, chosen: int | None) -> np.ndarray | None:
+        """The step :meth:`learn_one` takes for this choice, from the current weights, without taking
+        it (``None``: the choice teaches nothing). Several learners that apply the same gradients in
+        the same order (:meth:`apply_gradient`) hold the same weights, whoever computed them."""
         if chosen is None or len(X) < 2:
-            return
+            return None
+        w = self.weights
+        z = _dot(X, w)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        return X[chosen] - p @ X - self.l2 * (w - np.array(self.prior))
+
+    def apply_gradient(self, grad: np.ndarray) -> None:
+        """Take one AdaGrad step along ``grad`` (:meth:`gradient`'s)."""
         if "_w" not in self.__dict__:
             self._w = np.array(self.prior)
             self._g2 = np.full(len(self.prior), 1e-8)
             self._n = 0
-        w = self._w
-        z = _dot(X, w)
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        grad = X[chosen] - p @ X - self.l2 * (w - np.array(self.prior))
         self._g2 += grad * grad
-        w += self.lr * grad / np.sqrt(self._g2)
+        self._w += self.lr * grad / np.sqrt(self._g2)
         self._n += 1
 
 

@@ -38,6 +38,7 @@ from models.ranking.base import EXCLUDE_RULES, PAD_ID, PAD_SCORE, StreamingRecom
 from models.ranking.candidates import _Context
 from models.ranking.choice import SoftmaxChoice
 from models.ranking.features import PRIOR, Sequels, _Own, pair_features
+from models.ranking.item_updates import ItemUpdate, _Outbox
 from models.ranking.scoring import _Batch, _histories, _Terms
 from models.ranking.topk import _best_k
 from models.ranking.users import _User
@@ -191,6 +192,15 @@ class HybridRanker(StreamingRecommender):
         and give the second stage its votes (the ``session_knn`` features, 0
         otherwise). Off by default: it adds about a third to the worker's cost
         per event for +0.3 % HR@10 on YooChoose sessions (docs/QUALITY.md).
+    share_items
+        Learn the item side from updates instead of directly: :meth:`learn_one`
+        learns the customer's own state and queues the event's item-side part,
+        :meth:`take_updates` hands the queue out, and :meth:`apply_updates`
+        folds an update (this learner's or another's) into popularity,
+        co-visits, successors, the decay clock, the pools' schedule and the
+        second stage. Learners that apply the same updates in the same order
+        hold the same item side (:mod:`models.ranking.item_updates`); the
+        factors stay each learner's own.
 
     Examples
     --------
@@ -248,6 +258,7 @@ class HybridRanker(StreamingRecommender):
         train_every: int = 32,
         exclude: str = "purchased",
         session_neighbours: bool = False,
+        share_items: bool = False,
     ):
         self.history_decay = history_decay
         self.w_covisit = w_covisit
@@ -285,6 +296,7 @@ class HybridRanker(StreamingRecommender):
         self.train_every = train_every
         self.exclude = exclude
         self.session_neighbours = session_neighbours
+        self.share_items = share_items
         super().__init__(history_size=history_size, event_weights=event_weights, seed=seed)
 
     def _reset(self) -> None:
@@ -310,24 +322,79 @@ class HybridRanker(StreamingRecommender):
         )
         self.choice = SoftmaxChoice(PRIOR, lr=self.choice_lr, l2=self.choice_l2)
         self.sessions = SessionNeighbours(sessions_per_item=50) if self.session_neighbours else None
+        self._outbox = _Outbox() if self.share_items else None
 
     def _learn(self, user_id, user, row, weight, ts, personal=True):
-        if self.train_every and user.history and self._n_learned % self.train_every == 0:
-            self._learn_choice(user_id, user, row)
-        history = user.history[::-1]
-        t = float(self._n_learned) if self.decay_clock == "events" else ts
-        items = self.items
-        items.popularity.update(row, weight, t)
-        items.covisit.update(history, row, weight, t)
-        items.successors.update(history[:1], row, weight, t)
+        box = self._outbox
+        if box is not None:  # the item side learns it when the update comes back
+            self._queue(box, user_id, user, row, weight, ts)
+        elif self.train_every and user.history and self._n_learned % self.train_every == 0:
+            grad = self._choice_gradient(user_id, user, row)
+            if grad is not None:
+                self.choice.apply_gradient(grad)
+        if box is None:
+            t = float(self._n_learned) if self.decay_clock == "events" else ts
+            self._learn_items(user.history[::-1], row, weight, t)
         if self.sessions is not None and personal:
             self.sessions.update(user_id, row)
         if self.mf is not None and personal:
             # Targets in (0, 1]: the strongest event type is a full positive.
             target = weight / max(self.event_weights.values())
             self.mf.learn_one(user_id, self.catalog.item_id(row), row, target, seen=user.interacted)
+        if box is not None:
+            return False
         if (self._n_learned + 1) % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:
             self._context(len(self.catalog), pools=True)  # exact pools after this event
+        return True
+
+    def _learn_items(self, history, row: int, weight: float, t: float | None) -> None:
+        """The item side's share of one event: ``row`` after ``history`` (rows, most recent first) at clock ``t``."""
+        items = self.items
+        items.popularity.update(row, weight, t)
+        items.covisit.update(history, row, weight, t)
+        items.successors.update(history[:1], row, weight, t)
+
+    def _queue(self, box: _Outbox, user_id: str, user: _User, row: int, weight: float, ts: float | None) -> None:
+        """Queue the item side's share of one event, with the second stage's step when the event
+        trains it: every ``train_every``-th event of the update sequence, counting this learner's
+        queued events after those applied (exact when its updates are applied right after)."""
+        if self.train_every and user.history and (self._n_learned + len(box)) % self.train_every == 0:
+            grad = self._choice_gradient(user_id, user, row)
+            if grad is not None:
+                box.add_choice(grad.tolist())
+        box.add(row, weight, ts, user.history[::-1])
+
+    def take_updates(self) -> ItemUpdate | None:
+        """The item-side parts of the events learned since the last call, as one update for every
+        learner (this one included) to :meth:`apply_updates`; ``None`` when there are none (or the
+        ranker does not share its item side)."""
+        box = self._outbox
+        return None if box is None else box.take(self.catalog.item_id)
+
+    def end_batch(self) -> None:
+        """A micro-batch is learned: a learner alone applies its own update (nothing to do unshared)."""
+        update = self.take_updates()
+        if update is not None:
+            self.apply_updates(update)
+
+    def apply_updates(self, update: ItemUpdate) -> None:
+        """Fold ``update`` (anyone's :meth:`take_updates`) into the item side, event by event, as
+        :meth:`learn_one` does unshared; unknown items join the catalogue."""
+        rows = [self._row(item) for item in update.items]
+        steps, n_steps, j = update.choice, len(update.choice), 0
+        at = update.choice_at
+        events_clock = self.decay_clock == "events"
+        for k, (i, weight, ts, history) in enumerate(zip(update.item, update.weight, update.ts, update.history)):
+            while j < n_steps and at[j] <= k:
+                self.choice.apply_gradient(np.asarray(steps[j], dtype=np.float64))
+                j += 1
+            self._learn_items(tuple(rows[h] for h in history), rows[i], weight,
+                              float(self._n_learned) if events_clock else ts)
+            if (self._n_learned + 1) % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:
+                self._context(len(self.catalog), pools=True)
+            self._n_learned += 1
+        for grad in steps[j:]:
+            self.choice.apply_gradient(np.asarray(grad, dtype=np.float64))
 
     def drop_users(self, user_ids):
         super().drop_users(user_ids)
@@ -384,6 +451,8 @@ class HybridRanker(StreamingRecommender):
         state["choice"] = state["choice"].widened(PRIOR)
         state.setdefault("session_neighbours", False)
         state.setdefault("sessions", None)
+        state.setdefault("share_items", False)  # (checkpoints before sharing learned their item side directly)
+        state.setdefault("_outbox", None)
         pools = state.pop("_pools", None)
         super().__setstate__(state)
         if pools is not None:
@@ -491,13 +560,14 @@ class HybridRanker(StreamingRecommender):
         scores[pu[keep], rank[keep]] = s[keep]
         return rows, scores
 
-    def _learn_choice(self, user_id: str, user: _User, row: int) -> None:
-        """Teach the second stage which of the user's candidates it chose (``row``), before learning the event."""
+    def _choice_gradient(self, user_id: str, user: _User, row: int) -> np.ndarray | None:
+        """The second stage's step for the user's choice of ``row`` among its candidates, before
+        learning the event (``None``: the choice teaches nothing)."""
         ctx = self._context(len(self.catalog))
         first, t = self._first_one(ctx, user_id, user, self.rerank_candidates, self.exclude)
         _, pr, X = self._second_pairs(ctx, t, [user_id], [user], [first], self.exclude)
         at = np.flatnonzero(pr == row)
-        self.choice.learn_one(X, int(at[0]) if len(at) else None)
+        return self.choice.gradient(X, int(at[0]) if len(at) else None)
 
     # -- many users at once: exact top-N over candidates ---------------------
 

@@ -110,7 +110,7 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False):
     return events, n_bad
 
 
-def build_models(seed: int | None = None, exclude: str = "purchased", workers: int = 1) -> dict:
+def build_models(seed: int | None = None, exclude: str = "purchased", workers: int = 1, sharing: bool = True) -> dict:
     """The product ranker, built exactly as the workers build it, and the baselines.
 
     The seed comes from the same settings (``RECOSTREAM_SEED``) the workers read,
@@ -118,14 +118,15 @@ def build_models(seed: int | None = None, exclude: str = "purchased", workers: i
     ranker learns to rank under the exclusion rule it is evaluated with, as a
     worker learns under the rule it serves (``RECOSTREAM_EXCLUDE``). With
     ``workers`` above 1 the ranker is that many workers' rankers, each learning
-    and serving the customers of its partitions (:class:`models.sharded.ShardedRecommender`);
-    the baselines stay whole.
+    and serving the customers of its partitions (:class:`models.sharded.ShardedRecommender`),
+    sharing their item-side learning unless ``sharing`` is false; the baselines stay whole.
     """
     from streams.settings import Settings
 
     seed = Settings.from_env().seed if seed is None else seed
     ranker = (HybridRanker(seed=seed, exclude=exclude) if workers == 1 else
-              ShardedRecommender(lambda: HybridRanker(seed=seed, exclude=exclude), workers))
+              ShardedRecommender(lambda: HybridRanker(seed=seed, exclude=exclude, share_items=sharing), workers,
+                                 sharing=sharing))
     return {
         MODEL_NAME: ranker,
         "popularity": PopularityBaseline(),
@@ -137,15 +138,16 @@ def build_models(seed: int | None = None, exclude: str = "purchased", workers: i
 
 
 def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, models=None,
-               batch: int | None = None, jobs: int = 1, workers: int = 1) -> Evaluation:
+               batch: int | None = None, jobs: int = 1, workers: int = 1, sharing: bool = True) -> Evaluation:
     """:func:`~models.evaluation.prequential` of ``models`` (default :func:`build_models` for ``workers``),
     ``jobs`` processes at most (with more than 1, the models given are left untrained: the processes
     train copies)."""
-    models = build_models(exclude=exclude, workers=workers) if models is None else models
+    models = build_models(exclude=exclude, workers=workers, sharing=sharing) if models is None else models
     return prequential(events, models, k=k, exclude=exclude, progress=progress, batch=batch, jobs=jobs, costs=COSTS)
 
 
-def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers: int = 1) -> dict:
+def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers: int = 1,
+                sharing: bool = True) -> dict:
     len_half = ev.events // 2
 
     def block(name):
@@ -162,6 +164,7 @@ def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers
         "exclude": ev.exclude,
         "batch": batch,
         "workers": workers,
+        "sharing": sharing and workers > 1,
         "events": ev.events,
         "bad_rows": bad_rows,
         "events_per_s": ev.events_per_s,
@@ -212,8 +215,11 @@ def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
                    "each replayed over the whole log in its own process; the results are those of --jobs 1.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rank as this many workers do: customers split over them by key hash, each worker's "
-                   "ranker learning and serving its own customers only (item-side state included).")
-def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs, workers):
+                   "ranker learning and serving its own customers.")
+@click.option("--sharing/--no-sharing", default=True, show_default=True,
+              help="With --workers above 1: the workers share their item-side learning (every worker applies "
+                   "every worker's updates after each micro-batch), or each learns it from its own customers only.")
+def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs, workers, sharing):
     """Replay an event log test-then-train through the ranker and the baselines.
 
     For each event of an already-seen user, every model recommends K items
@@ -253,17 +259,18 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
             bar.advance(task, n)
             bar.refresh()
 
-        ev = run_replay(events, k=k, exclude=exclude, progress=advance, batch=batch, jobs=jobs, workers=workers)
+        ev = run_replay(events, k=k, exclude=exclude, progress=advance, batch=batch, jobs=jobs, workers=workers,
+                        sharing=sharing)
 
     if plot_path:
         plot_rolling(ev, plot_path)
         click.echo(f"wrote the rolling hit rate of every model to {plot_path}", err=True)
-    result = result_json(ev, n_bad, batch, workers)
+    result = result_json(ev, n_bad, batch, workers, sharing)
     if as_json:
         click.echo(json.dumps(result))
         return
     out = Console(width=max(120, Console().width))
-    served = (f"micro-batches of {batch}" if batch else "per event") + (f", {workers} workers" if workers > 1 else "")
+    served = (f"micro-batches of {batch}" if batch else "per event") + (f", {workers} workers{'' if sharing else ' not'} sharing the item side" if workers > 1 else "")
     table = Table(title=f"Prequential replay: {ev.events} events, K={k}, exclude={exclude}, {served}")
     for col in ("model", f"HR@{k}", f"MRR@{k}", "coverage", "n", f"HR@{k} 1st half", f"HR@{k} 2nd half"):
         table.add_column(col, justify="left" if col == "model" else "right")

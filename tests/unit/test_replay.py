@@ -148,3 +148,18 @@ def test_replay_batch_option_reports_the_protocol(tmp_path):
     assert report["batch"] == 200 and report["events"] == 1500 and 0 < report["model"]["n"] < 1500
     bad = CliRunner().invoke(replay, ["--events", str(log), "--batch", "0"])
     assert bad.exit_code == 2 and "--batch" in bad.output
+
+
+def test_replay_workers_share_their_item_side_unless_told_not_to(tmp_path):
+    log = write_log(tmp_path / "log.csv", bad=False)
+    reports = {}
+    for flags in ([], ["--no-sharing"]):
+        result = CliRunner().invoke(replay, ["--events", str(log), "--batch", "200", "--workers", "3", "--json",
+                                             "--jobs", "1", *flags], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        reports[bool(flags)] = json.loads(result.stdout.strip().splitlines()[-1])
+    shared, alone = reports[False], reports[True]
+    assert shared["workers"] == alone["workers"] == 3
+    assert shared["sharing"] is True and alone["sharing"] is False
+    assert shared["model"]["n"] == alone["model"]["n"] and shared["baselines"] == alone["baselines"]
+    assert shared["model"] != alone["model"]  # the item side each worker ranks with differs

@@ -1,0 +1,114 @@
+"""Item-side learning as a record that every worker applies: what one learner taught the shared state.
+
+A ranker that shares its item side (``HybridRanker(share_items=True)``)
+learns a customer's own state (history, sets, factors) when it learns an
+event, and queues the event's item-side part: the item, its weight and time,
+the customer's recent items before it, and the second stage's gradient when
+the event trains it. :meth:`~models.ranking.hybrid.HybridRanker.take_updates`
+hands the queue out as one :class:`ItemUpdate`;
+:meth:`~models.ranking.hybrid.HybridRanker.apply_updates` folds an update,
+anyone's, into the item side: popularity, co-visits, successors, the decay
+clock, the candidate pools' schedule and the second stage's weights.
+
+Why learners agree. Applying an update reads nothing but the update and the
+item side itself, so the item side is a function of the sequence of updates
+applied: learners that apply the same updates in the same order hold the same
+item side, whichever of them learned which customers (a replicated state
+machine; the order is the ``item-updates`` topic's, or the replay's). Items
+are named by id, so learners whose catalogues gave an item different rows
+agree on everything but the order of ties.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["ItemUpdate", "decode_update", "encode_update"]
+
+
+class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
+    """The item-side part of consecutive learned events of one learner, in order.
+
+    ``items`` names every item the update mentions; the per-event lists refer
+    to them by position. Event ``k`` is ``items[item[k]]``, of ``weight[k]``
+    at ``ts[k]`` (epoch seconds, or ``None``), after the customer's recent
+    items ``history[k]`` (most recent first). ``choice[j]`` is a step of the
+    second stage, taken before event ``choice_at[j]`` (non-decreasing).
+
+    >>> u = ItemUpdate(items=["boots", "socks"], item=[1], weight=[1.0], ts=[None], history=[[0]])
+    >>> decode_update(encode_update(u)) == u, u.n_events
+    (True, 1)
+    """
+
+    items: list[str]
+    item: list[int]
+    weight: list[float]
+    ts: list[float | None]
+    history: list[list[int]]
+    choice_at: list[int] = []
+    choice: list[list[float]] = []
+
+    @property
+    def n_events(self) -> int:
+        return len(self.item)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ItemUpdate)
+
+
+def encode_update(update: ItemUpdate) -> bytes:
+    """``update`` as MessagePack bytes (the form peers read)."""
+    return _encoder.encode(update)
+
+
+def decode_update(data: bytes) -> ItemUpdate:
+    """The :class:`ItemUpdate` of :func:`encode_update`'s bytes (``msgspec.ValidationError`` on others)."""
+    return _decoder.decode(data)
+
+
+class _Outbox:
+    """Item-side parts of the events learned since the last :meth:`take`, by catalogue row."""
+
+    __slots__ = ("rows", "weights", "ts", "histories", "choice_at", "choice")
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.weights: list[float] = []
+        self.ts: list[float | None] = []
+        self.histories: list[tuple[int, ...]] = []
+        self.choice_at: list[int] = []
+        self.choice: list[list[float]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: int, weight: float, ts: float | None, history: tuple[int, ...]) -> None:
+        self.rows.append(row)
+        self.weights.append(weight)
+        self.ts.append(ts)
+        self.histories.append(history)
+
+    def add_choice(self, gradient: list[float]) -> None:
+        """A second-stage step, before the next event added."""
+        self.choice_at.append(len(self.rows))
+        self.choice.append(gradient)
+
+    def take(self, item_id) -> ItemUpdate | None:
+        """The queue as an update naming items by ``item_id(row)`` (``None`` if empty); empties it."""
+        if not self.rows and not self.choice:
+            return None
+        index: dict[int, int] = {}
+        at = index.setdefault
+        item = [at(row, len(index)) for row in self.rows]
+        history = [[at(row, len(index)) for row in h] for h in self.histories]
+        update = ItemUpdate(items=[item_id(row) for row in index], item=item, weight=self.weights, ts=self.ts,
+                            history=history, choice_at=self.choice_at, choice=self.choice)
+        self.__init__()
+        return update
+
+    def __getstate__(self):
+        return (self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice)
+
+    def __setstate__(self, state):
+        self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice = state

@@ -1,0 +1,123 @@
+"""Shared item-side learning: learners that apply the same updates in the same order agree.
+
+``HybridRanker(share_items=True)`` queues each event's item-side part
+(:mod:`models.ranking.item_updates`) and learns it when an update is applied;
+:class:`models.sharded.ShardedRecommender` with ``sharing`` is N such workers
+exchanging updates after every micro-batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.evaluation import served_lists
+from models.ranking import HybridRanker
+from models.ranking.item_updates import ItemUpdate, decode_update, encode_update
+from models.sharded import ShardedRecommender, shard_of
+from tests.helpers import shop_events
+
+
+def _stream(events):
+    return [(ev.ts, ev.user_id, ev.item_id, ev.type) for ev in events]
+
+
+def item_side(ranker: HybridRanker, items: list[str]) -> dict:
+    """The item side of ``ranker`` named by item id: popularity, co-visit and successor rows, the
+    second stage's weights, the clock."""
+    cat = ranker.catalog
+    n = len(cat)
+    pop = ranker.items.popularity.scores(n)
+
+    def rows(matrix):
+        out = {}
+        for item in items:
+            cols, vals = matrix.rows.row(cat.row(item))
+            out[item] = sorted(zip([cat.item_id(int(c)) for c in cols], vals.tolist()))
+        return out
+
+    return {"popularity": {item: float(pop[cat.row(item)]) for item in items},
+            "covisit": rows(ranker.items.covisit), "successors": rows(ranker.items.successors),
+            "choice": ranker.choice.weights.tolist(), "version": ranker.model_version}
+
+
+def test_one_learner_applying_each_event_right_away_is_the_unshared_ranker():
+    events, _ = shop_events(1500, n_users=50, n_items=200, seed=21)
+    stream = _stream(events)
+    shared, plain = HybridRanker(seed=3, share_items=True), HybridRanker(seed=3)
+    for (_, _, _, a, sa), (_, _, _, b, sb) in zip(served_lists(stream, shared, 1, k=10),
+                                                  served_lists(stream, plain, 1, k=10)):
+        assert (a == b).all() and np.array_equal(sa, sb)
+    assert item_side(shared, shared.catalog.ids) == item_side(plain, plain.catalog.ids)
+
+
+def test_nothing_is_learned_item_side_before_an_update_is_applied():
+    r = HybridRanker(share_items=True, popularity_half_life=None)
+    r.learn_one("ann", "boots")
+    r.learn_one("ann", "socks")
+    assert r.model_version == 0 and r.items.popularity.scores(2).tolist() == [0.0, 0.0]
+    assert r.recommend(["ann"], 2, exclude="none")[0].tolist() == [["socks", "boots"]]  # her own history
+    update = r.take_updates()
+    assert r.take_updates() is None  # handed out once
+    assert update.items == ["boots", "socks"] and update.item == [0, 1] and update.history == [[], [0]]
+    r.apply_updates(update)
+    assert r.model_version == 2 and r.items.popularity.scores(2).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_applying_every_update_in_one_order_hold_the_same_item_side(workers):
+    events, catalogue = shop_events(3000, n_users=90, n_items=250, seed=22)
+    stream = _stream(events)
+    many = ShardedRecommender(lambda: HybridRanker(seed=4, share_items=True), workers, sharing=True)
+    # Catalogue rows differ between workers: each met its own customers' items first.
+    for _ in served_lists(stream, many, 500, k=10):
+        sides = [item_side(shard, sorted(catalogue_ids(many))) for shard in many.shards]
+        assert all(side == sides[0] for side in sides[1:])
+    assert many.model_version == len(stream) and all(s.model_version == len(stream) for s in many.shards)
+    assert any(s.catalog.ids != many.shards[0].catalog.ids for s in many.shards[1:])
+    # Each worker's customers' own state is its own.
+    for k, shard in enumerate(many.shards):
+        assert set(shard.warm_users()) == {u for _, u, _, _ in stream if shard_of(u, workers) == k}
+
+
+def catalogue_ids(many: ShardedRecommender) -> set[str]:
+    ids = set(many.shards[0].catalog.ids)
+    assert all(set(s.catalog.ids) == ids for s in many.shards)  # every item reached every worker
+    return ids
+
+
+def test_sharing_workers_learn_from_every_customer_and_unshared_from_their_own():
+    events, _ = shop_events(2000, n_users=80, n_items=200, seed=23)
+    stream = _stream(events)
+    shared = ShardedRecommender(lambda: HybridRanker(seed=5, share_items=True), 2, sharing=True)
+    alone = ShardedRecommender(lambda: HybridRanker(seed=5), 2)
+    for model in (shared, alone):
+        for _ in served_lists(stream, model, 250, k=10):
+            pass
+    assert [s.model_version for s in shared.shards] == [len(stream)] * 2
+    own = [sum(shard_of(u, 2) == k for _, u, _, _ in stream) for k in range(2)]
+    assert [s.model_version for s in alone.shards] == own and alone.model_version == len(stream)
+
+
+def test_an_update_survives_its_wire_form_and_names_items_by_id():
+    r = HybridRanker(share_items=True, train_every=1)
+    for item in ("a", "b", "c", "b"):
+        r.learn_one("ann", item, "click", ts=1.0)
+    update = r.take_updates()
+    assert decode_update(encode_update(update)) == update
+    assert [update.items[i] for i in update.item] == ["a", "b", "c", "b"]
+    assert [[update.items[i] for i in h] for h in update.history] == [[], ["a"], ["b", "a"], ["c", "b", "a"]]
+    assert update.choice_at and len(update.choice) == len(update.choice_at)
+    other = HybridRanker(train_every=1)
+    other.upsert_item("z")  # another catalogue: the update's items get rows of its own
+    other.apply_updates(decode_update(encode_update(update)))
+    assert other.catalog.ids == ["z", "a", "b", "c"] and other.model_version == 4
+    assert other.choice.n_updates == len(update.choice)
+
+
+def test_a_malformed_update_is_refused_with_a_clear_error():
+    import msgspec
+
+    with pytest.raises(msgspec.ValidationError):
+        decode_update(msgspec.msgpack.encode([["a"], ["not an index"], [1.0], [None], [[]]]))
+    assert isinstance(decode_update(encode_update(ItemUpdate([], [], [], [], []))), ItemUpdate)
