@@ -63,7 +63,7 @@ def run_cell(path: str, rule: str, candidates: dict, k: int, jobs: int) -> dict:
     models = {name: m for name, m in build_models(exclude=rule).items() if name != MODEL_NAME}
     seed = build_models(exclude=rule)[MODEL_NAME].seed
     for name, overrides in candidates.items():
-        models[f"ranker:{name}"] = HybridRanker(seed=seed, exclude=rule, **overrides)
+        models[f"ranker:{name}"] = HybridRanker(seed=seed, exclude=rule, share_items=True, **overrides)
     costs = dict(COSTS, **{f"ranker:{name}": COSTS[MODEL_NAME] for name in candidates})
     started = time.perf_counter()
     ev = prequential(events, models, k=k, exclude=rule, jobs=jobs, costs=costs)

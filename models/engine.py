@@ -12,26 +12,41 @@ atomically with the counts it protects), update the profile, let the models
 learn. Then once per touched customer: update and assign the segment, and
 rank the catalogue (one batched, vectorised call for all touched customers).
 
-Exactly-once across crashes. Profiles and models are persisted separately
-(profiles continuously through the table changelog, models by periodic
-checkpoints), so after a crash the redelivered events are new to one and old
-to the other. The engine therefore remembers, per source partition, the next
-offset its models have not learned (``model_offsets``, saved in every
-checkpoint; a source partition is a ``(topic, partition)`` tuple), and the
-profile remembers the offset of each event id in its window. For an event at
-``(partition, offset)``:
+Item side shared, customers' own state by owner. Each customer's own model
+state (history, sets, factors) is learned by the worker that owns them and
+travels in their profile; the item side (popularity, co-visits, successors,
+the second stage) is learned from updates: a batch's item-side learning is
+taken out (:meth:`PersonalisationEngine.take_update`) and every worker, this
+one included, applies every worker's updates in one order, the
+``item-updates`` topic's (:meth:`PersonalisationEngine.apply_update`), so
+all hold the same item side. ``process`` alone (no ``share``) applies the
+batch's own update: one worker, or a replay.
 
-* id not in the window: new to the profile; the models learn it unless their
-  offset for the partition is already past it;
+Exactly-once across crashes. Profiles and models are persisted separately
+(profiles continuously through the table changelog, the item side by the
+updates log and periodic checkpoints), so after a crash the redelivered
+events are new to one and old to the other. The engine therefore remembers,
+per source partition, the next offset whose update its item side has not
+applied (``model_offsets``, saved in every checkpoint with the position in
+the updates log it reflects, ``item_log_offset``; a source partition is a
+``(topic, partition)`` tuple), and the profile remembers the offset of each
+event id in its window. For an event at ``(partition, offset)``:
+
+* id not in the window: new to the profile; the customer's state learns it,
+  and the item side too unless its offset for the partition is already past it;
 * id in the window at the SAME offset: a redelivery; the profile skips it, the
   customer's outputs are rewritten (the first delivery may have died before
-  writing them), and the models learn it only if the checkpoint they were
-  restored from predates it;
+  writing them), and the item side learns it only if no update applied so far
+  holds it;
 * id in the window at another offset: a producer's duplicate; skipped by all.
 
-The events between a checkpoint's offsets and the committed offset are never
-redelivered; :meth:`PersonalisationEngine.catch_up` lets the models alone
-learn them when the worker reads them again.
+An update holding an event the item side has applied already (the same batch
+processed again by the next owner) teaches it nothing more: applying an
+update skips events at or below the mark of their partition. A worker
+restored from a checkpoint applies the updates log from the checkpoint's
+position: it holds the item-side learning of every event whose input
+position was recorded, since a batch's update is acknowledged before its
+position is written.
 """
 
 from __future__ import annotations
@@ -42,7 +57,7 @@ import pickle
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -59,6 +74,7 @@ from models.effect import (
     merge_deltas,
 )
 from models.effect import Interaction as Record
+from models.engine_update import EngineUpdate
 from models.profile import (
     FEATURE_KEYS,
     Profile,
@@ -73,6 +89,7 @@ from models.profile import (
 from models.ranking import pickling
 from models.ranking.base import padded, valid_counts
 from models.ranking.hybrid import HybridRanker
+from models.ranking.item_updates import _Outbox
 from models.segments import CustomerSegments
 
 #: A source partition, ``(topic, partition)``: what event positions and ``model_offsets`` are keyed by.
@@ -240,13 +257,16 @@ class PersonalisationEngine:
         self.dedupe_window = dedupe_window
         self.hit_k = hit_k
         self.seed = seed
-        self.ranker = HybridRanker(seed=seed, exclude=exclude)  # learns to rank under the rule it serves
+        # Learns to rank under the rule it serves; its item side learns from updates (apply_update).
+        self.ranker = HybridRanker(seed=seed, exclude=exclude, share_items=True)
         self.segments = CustomerSegments(n_segments=n_segments, seed=seed)
         # Last top-K shown per customer (bounded by customers x K) and the
         # global popularity top list: the live quality metric compares them.
         self._shown: dict[str, tuple[str, ...]] = {}
         self._item_counts: dict[str, int] = {}
         self.model_offsets: dict[SourcePartition, int] = {}
+        #: The next offset of the item-updates log to apply (kept by whoever feeds :meth:`apply_update`).
+        self.item_log_offset = 0
         self.forgotten = 0  # customers forgotten so far: a change worth checkpointing
         #: Per variant with ranker overrides: ``(overrides, its own HybridRanker)`` (see :meth:`set_experiment`).
         self.variant_rankers: dict[str, tuple[tuple, HybridRanker]] = {}
@@ -276,7 +296,7 @@ class PersonalisationEngine:
             if old is not None and old[0] == v.overrides:
                 kept[v.name] = old
                 continue
-            ranker = HybridRanker(**{"seed": self.seed, "exclude": self.exclude, **v.overrides_dict})
+            ranker = HybridRanker(**{"seed": self.seed, "exclude": self.exclude, **v.overrides_dict, "share_items": True})
             catalog = self.ranker.catalog
             for item_id, available in zip(catalog.ids, catalog.available.tolist()):
                 ranker.upsert_item(item_id, catalog.category_of(item_id), available)
@@ -291,6 +311,8 @@ class PersonalisationEngine:
         self._item_seq: dict[str, int] = {}  # first-seen rank of each item (ties of the top list)
         # Customers whose own model state is in memory, least recently touched first.
         self._warm: dict[str, None] = dict.fromkeys(self.ranker.warm_users())
+        # Source positions of the events queued for the item side since the last take_update.
+        self._queued: list[tuple[SourcePartition | None, int]] = []
 
     # ------------------------------------------------------------------
     def upsert_item(self, item_id: str, category: str | None = None, available: bool = True) -> None:
@@ -304,19 +326,28 @@ class PersonalisationEngine:
 
     def process(self, events: Sequence[Interaction], profiles: Mapping[str, Profile], *,
                 positions: Sequence[tuple[SourcePartition, int]] | None = None,
-                recommend: bool = True) -> BatchOutcome:
+                recommend: bool = True, share: Callable[[EngineUpdate], None] | None = None) -> BatchOutcome:
         """Learn from a micro-batch and refresh the touched customers' top-N.
 
         ``profiles`` is only read (customers seen before); the updated profiles
         of every touched customer are in the outcome, for the caller to store.
         ``positions`` gives each event's source ``(partition, offset)``
         (see the module docstring); without it, deduplication is by id only.
+
+        The batch's item-side learning is handed to ``share`` (default:
+        :meth:`apply_update` here, a worker alone) before the customers are
+        ranked: a worker among others publishes it and applies every
+        worker's updates, its own included, up to it (``streams/sharing``).
         """
         clock = time.perf_counter
         t0 = clock()
         out = BatchOutcome()
         triggers: dict[str, tuple[int, float]] = {}
+        self.take_update()  # (what a failed batch queued is not learned)
         latest_ts = self._learn_batch(events, profiles, positions, out, triggers)
+        update = self.take_update()
+        if update is not None:
+            (share or self.apply_update)(update)
         t1 = clock()
         if triggers:
             self._assign_segments({user: out.profiles[user] for user in triggers}, latest_ts)
@@ -343,8 +374,7 @@ class PersonalisationEngine:
         model_offsets = self.model_offsets
         learners = [self.ranker.learn_one, *(ranker.learn_one for _, ranker in self.variant_rankers.values())]
         personal: set[str] = set()  # customers whose own model state changed
-        counts = self._item_counts
-        learned_items = self._pop_pending
+        queued = self._queued
         learned_by_type = out.learned_by_type
         shown_of = self._shown.get
         attribution = self.attribution
@@ -395,8 +425,7 @@ class PersonalisationEngine:
                     learn(user, ev.item_id, ev.type, ev.ts, items=False)
                 personal.add(user)
                 continue
-            if part is not None:
-                model_offsets[part] = offset + 1
+            queued.append((part, offset))  # the item side learns it when the update is applied
             item, etype, ts = ev.item_id, ev.type, ev.ts
             # Live (prequential) quality: judged against what was shown before learning.
             shown = shown_of(user)
@@ -408,8 +437,6 @@ class PersonalisationEngine:
                 learn(user, item, etype, ts, personal=applied)
             if applied:
                 personal.add(user)
-            counts[item] = counts.get(item, 0) + 1
-            learned_items.append(item)
             out.learned += 1
             learned_by_type[etype] = learned_by_type.get(etype, 0) + 1
             if ts > latest_ts:
@@ -604,65 +631,55 @@ class PersonalisationEngine:
             scores[k, :len(keep)] = cold_scores[keep]
         return ids, scores
 
-    def catch_up(self, events: Sequence[Interaction], positions: Sequence[tuple[SourcePartition, int]],
-                 profiles: Mapping[str, Profile]) -> int:
-        """Let the models learn events the profiles already hold; return how many they learned.
+    def take_update(self) -> EngineUpdate | None:
+        """What the models learned of the events since the last call, for the item side of every
+        worker (this one's included, through :meth:`apply_update`); ``None`` when nothing was."""
+        queued, self._queued = self._queued, []
+        ranker = self.ranker.take_updates()
+        variants = {name: u for name, (_, r) in self.variant_rankers.items() if (u := r.take_updates()) is not None}
+        if ranker is None:
+            return None
+        sources: dict[SourcePartition, int] = {}
+        source = [-1 if part is None else sources.setdefault(part, len(sources)) for part, _ in queued]
+        return EngineUpdate(sources=list(sources), source=source, offset=[offset for _, offset in queued],
+                            ranker=ranker, variants=variants)
 
-        For a worker restored from a checkpoint older than its committed
-        offsets: the events in between were applied to the profiles before the
-        crash and will not be redelivered, so only the models miss them. They
-        are read again and passed here, in offset order. ``profiles`` is only
-        read: an event is learned when its customer's dedupe window holds its
-        id at this very position (the occurrence that was applied), or no
-        longer holds the id at all (it scrolled out; learned once per id of
-        the call). It is skipped when the window holds the id at another
-        position (a producer's duplicate), when the customer has no profile
-        (forgotten since: their events must not come back into the models),
-        and when the models are already past its offset. Profiles, segments,
-        recommendations and the live-quality state are not touched.
+    def apply_update(self, update: EngineUpdate) -> int:
+        """Fold a worker's :meth:`take_update` into the item side of every ranker; how many of its
+        events were new to it.
 
-        Examples
-        --------
-        >>> from types import SimpleNamespace as E
-        >>> before = PersonalisationEngine()
-        >>> before.upsert_item("i1", "books"); before.upsert_item("i2", "books")
-        >>> ev = [E(event_id=f"e{k}", user_id="u1", item_id=f"i{k}", type="click", ts=1.7e9 + k,
-        ...         category="books", price=None, quantity=None, order_id=None) for k in (1, 2)]
-        >>> snapshot = before.dumps()                      # checkpoint: models at offset 0
-        >>> click0 = ("click", 0)                           # topic "click", partition 0
-        >>> out = before.process(ev, {}, positions=[(click0, 0), (click0, 1)])
-        >>> after = PersonalisationEngine.loads(snapshot)  # a crash later, restored
-        >>> after.catch_up(ev, [(click0, 0), (click0, 1)], out.profiles)
-        2
-        >>> after.model_offsets, after.model_version == before.model_version
-        ({('click', 0): 2}, True)
-        >>> after.catch_up(ev, [(click0, 0), (click0, 1)], out.profiles)  # already learned
-        0
+        An event is applied when its offset is at or past ``model_offsets``
+        of its source partition, which then moves past it: every worker
+        applying the same updates in the same order makes the same choices
+        (:mod:`models.engine_update`). Events from no partition are always applied.
         """
-        learners = [self.ranker.learn_one, *(ranker.learn_one for _, ranker in self.variant_rankers.values())]
-        counts, learned_items, model_offsets = self._item_counts, self._pop_pending, self.model_offsets
-        unplaced: set[str] = set()
-        learned = 0
-        for ev, (part, offset) in zip(events, positions):
-            if offset < model_offsets.get(part, 0):
+        marks, sources = self.model_offsets, [tuple(part) for part in update.sources]
+        keep = []
+        for src, offset in zip(update.source, update.offset):
+            if src < 0:
+                keep.append(True)
                 continue
-            model_offsets[part] = offset + 1
-            profile = profiles.get(ev.user_id)
-            if profile is None:
-                continue
-            seen_at = seen_offset(profile, ev.event_id)
-            if seen_at is None:
-                if ev.event_id in unplaced:
-                    continue
-                unplaced.add(ev.event_id)
-            elif seen_at != self._position(part, offset):
-                continue
-            for learn in learners:
-                learn(ev.user_id, ev.item_id, ev.type, ev.ts)
-            counts[ev.item_id] = counts.get(ev.item_id, 0) + 1
-            learned_items.append(ev.item_id)
-            learned += 1
-        return learned
+            part = sources[src]
+            new = offset >= marks.get(part, 0)
+            if new:
+                marks[part] = offset + 1
+            keep.append(new)
+        n_new = sum(keep)
+        if not n_new:
+            return 0
+        every = None if n_new == len(keep) else keep
+        self.ranker.apply_updates(update.ranker, every)
+        for name, (_, ranker) in self.variant_rankers.items():
+            theirs = update.variants.get(name)
+            if theirs is not None:
+                ranker.apply_updates(theirs, every)
+        counts, learned_items, items = self._item_counts, self._pop_pending, update.ranker.items
+        for i, kept in zip(update.ranker.item, keep):
+            if kept:
+                item = items[i]
+                counts[item] = counts.get(item, 0) + 1
+                learned_items.append(item)
+        return n_new
 
     def recommend(self, user_ids: Sequence[str], n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` (default ``top_n``) of each customer, with the engine's exclusion rule: ``(ids, scores)``
@@ -696,6 +713,7 @@ class PersonalisationEngine:
             "shown": self._shown,
             "item_counts": self._item_counts,
             "model_offsets": self.model_offsets,
+            "item_log_offset": self.item_log_offset,
             "variant_rankers": {name: (overrides, ranker.dumps())
                                 for name, (overrides, ranker) in self.variant_rankers.items()},
         }, protocol=pickle.HIGHEST_PROTOCOL)
@@ -713,13 +731,14 @@ class PersonalisationEngine:
         if state.get("format") != 1:
             raise ValueError(f"unsupported engine checkpoint format {state.get('format')!r}")
         engine = cls(**state["params"])
-        engine.ranker = HybridRanker.loads(state["ranker"])
+        engine.ranker = _sharing(HybridRanker.loads(state["ranker"]))
         engine.segments = CustomerSegments.loads(state["segments"])
         engine._shown = state["shown"]
         engine._item_counts = state["item_counts"]
         engine.model_offsets = {_source_partition(k): v for k, v in state["model_offsets"].items()}
+        engine.item_log_offset = state.get("item_log_offset", 0)
         # Checkpoints from before experiments carry no variant rankers; the caller sets the experiment.
-        engine.variant_rankers = {name: (overrides, HybridRanker.loads(raw))
+        engine.variant_rankers = {name: (overrides, _sharing(HybridRanker.loads(raw)))
                                   for name, (overrides, raw) in state.get("variant_rankers", {}).items()}
         engine._init_caches()
         return engine
@@ -745,3 +764,11 @@ class PersonalisationEngine:
         pending.clear()
         self._pop_top = top
         return top
+
+
+def _sharing(ranker: HybridRanker) -> HybridRanker:
+    """``ranker`` learning its item side from updates: a checkpoint written before the engine's
+    rankers shared it holds one that learned it directly, which is the same state."""
+    if not ranker.share_items:
+        ranker.share_items, ranker._outbox = True, _Outbox()
+    return ranker

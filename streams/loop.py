@@ -33,6 +33,7 @@ from streams.metrics import Metrics, Position
 from streams.pipeline import BatchProcessor
 from streams.privacy import ACTIONS, decode_command
 from streams.settings import Settings
+from streams.sharing import ItemLog
 from streams.sinks.kafka import KafkaSink
 from streams.state.changelog import generation, group_generation
 from streams.state.ownership import Ownership
@@ -60,7 +61,7 @@ def make_consumer(settings: Settings) -> Consumer:
 class StreamLoop:
     def __init__(self, settings: Settings, consumer_factory: Callable[[], Any], ownership: Ownership,
                  processor: BatchProcessor, outputs: KafkaSink, positions: PositionCheckpoint,
-                 checkpointer: Checkpointer, metrics: Metrics) -> None:
+                 checkpointer: Checkpointer, metrics: Metrics, item_log: ItemLog) -> None:
         self.settings = settings
         self.consumer_factory = consumer_factory
         self.ownership = ownership
@@ -70,6 +71,7 @@ class StreamLoop:
         self.positions = positions
         self.checkpointer = checkpointer
         self.metrics = metrics
+        self.item_log = item_log
         self.topic_types = settings.input_topics
         # Impressions are input too (deduplicated and counted like events, learned by no model).
         self.inputs = {*settings.input_topics, settings.topic_impressions}
@@ -100,6 +102,13 @@ class StreamLoop:
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         s = self.settings
+        try:
+            # The item side as the log has it before any partition is taken: what the checkpoint
+            # misses, every update published since (streams/sharing/item_log.py).
+            self.item_log.catch_up()
+        except BaseException:
+            self.item_log.close(goodbye=False)
+            raise
         consumer = self.consumer = self.consumer_factory()
         consumer.subscribe(self.topics, on_assign=self._guarded(self._on_assign),
                            on_revoke=self._guarded(self._on_revoke), on_lost=self._guarded(self._on_lost))
@@ -112,6 +121,9 @@ class StreamLoop:
                 self._run_submitted()
                 if batch:
                     self._handle(batch)
+                else:
+                    self.item_log.maybe_heartbeat()
+                self.item_log.poll()
                 if self.processor.sink.restarted:
                     self.processor.sink.restarted = False
                     self.processor.remirror()
@@ -127,8 +139,10 @@ class StreamLoop:
         except BaseException:
             self._failed = True  # the revocation inside close() must not write positions now
             consumer.close()
+            self.item_log.close(goodbye=False)
             raise
         consumer.close()  # leaves the group; the revocation writes positions first
+        self.item_log.close(goodbye=True)
         self._raise_callback_error()
         self.outputs.flush()
 
@@ -234,8 +248,9 @@ class StreamLoop:
         starts = self.ownership.take(topics, gen, topics)
         assigned = [TopicPartition(tp.topic, tp.partition, starts[tp.partition][tp.topic])
                     for tp in partitions if tp.partition in starts]
-        self.processor.catch_up_models({(tp.topic, tp.partition): tp.offset for tp in assigned
-                                        if tp.topic in self.topic_types})
+        # The item side already holds every event before these positions: their batches' updates
+        # were in the log before the positions were written, and the log is applied as it comes.
+        self.item_log.poll()
         consumer.assign(assigned)
         self.metrics.restore_seconds.observe(time.perf_counter() - began)
         self._refresh_lag()

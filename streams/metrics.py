@@ -135,7 +135,15 @@ class Metrics:
         self.redis_errors = Counter("redis_errors_total", "Failed Redis write attempts (each is retried).", namespace=ns, registry=r)
         self.redis_up = Gauge("redis_up", "1 when the last Redis write succeeded, 0 during an outage.", namespace=ns, registry=r)
         self.kafka_produce_errors = Counter("kafka_produce_errors_total", "Output records Kafka did not acknowledge (each is produced again).", namespace=ns, registry=r)
-        self.model_caught_up = Counter("model_caught_up_events_total", "Events the models learned on resuming a partition, re-read from the broker because their checkpoint predates the committed offset (profiles already held them).", namespace=ns, registry=r)
+        self.item_updates_published = Counter("item_updates_published_total", "Item-side update records this worker published to the item-updates topic (heartbeats included).", namespace=ns, registry=r)
+        self.item_update_bytes_published = Counter("item_update_published_bytes_total", "Bytes of the item-side update records this worker published.", namespace=ns, registry=r)
+        self.item_updates_applied = Counter("item_updates_applied_total", "Item-side update records (any worker's, this one's included) applied to this worker's models.", namespace=ns, registry=r)
+        self.item_update_events_applied = Counter("item_update_events_applied_total", "Events the item side learned from applied update records.", namespace=ns, registry=r)
+        self.item_update_events_skipped = Counter("item_update_events_skipped_total", "Events of applied update records the item side had learned already (a batch processed again).", namespace=ns, registry=r)
+        self.item_updates_rejected = Counter("item_updates_rejected_total", "Records of the item-updates topic that are not updates (skipped by every worker).", namespace=ns, registry=r)
+        self.item_updates_missed = Counter("item_updates_missed_total", "Item-updates records deleted by retention before this worker applied them.", namespace=ns, registry=r)
+        self.item_update_exchange_seconds = Histogram("item_update_exchange_seconds", "Publishing a batch's item-side update until the log is applied through it.", namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
+        self.item_updates_peer_last = Gauge("item_updates_peer_last_timestamp_seconds", "When the newest applied record of each worker (heartbeats included) was published (Unix time).", ["peer"], namespace=ns, registry=r)
         self.outputs_parked_total = Counter("outputs_parked_total", "Output records refused for good (too large, not authorised) and parked: logged with their source, not retried.", ["topic"], namespace=ns, registry=r)
         self.fenced_writes = Counter("fenced_writes_total", "Redis keys not written because a newer owner holds their partition (this worker had lost it).", namespace=ns, registry=r)
         self.takeovers = Counter("partition_takeovers_total", "Partitions this worker took over (marker written, state restored).", namespace=ns, registry=r)
@@ -179,6 +187,18 @@ class Metrics:
                                  namespace=ns, registry=r)
         self._experiment: Experiment | None = None
         self._effect_children: dict[str, dict[str, Gauge]] = {}
+
+    def peer_seen(self, peer: str, published_at: float) -> None:
+        """A record of worker ``peer`` published at ``published_at`` was applied (label: a worker id,
+        as bounded as the number of workers)."""
+        self.item_updates_peer_last.labels(peer).set(published_at)
+
+    def forget_peer(self, peer: str) -> None:
+        """Worker ``peer`` left cleanly: its series goes (no alert for a worker that is gone on purpose)."""
+        try:
+            self.item_updates_peer_last.remove(peer)
+        except KeyError:
+            pass
 
     def set_experiment(self, experiment: Experiment) -> None:
         """Create the experiment gauges' children: one per configured variant, ``holdout`` and ``unknown``."""

@@ -29,16 +29,16 @@ partitions' counts in it. Why the counts are exact: docs/RELIABILITY.md.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import msgspec
 import numpy as np
 
 from models.effect import merge_deltas
 from models.engine import BatchOutcome, PersonalisationEngine
+from models.engine_update import EngineUpdate
 from models.profile import Profile, encode_profile, profile_summary
 from models.ranking.base import valid_counts
 from streams.contract import (
@@ -51,7 +51,6 @@ from streams.contract import (
     decode_impression,
     decode_item,
 )
-from streams.kafka.read import read_range
 from streams.metrics import Metrics
 from streams.ports import RecordOutput, ViewSink
 from streams.privacy import pseudonym
@@ -61,7 +60,6 @@ from streams.state.store import ProfileStore
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger(__name__)
-_CATCH_UP_CHUNK = 10_000
 
 
 class _Overlay(Mapping[str, Profile]):
@@ -103,13 +101,17 @@ class BatchProcessor:
     """
 
     def __init__(self, settings: Settings, engine: PersonalisationEngine, store: ProfileStore,
-                 outputs: RecordOutput, sink: ViewSink, metrics: Metrics) -> None:
+                 outputs: RecordOutput, sink: ViewSink, metrics: Metrics,
+                 share: Callable[[EngineUpdate], None] | None = None) -> None:
         self.settings = s = settings
         self.engine = engine
         self.store = store
         self.outputs = outputs
         self.sink = sink
         self.metrics = metrics
+        # Where each batch's item-side learning goes before its customers are ranked: the item-updates
+        # log (streams/sharing), or, without one, straight into this engine.
+        self.share = share
         self.changelog_topic = s.changelog_topic
         self.topic_types = s.input_topics
         self.impressions_topic = s.topic_impressions
@@ -232,13 +234,14 @@ class BatchProcessor:
     def _learn(self, valid: list) -> tuple[BatchOutcome, list]:
         events = [ev for ev, _, _ in valid]
         try:
-            return self.engine.process(events, self.store, positions=[pos for _, _, pos in valid]), events
+            return self.engine.process(events, self.store, positions=[pos for _, _, pos in valid],
+                                       share=self.share), events
         except Exception:
             log.exception("processing a batch of %d events failed; isolating the failing events", len(events))
         merged, kept, profiles = None, [], {}
         for ev, msg, pos in valid:
             try:
-                outcome = self.engine.process([ev], _Overlay(profiles, self.store), positions=[pos])
+                outcome = self.engine.process([ev], _Overlay(profiles, self.store), positions=[pos], share=self.share)
             except Exception as exc:  # parked in the dead-letter topic with the reason
                 self.send_dead_letter(ContractError("processing_error", f"{type(exc).__name__}: {exc}"[:500]), msg)
                 continue
@@ -320,46 +323,3 @@ class BatchProcessor:
         record = dead_letter(err, topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
                              key=msg.key(), value=msg.value(), max_value_bytes=self.settings.max_message_bytes)
         self.outputs.produce(self.settings.topic_dead_letter, msg.key(), _encode(record))
-
-    # ------------------------------------------------------------------
-    def catch_up_models(self, starts: Mapping[tuple[str, int], int]) -> None:
-        """Input partitions resumed at ``{(topic, partition): offset}``: the events their models miss.
-
-        The models are restored from a checkpoint that may be older than the
-        position a partition resumes from; the events in between are in the
-        profiles but will not be consumed again. They are read from the broker
-        (at most ``model_catch_up_max_events`` per partition, the most recent
-        ones) and learned by the models only
-        (:meth:`models.engine.PersonalisationEngine.catch_up`).
-        """
-        cap = self.settings.model_catch_up_max_events
-        now = time.time()
-        for part, first in starts.items():
-            topic, partition = part
-            start = self.engine.model_offsets.get(part)
-            if start is None or start >= first or not cap:
-                continue
-            if first - start > cap:
-                log.warning("%s:%d: the models' checkpoint is %d events behind; they learn the last %d of them "
-                            "(RECOSTREAM_MODEL_CATCH_UP_MAX_EVENTS)", topic, partition, first - start, cap)
-            began = time.perf_counter()
-            try:
-                messages = read_range(self.settings, topic, partition, max(start, first - cap), first)
-            except (RuntimeError, TimeoutError):
-                log.exception("%s:%d: could not re-read offsets %d..%d for the models; they stay without them",
-                              topic, partition, start, first - 1)
-                continue
-            events, positions = [], []
-            for msg in messages:
-                with contextlib.suppress(ContractError):  # dead-lettered when first consumed
-                    events.append(self._decode(topic, msg.key(), msg.value(), now))
-                    positions.append((part, msg.offset()))
-            learned = 0
-            for lo in range(0, len(events), _CATCH_UP_CHUNK):
-                learned += self.engine.catch_up(events[lo:lo + _CATCH_UP_CHUNK], positions[lo:lo + _CATCH_UP_CHUNK],
-                                                self.store)
-            self.engine.model_offsets[part] = max(self.engine.model_offsets.get(part, 0), first)
-            self.metrics.model_caught_up.inc(learned)
-            log.info("%s:%d: models restored at offset %d, partition resumed at %d: re-read %d events, "
-                     "the models learned %d of them in %.0f ms", topic, partition, start, first, len(messages), learned,
-                     1000 * (time.perf_counter() - began))

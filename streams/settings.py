@@ -68,9 +68,13 @@ class Settings:
                                  "only after the broker deleted the consumer group (docs/RELIABILITY.md).",
                                  min=0, max=2**20)
     checkpoint_interval_s: float = _doc(300.0, "Seconds between model checkpoints (0 = only at shutdown and after a forget).", min=0.0, max=86400.0)
-    model_catch_up_max_events: int = _doc(100_000, "On resuming a partition, most events between the models' "
-                                          "checkpoint and the committed offset re-read so the models learn them "
-                                          "(0 = none).", min=0, max=100_000_000)
+    item_updates_heartbeat_s: float = _doc(10.0, "A worker with no item-side update to publish for this long publishes "
+                                           "a heartbeat, so its peers can tell idle from stuck.", min=0.1, max=3600.0)
+    item_updates_retention_s: float = _doc(86400.0, "Retention of the item-updates topic: a worker restored from a "
+                                           "checkpoint older than this misses item-side updates (keep it well above "
+                                           "the checkpoint interval).", min=60.0, max=365 * 86400.0)
+    item_update_max_bytes: int = _doc(524288, "Largest item-updates record: a batch's update is split into records "
+                                      "of at most this size.", min=4096, max=16_000_000)
     warm_customers: int = _doc(100_000, "Customers whose own model state stays in memory between batches (the least "
                                "recently served beyond it are held only in their profiles, and taken back when "
                                "they return).", min=1, max=100_000_000)
@@ -164,6 +168,11 @@ class Settings:
     def changelog_topic(self) -> str:
         """The profiles' changelog: one partition per input partition (streams/state/changelog.py)."""
         return f"{self.app_id}-profiles-changelog"
+
+    @property
+    def item_updates_topic(self) -> str:
+        """The item-updates log: one partition, every worker's item-side learning in one order (streams/sharing)."""
+        return f"{self.app_id}-item-updates"
 
     @property
     def effective_worker_id(self) -> str:

@@ -4,8 +4,8 @@ Each component gets what it uses through its constructor; nothing is looked
 up at run time. :func:`build_runtime` is the one place that knows the whole
 graph:
 
-    settings -> metrics, Redis sink, Kafka sink, engine (from its checkpoint)
-             -> store, processor, ownership, position checkpoint, model checkpointer
+    settings -> metrics, Redis sink, Kafka sink, engine (from its checkpoint, else a peer's)
+             -> item log, store, processor, ownership, position checkpoint, model checkpointer
              -> loop -> catalogue follower
 
 The durability rule (every output drained before a position is recorded)
@@ -21,12 +21,13 @@ import redis
 
 from models.engine import PersonalisationEngine
 from streams.catalogue import CatalogueFollower
-from streams.checkpointing.checkpointer import Checkpointer, load_engine
+from streams.checkpointing.checkpointer import Checkpointer, load_engine, load_newest_peer
 from streams.checkpointing.positions import PositionCheckpoint
 from streams.loop import StreamLoop, make_consumer
 from streams.metrics import Metrics
 from streams.pipeline import BatchProcessor
 from streams.settings import Settings
+from streams.sharing import ItemLog
 from streams.sinks.kafka import KafkaSink
 from streams.sinks.redis import RedisSink
 from streams.state.ownership import Ownership
@@ -49,15 +50,17 @@ class Runtime:
 def build_runtime(settings: Settings, metrics: Metrics | None = None,
                   engine: PersonalisationEngine | None = None) -> Runtime:
     """Build a worker's components. The engine is ``engine`` when given (the bench's
-    free-models worker), else this worker's last checkpoint, else a new one."""
+    free-models worker), else this worker's last checkpoint, else the peers' furthest along the
+    item-updates log (a new worker joining others), else a new one."""
     s = settings
     metrics = metrics or Metrics()
     sink = RedisSink(s.redis_url, s.redis_prefix, s.recs_ttl_s, metrics, app_id=s.app_id)
     sink.check()
     checkpoint_key = sink.keys.checkpoint(s.app_id, s.effective_worker_id)
     if engine is None:
-        engine = sink.retrying(lambda: load_engine(redis.Redis.from_url(s.redis_url, socket_timeout=30),
-                                                    checkpoint_key)) or \
+        client = redis.Redis.from_url(s.redis_url, socket_timeout=30)
+        engine = sink.retrying(lambda: load_engine(client, checkpoint_key)) or \
+            sink.retrying(lambda: load_newest_peer(client, sink.keys.checkpoint(s.app_id, "*"))) or \
             PersonalisationEngine(top_n=s.top_n, exclude=s.exclude, n_segments=s.n_segments,
                                   dedupe_window=s.dedupe_window, seed=s.seed)
     # The experiment and the warm bound are configuration, not model state: whatever the engine's
@@ -68,12 +71,14 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None,
     metrics.set_experiment(s.experiment_config)
     outputs = KafkaSink(s, metrics, essential_topics=frozenset({s.changelog_topic}))
     store = ProfileStore()
-    processor = BatchProcessor(s, engine, store, outputs, sink, metrics)
+    item_log = ItemLog(s, engine, metrics, s.effective_worker_id)
+    processor = BatchProcessor(s, engine, store, outputs, sink, metrics, share=item_log.exchange)
     ownership = Ownership(s, store, outputs, sink, metrics, s.effective_worker_id)
     positions = PositionCheckpoint(store, outputs, s.changelog_topic, sinks=[outputs])
     checkpointer = Checkpointer(engine, positions.drain, s.redis_url, checkpoint_key, s.checkpoint_interval_s,
                                 metrics=metrics)
-    loop = StreamLoop(s, lambda: make_consumer(s), ownership, processor, outputs, positions, checkpointer, metrics)
+    loop = StreamLoop(s, lambda: make_consumer(s), ownership, processor, outputs, positions, checkpointer, metrics,
+                      item_log)
     metrics.watch_consumer_lag(loop.lag_rows)
     # Catalogue records reach the ranker on the loop's thread, between its batches.
     catalogue = CatalogueFollower(

@@ -377,17 +377,22 @@ class HybridRanker(StreamingRecommender):
         if update is not None:
             self.apply_updates(update)
 
-    def apply_updates(self, update: ItemUpdate) -> None:
+    def apply_updates(self, update: ItemUpdate, keep: Sequence[bool] | None = None) -> None:
         """Fold ``update`` (anyone's :meth:`take_updates`) into the item side, event by event, as
-        :meth:`learn_one` does unshared; unknown items join the catalogue."""
+        :meth:`learn_one` does unshared; unknown items join the catalogue. ``keep[k]`` false skips
+        event ``k`` and the second stage's steps taken before it (an event already applied)."""
         rows = [self._row(item) for item in update.items]
         steps, n_steps, j = update.choice, len(update.choice), 0
         at = update.choice_at
         events_clock = self.decay_clock == "events"
         for k, (i, weight, ts, history) in enumerate(zip(update.item, update.weight, update.ts, update.history)):
+            kept = keep is None or keep[k]
             while j < n_steps and at[j] <= k:
-                self.choice.apply_gradient(np.asarray(steps[j], dtype=np.float64))
+                if kept:
+                    self.choice.apply_gradient(np.asarray(steps[j], dtype=np.float64))
                 j += 1
+            if not kept:
+                continue
             self._learn_items(tuple(rows[h] for h in history), rows[i], weight,
                               float(self._n_learned) if events_clock else ts)
             if (self._n_learned + 1) % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:

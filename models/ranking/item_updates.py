@@ -52,19 +52,41 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
     def n_events(self) -> int:
         return len(self.item)
 
+    def part(self, lo: int, hi: int) -> ItemUpdate:
+        """Events ``lo`` to ``hi - 1`` with the second stage's steps taken before them, as an update of
+        their own: applying ``u.part(0, m)`` then ``u.part(m, n)`` is applying ``u``.
+
+        >>> u = ItemUpdate(["a", "b", "c"], [0, 1, 2], [1.0, 1.0, 3.0], [None] * 3, [[], [0], [1, 0]],
+        ...                choice_at=[2], choice=[[0.5]])
+        >>> u.part(2, 3)
+        ItemUpdate(items=['c', 'b', 'a'], item=[0], weight=[3.0], ts=[None], history=[[1, 2]], choice_at=[0], choice=[[0.5]])
+        """
+        index: dict[int, int] = {}
+        at = index.setdefault
+        item = [at(i, len(index)) for i in self.item[lo:hi]]
+        history = [[at(i, len(index)) for i in h] for h in self.history[lo:hi]]
+        steps = [j for j, k in enumerate(self.choice_at) if lo <= k < hi]
+        return ItemUpdate(items=[self.items[i] for i in index], item=item, weight=self.weight[lo:hi],
+                          ts=self.ts[lo:hi], history=history, choice_at=[self.choice_at[j] - lo for j in steps],
+                          choice=[self.choice[j] for j in steps])
+
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(ItemUpdate)
+_decoders: dict[type, msgspec.msgpack.Decoder] = {}
 
 
-def encode_update(update: ItemUpdate) -> bytes:
-    """``update`` as MessagePack bytes (the form peers read)."""
+def encode_update(update: msgspec.Struct) -> bytes:
+    """``update`` (an :class:`ItemUpdate`, or a record holding some) as MessagePack bytes, the form peers read."""
     return _encoder.encode(update)
 
 
-def decode_update(data: bytes) -> ItemUpdate:
-    """The :class:`ItemUpdate` of :func:`encode_update`'s bytes (``msgspec.ValidationError`` on others)."""
-    return _decoder.decode(data)
+def decode_update(data: bytes, type: type = ItemUpdate):
+    """The ``type`` record of :func:`encode_update`'s bytes (``msgspec.DecodeError``, of which
+    ``msgspec.ValidationError`` is one, on anything else)."""
+    decoder = _decoders.get(type)
+    if decoder is None:
+        decoder = _decoders[type] = msgspec.msgpack.Decoder(type)
+    return decoder.decode(data)
 
 
 class _Outbox:

@@ -1,17 +1,17 @@
 """Model checkpoints in Redis, so a restarted worker resumes instead of relearning.
 
 A checkpoint is the engine's full state (ranker, segments, live-quality state)
-plus ``model_offsets``: per source partition, the next offset the models have
-not learned. It is taken on the consumer thread between batches
-(``streams/loop.py``), after every output is acknowledged, so it reflects
-exactly the events whose outputs are durable.
+plus ``model_offsets`` and ``item_log_offset``: per source partition, the
+next offset whose item-side update the models have not applied, and the next
+record of the item-updates log to apply. It is taken on the consumer thread
+between batches (``streams/loop.py``), after every output is acknowledged.
 
-A crash anywhere replays from the last position record: profiles drop the
-redelivered events (per-customer deduplication) and the models relearn only
-those past their checkpoint offsets (see ``models.engine``). The events
-between their checkpoint and the position a partition resumes from are not
-consumed again: the worker reads them again for the models when it takes the
-partition over (``BatchProcessor.catch_up_models``, bounded per partition).
+A restarted worker applies the item-updates log from its checkpoint's
+``item_log_offset`` before it takes partitions
+(``streams/sharing/item_log.py``): every batch whose input position was
+recorded had its update in the log first, so the item side misses nothing;
+each customer's own state comes with their profile. A worker without a
+checkpoint of its own starts from the peers' furthest along the log.
 
 Periodic checkpoints are written by a forked child (as Redis does BGSAVE):
 pickling the models grows with customers and items, and on the consumer
@@ -58,6 +58,19 @@ def load_engine(client: redis.Redis, key: str) -> PersonalisationEngine | None:
     log.info("restored models from %s (%d bytes, version %d, offsets %s)", key, len(blob), engine.model_version,
              engine.model_offsets)
     return engine
+
+
+def load_newest_peer(client: redis.Redis, pattern: str) -> PersonalisationEngine | None:
+    """The checkpoint among the keys matching ``pattern`` (the other workers') that is furthest along
+    the item-updates log, or ``None``: a worker without a checkpoint of its own starts from it and
+    applies the log's tail (the item side is the same in every worker; the customers' own state
+    comes with their profiles, whatever the checkpoint holds of them)."""
+    best = None
+    for key in client.scan_iter(match=pattern, count=100):
+        engine = load_engine(client, key)
+        if engine is not None and (best is None or engine.item_log_offset > best.item_log_offset):
+            best = engine
+    return best
 
 
 class Checkpointer:

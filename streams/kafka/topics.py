@@ -29,6 +29,10 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     # compacted: restoring depends on the order of takeover markers and the
     # records around them (docs/RELIABILITY.md), which compaction would lose.
     specs.append(NewTopic(settings.changelog_topic, p, rf, config={"cleanup.policy": "delete", "retention.ms": "-1"}))
+    # The item-updates log: ONE partition, whose order is the order every worker applies updates in.
+    specs.append(NewTopic(settings.item_updates_topic, 1, rf, config={
+        "cleanup.policy": "delete", "retention.ms": str(int(settings.item_updates_retention_s * 1000)),
+        "max.message.bytes": str(settings.item_update_max_bytes + 65536)}))
     return specs
 
 

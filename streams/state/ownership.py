@@ -16,9 +16,10 @@ is processed:
    written counts there that its lost changelog records no longer hold);
 4. resume each source topic at the restored position (the group's committed
    offset only for a changelog written before this protocol; the start of
-   the log when the protocol ran but wrote no position yet);
-5. let the models learn the events between their checkpoint and that
-   position (``BatchProcessor.catch_up_models``).
+   the log when the protocol ran but wrote no position yet). The item side
+   already holds every event before that position: each batch's update was in
+   the item-updates log before its position was written, and every worker
+   applies the log (``streams/sharing/item_log.py``).
 
 Letting go: on revocation the loop records the positions reached so far
 (``streams/checkpointing/positions.py``, which drains every output first); on

@@ -119,12 +119,14 @@ def build_models(seed: int | None = None, exclude: str = "purchased", workers: i
     worker learns under the rule it serves (``RECOSTREAM_EXCLUDE``). With
     ``workers`` above 1 the ranker is that many workers' rankers, each learning
     and serving the customers of its partitions (:class:`models.sharded.ShardedRecommender`),
-    sharing their item-side learning unless ``sharing`` is false; the baselines stay whole.
+    sharing their item-side learning unless ``sharing`` is false; the baselines stay whole. A
+    worker's item side learns a micro-batch once it is over, from the update every worker applies
+    (one worker: its own); unshared, it learns each event as it comes.
     """
     from streams.settings import Settings
 
     seed = Settings.from_env().seed if seed is None else seed
-    ranker = (HybridRanker(seed=seed, exclude=exclude) if workers == 1 else
+    ranker = (HybridRanker(seed=seed, exclude=exclude, share_items=sharing) if workers == 1 else
               ShardedRecommender(lambda: HybridRanker(seed=seed, exclude=exclude, share_items=sharing), workers,
                                  sharing=sharing))
     return {
@@ -164,7 +166,7 @@ def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers
         "exclude": ev.exclude,
         "batch": batch,
         "workers": workers,
-        "sharing": sharing and workers > 1,
+        "sharing": sharing,
         "events": ev.events,
         "bad_rows": bad_rows,
         "events_per_s": ev.events_per_s,
@@ -217,8 +219,9 @@ def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
               help="Rank as this many workers do: customers split over them by key hash, each worker's "
                    "ranker learning and serving its own customers.")
 @click.option("--sharing/--no-sharing", default=True, show_default=True,
-              help="With --workers above 1: the workers share their item-side learning (every worker applies "
-                   "every worker's updates after each micro-batch), or each learns it from its own customers only.")
+              help="The workers share their item-side learning, as the runtime's do (every worker applies every "
+                   "worker's update after each micro-batch), or each learns it from its own customers only, "
+                   "event by event.")
 def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs, workers, sharing):
     """Replay an event log test-then-train through the ranker and the baselines.
 
@@ -270,7 +273,7 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
         click.echo(json.dumps(result))
         return
     out = Console(width=max(120, Console().width))
-    served = (f"micro-batches of {batch}" if batch else "per event") + (f", {workers} workers{'' if sharing else ' not'} sharing the item side" if workers > 1 else "")
+    served = (f"micro-batches of {batch}" if batch else "per event") + (f", {workers} workers" if workers > 1 else "") + ("" if sharing else ", item side not shared")
     table = Table(title=f"Prequential replay: {ev.events} events, K={k}, exclude={exclude}, {served}")
     for col in ("model", f"HR@{k}", f"MRR@{k}", "coverage", "n", f"HR@{k} 1st half", f"HR@{k} 2nd half"):
         table.add_column(col, justify="left" if col == "model" else "right")

@@ -49,9 +49,11 @@ def test_agents_and_replay_give_the_same_recommendations(settings, start_worker,
                "a checkpoint of the final model", worker=worker)
     live = PersonalisationEngine.loads(redis_client.get(key)).ranker
 
+    # The item side learns a batch once it is over: the replay cuts the stream where the worker did.
+    sizes = batch_sizes(served_by_version(s), len(events))
     offline = build_models(seed=s.seed, exclude=s.exclude)[MODEL_NAME]
     stream = [(p["ts"] / 1000, p["user_id"], p["item_id"], etype) for etype, p in events]
-    run_replay(stream, k=10, exclude="purchased", models={MODEL_NAME: offline})
+    run_replay(stream, k=10, exclude="purchased", models={MODEL_NAME: offline}, batch=sizes)
 
     users = sorted({p["user_id"] for _, p in events})
     assert live.model_version == offline.model_version == len(events)
@@ -76,17 +78,11 @@ def test_batched_replay_serves_the_lists_a_worker_served(settings, start_worker)
     wait_until(lambda: scrape_metric(s, "recostream_events_processed_total") >= len(events), 90,
                "every event processed", worker=worker)
 
-    def recommendations():
-        return [decode_recommendation(m.value()) for m in read_topic(s, s.topic_recommendations)]
-
-    recs = wait_until(lambda: (r := recommendations()) and max(x.model_version for x in r) == len(events) and r,
-                      30, "the last batch's recommendations on the topic", worker=worker)
-    served: dict[int, dict[str, list]] = defaultdict(dict)
-    for rec in recs:
-        served[rec.model_version][rec.user_id] = [(i.item_id, i.score) for i in rec.items]
+    served = wait_until(lambda: (r := served_by_version(s)) and max(r) == len(events) and r,
+                        30, "the last batch's recommendations on the topic", worker=worker)
     versions = sorted(served)
-    sizes = np.diff([0, *versions]).tolist()
-    assert versions[-1] == len(events) and len(versions) > 1, versions[:5]
+    sizes = batch_sizes(served, len(events))
+    assert len(versions) > 1, versions[:5]
 
     offline = build_models(seed=s.seed, exclude=s.exclude)[MODEL_NAME]
     stream = [(p["ts"] / 1000, p["user_id"], p["item_id"], etype) for etype, p in events]
@@ -98,3 +94,20 @@ def test_batched_replay_serves_the_lists_a_worker_served(settings, start_worker)
         for r, user in enumerate(users):
             shown, shown_scores = valid_part(ids, scores, r)
             assert list(zip(shown.tolist(), np.round(shown_scores, 6).tolist())) == live[user], (version, user)
+
+
+def served_by_version(s) -> dict[int, dict[str, list]]:
+    """The lists on the recommendations topic by the model version they were served at (the number of
+    events learned when their batch was over) and customer: ``(item, score)`` pairs."""
+    served: dict[int, dict[str, list]] = defaultdict(dict)
+    for m in read_topic(s, s.topic_recommendations):
+        rec = decode_recommendation(m.value())
+        served[rec.model_version][rec.user_id] = [(i.item_id, i.score) for i in rec.items]
+    return served
+
+
+def batch_sizes(served: dict[int, dict], n_events: int) -> list[int]:
+    """The sizes of the worker's micro-batches, read from the versions its lists were served at."""
+    versions = sorted(served)
+    assert versions and versions[-1] == n_events, versions[-5:]
+    return np.diff([0, *versions]).tolist()

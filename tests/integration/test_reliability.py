@@ -84,7 +84,7 @@ def _committed_total(s) -> int:
         c.close()
 
 
-def test_models_learn_what_a_crash_left_between_their_checkpoint_and_the_committed_offset(
+def test_the_item_side_learns_from_the_updates_log_what_a_crash_left_after_its_checkpoint(
         settings, start_worker, redis_client):
     s = settings.replace(checkpoint_interval_s=0.0, worker_id="w-catch-up")  # checkpoints only at a clean stop
     sim = ShopperSimulator(n_users=60, n_items=200, seed=17)
@@ -118,14 +118,15 @@ def test_models_learn_what_a_crash_left_between_their_checkpoint_and_the_committ
 
     w3 = start_worker(s)
     publish_to(w3, third)  # only `third` is delivered: `second` is committed
-    caught_up = scrape_metric(s, "recostream_model_caught_up_events_total")
+    applied = scrape_metric(s, "recostream_item_update_events_applied_total")
+    skipped = scrape_metric(s, "recostream_item_update_events_skipped_total")
     assert w3.stop() == 0
     log = w3.log()
-    assert "restored models from" in log and "re-read" in log
+    assert "restored models from" in log and "item side caught up" in log
 
-    # The models learned every event exactly once, `second` included, which
-    # no worker was delivered after the crash.
-    assert caught_up == len(second)
+    # The item side learned every event exactly once, `second` included, which no
+    # worker was delivered after the crash: w2's updates came back from the log.
+    assert (applied, skipped) == (len(second) + len(third), 0)
     final = PersonalisationEngine.loads(redis_client.get(checkpoint_key))
     assert final.model_version == len(events)
     assert sum(final.model_offsets.values()) == len(events)
