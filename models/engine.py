@@ -344,10 +344,12 @@ class PersonalisationEngine:
         out = BatchOutcome()
         triggers: dict[str, tuple[int, float]] = {}
         self.take_update()  # (what a failed batch queued is not learned)
-        latest_ts = self._learn_batch(events, profiles, positions, out, triggers)
+        personal: set[str] = set()  # customers whose own model state changed
+        latest_ts = self._learn_batch(events, profiles, positions, out, triggers, personal)
         update = self.take_update()
         if update is not None:
-            (share or self.apply_update)(update)
+            (share or self.apply_update)(update)  # the customers' factors move with it
+        self._put_model_state(out.profiles, personal)
         t1 = clock()
         if triggers:
             self._assign_segments({user: out.profiles[user] for user in triggers}, latest_ts)
@@ -363,17 +365,17 @@ class PersonalisationEngine:
 
     def _learn_batch(self, events: Sequence[Interaction], profiles: Mapping[str, Profile],
                      positions: Sequence[tuple[SourcePartition, int]] | None, out: BatchOutcome,
-                     triggers: dict[str, tuple[int, float]]) -> float:
+                     triggers: dict[str, tuple[int, float]], personal: set[str]) -> float:
         """Deduplicate, update the profiles (into ``out.profiles``), count for the experiment (into
         ``out.effect``) and let the models learn (see the module docstring); returns the latest
         event time learned (0 if none). ``triggers`` gets, per customer with an event (applied or
-        redelivered), the source position and time of its last one: what its new list is named by."""
+        redelivered), the source position and time of its last one: what its new list is named by;
+        ``personal`` the customers whose own model state changed."""
         touched: dict[str, Profile] = out.profiles
         pop_top = self._popular(self.hit_k)
         latest_ts = 0.0
         model_offsets = self.model_offsets
         learners = [self.ranker.learn_one, *(ranker.learn_one for _, ranker in self.variant_rankers.values())]
-        personal: set[str] = set()  # customers whose own model state changed
         queued = self._queued
         learned_by_type = out.learned_by_type
         shown_of = self._shown.get
@@ -445,7 +447,6 @@ class PersonalisationEngine:
             delta = merge_deltas(incs)
             if delta:
                 out.effect[user] = delta
-        self._put_model_state(touched, personal)
         return latest_ts
 
     def _take_model_state(self, profile: Profile) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import copy
 import sys
+import zlib
 from collections.abc import Collection, Container, Sequence
 
 import numpy as np
@@ -54,6 +55,13 @@ class ImplicitMF:
         pass); until then reads see the factors of the last block.
     seed
         Seeds factor initialisation and negative sampling.
+    deferred
+        Never apply the queued steps on its own: :meth:`take_steps` hands
+        them out and :meth:`apply_steps` applies steps given with their users'
+        factors, so that learners sharing the item factors apply the same
+        steps in the same order (a user's first factors are then drawn from
+        their id, the same wherever they start; items' from the initialiser,
+        in the order steps name them).
 
     Examples
     --------
@@ -79,6 +87,7 @@ class ImplicitMF:
         buffer_size: int = 2000,
         seed: int = 0,
         block_size: int = 256,
+        deferred: bool = False,
     ):
         self.n_factors = n_factors
         self.lr = lr
@@ -87,6 +96,7 @@ class ImplicitMF:
         self.buffer_size = buffer_size
         self.seed = seed
         self.block_size = max(1, int(block_size))
+        self.deferred = deferred
         self.model = reco.FunkMF(
             n_factors=n_factors,
             optimizer=optim.SGD(lr),
@@ -146,7 +156,7 @@ class ImplicitMF:
         else:
             recent[n_seen % self.buffer_size] = row
         self._n_seen = n_seen + 1
-        if self._n_seen % self.block_size == 0:
+        if self._n_seen % self.block_size == 0 and not self.deferred:
             self._flush()
 
     def _flush(self) -> None:
@@ -175,25 +185,75 @@ class ImplicitMF:
             if item not in i_lat:
                 i_lat[item]
                 new_rows.append(row)
-        if new_rows:
-            vectors = [i_lat[ids[row]] for row in new_rows]
-            self._grow_items(max(new_rows) + 1)
-            F = self._F
-            for row, vector in zip(new_rows, vectors):
-                F[row] = vector
-                i_lat[ids[row]] = F[row]
+        self._place_items(new_rows)
         if new_users:
             self._add_users(new_users)
         rows = np.array(rows, dtype=np.int64)
-        self._steps_vector(np.array(uidx, dtype=np.int64), rows, np.array(ys, dtype=np.float64), self._lr, self.l2)
+        self._steps_vector(self._U, np.array(uidx, dtype=np.int64), rows, np.array(ys, dtype=np.float64), self._lr,
+                           self.l2)
+        self._stepped(rows)
+
+    def _stepped(self, rows: np.ndarray) -> None:
+        """``len(rows)`` steps changed these item rows: tell readers, count them as River does."""
         changed = self._changed
         if changed is not None:
             changed.append(rows)
             if len(changed) > 4096:  # nobody is reading: stop tracking
                 self._changed = None
-        n = len(users)
-        model.u_optimizer.n_iterations += n
-        model.i_optimizer.n_iterations += n
+        model = self.model
+        model.u_optimizer.n_iterations += len(rows)
+        model.i_optimizer.n_iterations += len(rows)
+
+    # -- learning shared: steps taken out and applied with their users' factors --
+
+    def take_steps(self) -> tuple[list[str], list[int], list[float]]:
+        """The queued steps, ``(users, rows, targets)`` in order, handed out once (``deferred``)."""
+        steps = self._pend_u, self._pend_r, self._pend_y
+        self._pend_u, self._pend_r, self._pend_y = [], [], []
+        return steps
+
+    def user_start(self, user: str) -> np.ndarray:
+        """``user``'s factors, drawn from their id and the seed when they have none yet (no other
+        random stream moves): where a user starts does not depend on which learner meets them first."""
+        u = self.user_vector(user)
+        if u is None:
+            rng = np.random.default_rng([self.seed, zlib.crc32(user.encode())])
+            self.model.u_latents[user] = rng.normal(0.0, 0.1, self.n_factors)
+            self._add_users([user])
+            u = self.user_vector(user)
+        return u
+
+    def apply_steps(self, U: np.ndarray, uidx: np.ndarray, rows: np.ndarray, item_ids: Sequence[str],
+                    ys: np.ndarray) -> np.ndarray:
+        """Apply steps ``(uidx, rows, ys)`` whose users start from the rows of ``U`` (users x factors):
+        the item factors move, ``U`` (a copy) is returned with where the users end. Items without
+        factors (``item_ids[k]`` names row ``rows[k]``) get them from the initialiser first, in order."""
+        ids, i_lat = self._row_ids, self.model.i_latents
+        new_rows = []
+        for row, item in zip(rows.tolist(), item_ids):
+            if row not in ids:
+                ids[row] = item
+            if item not in i_lat:
+                i_lat[item]
+                new_rows.append(row)
+        self._place_items(new_rows)
+        U = np.array(U, dtype=np.float64)
+        if len(rows):
+            self._steps_vector(U, uidx, rows, ys, self._lr, self.l2)
+            self._stepped(rows)
+        return U
+
+    def _place_items(self, rows: list[int]) -> None:
+        """Move the new latents of item ``rows`` into the factor matrix (River keeping views of them)."""
+        if not rows:
+            return
+        ids, i_lat = self._row_ids, self.model.i_latents
+        vectors = [i_lat[ids[row]] for row in rows]
+        self._grow_items(max(rows) + 1)
+        F = self._F
+        for row, vector in zip(rows, vectors):
+            F[row] = vector
+            i_lat[ids[row]] = F[row]
 
     def _grow_items(self, n: int) -> None:
         if len(self._F) >= n:
@@ -234,13 +294,14 @@ class ImplicitMF:
                 F[row] = i_lat[item]
                 i_lat[item] = F[row]
 
-    def _steps_vector(self, uidx: np.ndarray, rows: np.ndarray, ys: np.ndarray, lr: float, l2: float) -> None:
+    def _steps_vector(self, U: np.ndarray, uidx: np.ndarray, rows: np.ndarray, ys: np.ndarray, lr: float,
+                      l2: float) -> None:
         # Each user's steps stay in order (round k holds every user's k-th
         # queued step), so a user's vector moves exactly as in River. An item
         # met by several users in one round takes the sum of their steps, all
         # computed from its value at the start of the round (Hogwild-style
         # parallel SGD): hot items would otherwise serialise the whole batch.
-        U, F = self._U, self._F
+        F = self._F
         clip = self.model.clip_gradient
         n = len(uidx)
         # Round of each step: how many steps of the same user precede it.
@@ -403,6 +464,7 @@ class ImplicitMF:
             state["_F"] = state.pop("_factors")
         state.setdefault("_pending", [])
         state.setdefault("block_size", 1)
+        state.setdefault("deferred", False)
         state.setdefault("_lr", float(state["lr"]))
         state.setdefault("_rand", [])
         state["_changed"] = None

@@ -46,6 +46,28 @@ def own_topics(settings: Settings, tag: str, **changes) -> Settings:
     return s
 
 
+def item_side(ranker, items: list[str]) -> dict:
+    """The item side of a ``HybridRanker`` named by item id: popularity, co-visit and successor rows,
+    the second stage's weights, the item factors, the number of events learned."""
+    cat = ranker.catalog
+    pop = ranker.items.popularity.scores(len(cat))
+
+    def rows(matrix):
+        out = {}
+        for item in items:
+            cols, vals = matrix.rows.row(cat.row(item))
+            out[item] = sorted(zip([cat.item_id(int(c)) for c in cols], vals.tolist()))
+        return out
+
+    factors = {}
+    if ranker.mf is not None:
+        F = ranker.mf.item_factors
+        factors = {item: F[cat.row(item)].tolist() for item in items if cat.row(item) < len(F)}
+    return {"popularity": {item: float(pop[cat.row(item)]) for item in items},
+            "covisit": rows(ranker.items.covisit), "successors": rows(ranker.items.successors),
+            "choice": ranker.choice.weights.tolist(), "factors": factors, "version": ranker.model_version}
+
+
 class WorkerHandle:
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings

@@ -38,7 +38,7 @@ from models.ranking.base import EXCLUDE_RULES, PAD_ID, PAD_SCORE, StreamingRecom
 from models.ranking.candidates import _Context
 from models.ranking.choice import SoftmaxChoice
 from models.ranking.features import PRIOR, Sequels, _Own, pair_features
-from models.ranking.item_updates import ItemUpdate, _Outbox
+from models.ranking.item_updates import ItemUpdate, _Outbox, user_key
 from models.ranking.scoring import _Batch, _histories, _Terms
 from models.ranking.topk import _best_k
 from models.ranking.users import _User
@@ -315,7 +315,8 @@ class HybridRanker(StreamingRecommender):
         )
         self.mf = (
             ImplicitMF(
-                n_factors=self.n_factors, lr=self.mf_lr, l2=self.mf_l2, n_negatives=self.n_negatives, seed=self.seed
+                n_factors=self.n_factors, lr=self.mf_lr, l2=self.mf_l2, n_negatives=self.n_negatives, seed=self.seed,
+                deferred=self.share_items,
             )
             if self.w_mf
             else None
@@ -323,6 +324,7 @@ class HybridRanker(StreamingRecommender):
         self.choice = SoftmaxChoice(PRIOR, lr=self.choice_lr, l2=self.choice_l2)
         self.sessions = SessionNeighbours(sessions_per_item=50) if self.session_neighbours else None
         self._outbox = _Outbox() if self.share_items else None
+        self._mf_pending: dict[int, str] = {}  # user key -> id, of this learner's users in updates not applied yet
 
     def _learn(self, user_id, user, row, weight, ts, personal=True):
         box = self._outbox
@@ -340,7 +342,10 @@ class HybridRanker(StreamingRecommender):
         if self.mf is not None and personal:
             # Targets in (0, 1]: the strongest event type is a full positive.
             target = weight / max(self.event_weights.values())
+            queued = len(self.mf._pend_u)
             self.mf.learn_one(user_id, self.catalog.item_id(row), row, target, seen=user.interacted)
+            if box is not None:
+                box.mf_counts[-1] = len(self.mf._pend_u) - queued
         if box is not None:
             return False
         if (self._n_learned + 1) % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:
@@ -367,9 +372,22 @@ class HybridRanker(StreamingRecommender):
     def take_updates(self) -> ItemUpdate | None:
         """The item-side parts of the events learned since the last call, as one update for every
         learner (this one included) to :meth:`apply_updates`; ``None`` when there are none (or the
-        ranker does not share its item side)."""
+        ranker does not share its item side). Factor steps go with their users' factors as they
+        are now: applying the update moves the item factors everywhere, and this learner's users'
+        factors here."""
         box = self._outbox
-        return None if box is None else box.take(self.catalog.item_id)
+        if box is None:
+            return None
+        if self.mf is None or not len(box):
+            return box.take(self.catalog.item_id)
+        users, rows, targets = self.mf.take_steps()
+        index: dict[str, int] = {}
+        uidx = [index.setdefault(user, len(index)) for user in users]
+        keys = [user_key(user) for user in index]
+        start = np.array([self.mf.user_start(user) for user in index], dtype="<f4").reshape(len(index),
+                                                                                          self.mf.n_factors)
+        self._mf_pending.update(zip(keys, index))
+        return box.take(self.catalog.item_id, (uidx, rows, targets), keys, start.tobytes())
 
     def end_batch(self) -> None:
         """A micro-batch is learned: a learner alone applies its own update (nothing to do unshared)."""
@@ -400,6 +418,28 @@ class HybridRanker(StreamingRecommender):
             self._n_learned += 1
         for grad in steps[j:]:
             self.choice.apply_gradient(np.asarray(grad, dtype=np.float64))
+        if update.mf_at and self.mf is not None:
+            self._apply_factor_steps(update, rows, keep)
+
+    def _apply_factor_steps(self, update: ItemUpdate, rows: list[int], keep: Sequence[bool] | None) -> None:
+        """The update's factor steps of the events kept: the item factors move; the users' factors too
+        when they are this learner's."""
+        mf = self.mf
+        n_users, k = len(update.mf_users), mf.n_factors
+        if len(update.mf_start) != 4 * n_users * k:
+            return  # (another factor count: a learner of another configuration wrote it)
+        sel = np.arange(len(update.mf_at)) if keep is None else \
+            np.flatnonzero(np.asarray(keep, dtype=bool)[np.asarray(update.mf_at, dtype=np.int64)])
+        items = np.asarray(update.mf_item, dtype=np.int64)[sel]
+        U = mf.apply_steps(np.frombuffer(update.mf_start, dtype="<f4").reshape(n_users, k),
+                           np.asarray(update.mf_user, dtype=np.int64)[sel], np.asarray(rows, dtype=np.int64)[items],
+                           [update.items[i] for i in items.tolist()],
+                           np.asarray(update.mf_target, dtype=np.float64)[sel])
+        pending, users = self._mf_pending, self._users
+        for i, key in enumerate(update.mf_users):
+            user = pending.pop(key, None)
+            if user is not None and user in users:
+                mf.set_user_vector(user, U[i])
 
     def drop_users(self, user_ids):
         super().drop_users(user_ids)
@@ -458,6 +498,7 @@ class HybridRanker(StreamingRecommender):
         state.setdefault("sessions", None)
         state.setdefault("share_items", False)  # (checkpoints before sharing learned their item side directly)
         state.setdefault("_outbox", None)
+        state.setdefault("_mf_pending", {})
         pools = state.pop("_pools", None)
         super().__setstate__(state)
         if pools is not None:

@@ -21,9 +21,11 @@ agree on everything but the order of ties.
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 
-__all__ = ["ItemUpdate", "decode_update", "encode_update"]
+__all__ = ["ItemUpdate", "decode_update", "encode_update", "user_key"]
 
 
 class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
@@ -34,6 +36,14 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
     at ``ts[k]`` (epoch seconds, or ``None``), after the customer's recent
     items ``history[k]`` (most recent first). ``choice[j]`` is a step of the
     second stage, taken before event ``choice_at[j]`` (non-decreasing).
+
+    Matrix factorisation steps: step ``j`` belongs to event ``mf_at[j]``
+    (non-decreasing) and moves the factors of user ``mf_users[mf_user[j]]``
+    and item ``items[mf_item[j]]`` towards ``mf_target[j]``; ``mf_start``
+    holds the users' factors before the steps (float32, little-endian, one
+    row per user). Users travel as 64-bit keys of their ids
+    (:func:`user_key`), never as ids: only their own learner knows whose
+    factors the result is.
 
     >>> u = ItemUpdate(items=["boots", "socks"], item=[1], weight=[1.0], ts=[None], history=[[0]])
     >>> decode_update(encode_update(u)) == u, u.n_events
@@ -47,6 +57,12 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
     history: list[list[int]]
     choice_at: list[int] = []
     choice: list[list[float]] = []
+    mf_users: list[int] = []
+    mf_start: bytes = b""
+    mf_user: list[int] = []
+    mf_item: list[int] = []
+    mf_target: list[float] = []
+    mf_at: list[int] = []
 
     @property
     def n_events(self) -> int:
@@ -58,17 +74,37 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
 
         >>> u = ItemUpdate(["a", "b", "c"], [0, 1, 2], [1.0, 1.0, 3.0], [None] * 3, [[], [0], [1, 0]],
         ...                choice_at=[2], choice=[[0.5]])
-        >>> u.part(2, 3)
-        ItemUpdate(items=['c', 'b', 'a'], item=[0], weight=[3.0], ts=[None], history=[[1, 2]], choice_at=[0], choice=[[0.5]])
+        >>> p = u.part(2, 3)
+        >>> p.items, p.item, p.weight, p.history, p.choice_at, p.choice
+        (['c', 'b', 'a'], [0], [3.0], [[1, 2]], [0], [[0.5]])
         """
         index: dict[int, int] = {}
         at = index.setdefault
         item = [at(i, len(index)) for i in self.item[lo:hi]]
         history = [[at(i, len(index)) for i in h] for h in self.history[lo:hi]]
         steps = [j for j, k in enumerate(self.choice_at) if lo <= k < hi]
+        mf = [j for j, k in enumerate(self.mf_at) if lo <= k < hi]
+        users: dict[int, int] = {}
+        mf_user = [users.setdefault(self.mf_user[j], len(users)) for j in mf]
+        mf_item = [at(self.mf_item[j], len(index)) for j in mf]
+        start = b""
+        if users:
+            width = len(self.mf_start) // len(self.mf_users)
+            start = b"".join(self.mf_start[u * width:(u + 1) * width] for u in users)
         return ItemUpdate(items=[self.items[i] for i in index], item=item, weight=self.weight[lo:hi],
                           ts=self.ts[lo:hi], history=history, choice_at=[self.choice_at[j] - lo for j in steps],
-                          choice=[self.choice[j] for j in steps])
+                          choice=[self.choice[j] for j in steps], mf_users=[self.mf_users[u] for u in users],
+                          mf_start=start, mf_user=mf_user, mf_item=mf_item,
+                          mf_target=[self.mf_target[j] for j in mf], mf_at=[self.mf_at[j] - lo for j in mf])
+
+
+def user_key(user_id: str) -> int:
+    """The 64-bit key a user's factor steps travel under (BLAKE2b of the id).
+
+    >>> user_key("ann") == user_key("ann") != user_key("bob")
+    True
+    """
+    return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "little")
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -92,7 +128,7 @@ def decode_update(data: bytes, type: type = ItemUpdate):
 class _Outbox:
     """Item-side parts of the events learned since the last :meth:`take`, by catalogue row."""
 
-    __slots__ = ("rows", "weights", "ts", "histories", "choice_at", "choice")
+    __slots__ = ("rows", "weights", "ts", "histories", "choice_at", "choice", "mf_counts")
 
     def __init__(self) -> None:
         self.rows: list[int] = []
@@ -101,36 +137,46 @@ class _Outbox:
         self.histories: list[tuple[int, ...]] = []
         self.choice_at: list[int] = []
         self.choice: list[list[float]] = []
+        self.mf_counts: list[int] = []  # factor steps queued with each event
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, row: int, weight: float, ts: float | None, history: tuple[int, ...]) -> None:
+    def add(self, row: int, weight: float, ts: float | None, history: tuple[int, ...], mf_steps: int = 0) -> None:
         self.rows.append(row)
         self.weights.append(weight)
         self.ts.append(ts)
         self.histories.append(history)
+        self.mf_counts.append(mf_steps)
 
     def add_choice(self, gradient: list[float]) -> None:
         """A second-stage step, before the next event added."""
         self.choice_at.append(len(self.rows))
         self.choice.append(gradient)
 
-    def take(self, item_id) -> ItemUpdate | None:
-        """The queue as an update naming items by ``item_id(row)`` (``None`` if empty); empties it."""
+    def take(self, item_id, mf_steps: tuple[list[int], list[int], list[float]] = ([], [], []),
+             mf_users: list[int] = (), mf_start: bytes = b"") -> ItemUpdate | None:
+        """The queue as an update naming items by ``item_id(row)`` (``None`` if empty), with the factor
+        steps ``(user index, row, target)`` queued with its events (``mf_counts``) and their users'
+        keys and starting factors; empties it."""
         if not self.rows and not self.choice:
             return None
         index: dict[int, int] = {}
         at = index.setdefault
         item = [at(row, len(index)) for row in self.rows]
         history = [[at(row, len(index)) for row in h] for h in self.histories]
+        mf_user, mf_rows, mf_target = mf_steps
+        mf_item = [at(row, len(index)) for row in mf_rows]
+        mf_at = [k for k, n in enumerate(self.mf_counts) for _ in range(n)]
         update = ItemUpdate(items=[item_id(row) for row in index], item=item, weight=self.weights, ts=self.ts,
-                            history=history, choice_at=self.choice_at, choice=self.choice)
+                            history=history, choice_at=self.choice_at, choice=self.choice, mf_users=list(mf_users),
+                            mf_start=mf_start, mf_user=list(mf_user), mf_item=mf_item, mf_target=list(mf_target),
+                            mf_at=mf_at)
         self.__init__()
         return update
 
     def __getstate__(self):
-        return (self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice)
+        return (self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice, self.mf_counts)
 
     def __setstate__(self, state):
-        self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice = state
+        self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice, self.mf_counts = state

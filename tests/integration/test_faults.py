@@ -23,6 +23,8 @@ import pytest
 
 from models.effect import EffectCounts
 from models.effect.counts import revenue_cents
+from models.engine import PersonalisationEngine
+from models.engine_update import decode_engine_update
 from streams.contract import decode_dead_letter
 from streams.kafka.produce import make_producer, publish_catalogue, publish_events, publish_raw
 from streams.settings import Settings
@@ -155,6 +157,11 @@ def settle_and_report(name: str, s: Settings, stream: StreamProducer, redis_clie
         report[f"double_{where}"] = sum(max(0, got.get(u, 0) - n) for u, n in expected.items())
         # The experiment's counts (buyers, purchases, revenue), restored from the changelog and in Redis.
         report[f"experiment_{where}_exact"] = state[f"{where}_fx"] == expected_fx
+    # The item side: the fold of the item-updates log (what every worker's item side is at its end)
+    # learned each event once, whichever worker published it and however often.
+    learned = item_log_fold(s).model_version
+    report["lost_item_side"] = max(0, report["produced"] - learned)
+    report["double_item_side"] = max(0, learned - report["produced"])
     letters = [decode_dead_letter(m.value()) for m in read_topic(s, s.topic_dead_letter)]
     positions = Counter((dl.topic, dl.partition, dl.offset) for dl in letters)
     report["dead_lettered"] = len(positions)
@@ -164,7 +171,18 @@ def settle_and_report(name: str, s: Settings, stream: StreamProducer, redis_clie
     return report
 
 
+def item_log_fold(s: Settings) -> PersonalisationEngine:
+    """A new engine that applied every record of the item-updates log, in order."""
+    engine = PersonalisationEngine()
+    for msg in sorted(read_topic(s, s.item_updates_topic, timeout=30), key=lambda m: m.offset()):
+        if msg.value():
+            engine.apply_update(decode_engine_update(msg.value()))
+    return engine
+
+
 def assert_exact(report: dict) -> None:
+    assert report["lost_item_side"] == 0 and report["double_item_side"] == 0, {
+        k: v for k, v in report.items() if k != "letters"}
     for where in ("changelog", "redis"):
         assert report[f"lost_{where}"] == 0 and report[f"double_{where}"] == 0, {
             k: v for k, v in report.items() if k != "letters"}

@@ -344,6 +344,17 @@ tests:
       - eval_time: 30m
         alertname: RecostreamExperimentSampleRatioMismatch
         exp_alerts: [{exp_labels: {severity: ticket, job: recostream, instance: "w1:9464"}}]
+  - interval: 1m
+    input_series:
+      # w2 publishes (a timestamp each minute) until minute 10, then nothing; w3 goes on; w1 is up.
+      - {series: 'recostream_item_updates_peer_last_timestamp_seconds{job="recostream", instance="w1:9464", peer="w2"}', values: '0+60x10 600x30'}
+      - {series: 'recostream_item_updates_peer_last_timestamp_seconds{job="recostream", instance="w1:9464", peer="w3"}', values: '0+60x40'}
+      - {series: 'up{job="recostream", instance="w1:9464"}', values: '1x40'}
+    alert_rule_test:
+      - {eval_time: 12m, alertname: RecostreamPeerUpdatesStopped, exp_alerts: []}
+      - eval_time: 18m
+        alertname: RecostreamPeerUpdatesStopped
+        exp_alerts: [{exp_labels: {severity: ticket, job: recostream, instance: "w1:9464", peer: w2}}]
 """
 # promtool's series notation repeats numbers (`0.4x9`) but not NaN: spelled out.
 ALERT_SCENARIOS = ALERT_SCENARIOS.replace("'NaNx40'", repr(" ".join(["NaN"] * 40)))

@@ -15,36 +15,19 @@ from models.evaluation import served_lists
 from models.ranking import HybridRanker
 from models.ranking.item_updates import ItemUpdate, decode_update, encode_update
 from models.sharded import ShardedRecommender, shard_of
-from tests.helpers import shop_events
+from tests.helpers import item_side, shop_events
 
 
 def _stream(events):
     return [(ev.ts, ev.user_id, ev.item_id, ev.type) for ev in events]
 
 
-def item_side(ranker: HybridRanker, items: list[str]) -> dict:
-    """The item side of ``ranker`` named by item id: popularity, co-visit and successor rows, the
-    second stage's weights, the clock."""
-    cat = ranker.catalog
-    n = len(cat)
-    pop = ranker.items.popularity.scores(n)
-
-    def rows(matrix):
-        out = {}
-        for item in items:
-            cols, vals = matrix.rows.row(cat.row(item))
-            out[item] = sorted(zip([cat.item_id(int(c)) for c in cols], vals.tolist()))
-        return out
-
-    return {"popularity": {item: float(pop[cat.row(item)]) for item in items},
-            "covisit": rows(ranker.items.covisit), "successors": rows(ranker.items.successors),
-            "choice": ranker.choice.weights.tolist(), "version": ranker.model_version}
-
-
 def test_one_learner_applying_each_event_right_away_is_the_unshared_ranker():
+    # Without factors: shared, they are applied per update (here per event) from the users' factors as
+    # the update carries them, unshared in blocks of 256 events; everything else is the same arithmetic.
     events, _ = shop_events(1500, n_users=50, n_items=200, seed=21)
     stream = _stream(events)
-    shared, plain = HybridRanker(seed=3, share_items=True), HybridRanker(seed=3)
+    shared, plain = HybridRanker(seed=3, share_items=True, w_mf=0), HybridRanker(seed=3, w_mf=0)
     for (_, _, _, a, sa), (_, _, _, b, sb) in zip(served_lists(stream, shared, 1, k=10),
                                                   served_lists(stream, plain, 1, k=10)):
         assert (a == b).all() and np.array_equal(sa, sb)
@@ -75,9 +58,13 @@ def test_workers_applying_every_update_in_one_order_hold_the_same_item_side(work
         assert all(side == sides[0] for side in sides[1:])
     assert many.model_version == len(stream) and all(s.model_version == len(stream) for s in many.shards)
     assert any(s.catalog.ids != many.shards[0].catalog.ids for s in many.shards[1:])
-    # Each worker's customers' own state is its own.
+    # Each worker's customers' own state, factors included, is its own.
     for k, shard in enumerate(many.shards):
-        assert set(shard.warm_users()) == {u for _, u, _, _ in stream if shard_of(u, workers) == k}
+        own = {u for _, u, _, _ in stream if shard_of(u, workers) == k}
+        assert set(shard.warm_users()) == own
+        assert {u for u in own if shard.mf.user_vector(u) is not None} == own
+        assert not any(shard.mf.user_vector(u) is not None for _, u, _, _ in stream if u not in own)
+        assert not shard._mf_pending
 
 
 def catalogue_ids(many: ShardedRecommender) -> set[str]:
@@ -121,3 +108,20 @@ def test_a_malformed_update_is_refused_with_a_clear_error():
     with pytest.raises(msgspec.ValidationError):
         decode_update(msgspec.msgpack.encode([["a"], ["not an index"], [1.0], [None], [[]]]))
     assert isinstance(decode_update(encode_update(ItemUpdate([], [], [], [], []))), ItemUpdate)
+
+
+def test_a_customers_factors_move_by_the_update_the_way_every_learner_moves_the_items():
+    # The owner's factors after an update are the ones every learner computed while moving the item
+    # factors: a second learner that meets the customer later (their partition moved) and takes their
+    # factors continues exactly where the first stopped.
+    events, _ = shop_events(1200, n_users=30, n_items=120, seed=24)
+    stream = _stream(events)
+    a, b = HybridRanker(seed=6, share_items=True), HybridRanker(seed=6, share_items=True)
+    for k in range(0, len(stream), 100):
+        for ts, user, item, etype in stream[k:k + 100]:
+            a.learn_one(user, item, etype, ts)
+        data = encode_update(a.take_updates())
+        a.apply_updates(decode_update(data))
+        b.apply_updates(decode_update(data))
+    assert item_side(a, a.catalog.ids) == item_side(b, a.catalog.ids)
+    assert not b.warm_users() and a.mf.item_factors.shape == b.mf.item_factors.shape
