@@ -5,12 +5,15 @@ Customers arrive one after another (``--active`` of them shopping at any time, e
 and are processed by :meth:`models.engine.PersonalisationEngine.process` in micro-batches of
 ``--batch``, with their profiles kept as encoded bytes in the worker's own
 :class:`~streams.state.store.ProfileStore`, as a worker keeps them. The resident set size is read
-(after a full garbage collection) at ten points; the margin is the slope over the second half: what
-one more customer costs, item-side growth from their events included. ``--warm`` bounds the
-customers whose own model state stays in memory (``RECOSTREAM_WARM_CUSTOMERS``; beyond it a customer
-costs their profile). Also reported: the mean
-encoded profile, the customers whose model state is held in memory, and the co-visitation entries
-(the item side's largest part).
+(after a full garbage collection) at ten points, with the item side's own memory (:func:`item_side_bytes`:
+its arrays, and the co-visitation rows' Python dicts with their int objects). The margin is the slope
+over the second half: what one more customer costs, their events' growth of the item side
+excluded (``margin_kib_per_customer``; the item side grows with items and saturates at
+``2 x max_neighbors`` co-visits per item, whatever the customers) and included
+(``margin_kib_per_customer_with_item_growth``). ``--warm`` bounds the customers whose own model state
+stays in memory (``RECOSTREAM_WARM_CUSTOMERS``; beyond it a customer costs their profile). Also
+reported: the mean encoded profile, the customers whose model state is held in memory, and the
+co-visitation entries.
 
     .venv/bin/python benchmarks/memory.py --customers 100000 --json
 
@@ -63,6 +66,33 @@ def stream(customers: int, per_customer: int, active: int, items: int, seed: int
                               quantity=1, order_id=None, rec_id=None), (("events", 0), k)
 
 
+def item_side_bytes(engine: PersonalisationEngine) -> int:
+    """What the ranker's item side holds: every numpy array of the catalogue, popularity, co-visits,
+    successors and item factors, plus the co-visitation rows' slot dicts (their tables, and an int
+    object for each key and value above CPython's small-int cache)."""
+    ranker = engine.ranker
+    total = 0
+    seen: set[int] = set()
+
+    def arrays(obj) -> int:
+        n = 0
+        for value in vars(obj).values():
+            if isinstance(value, np.ndarray) and id(value) not in seen:
+                seen.add(id(value))
+                n += value.nbytes
+        return n
+
+    for matrix in (ranker.items.covisit, ranker.items.successors):
+        rows = matrix.rows
+        total += arrays(matrix) + arrays(rows)
+        total += sum(sys.getsizeof(slots) for slots in rows._slots) + 2 * 28 * rows.nnz
+        total += 8 * (len(rows._start) + len(rows._cap))
+    total += arrays(ranker.items.popularity) + arrays(ranker.catalog)
+    if ranker.mf is not None:
+        total += ranker.mf.item_factors.nbytes
+    return total
+
+
 def run(customers: int, per_customer: int, active: int, items: int, batch: int, seed: int, warm: int,
         progress=lambda done, total: None) -> dict:
     engine = PersonalisationEngine()
@@ -89,7 +119,7 @@ def run(customers: int, per_customer: int, active: int, items: int, batch: int, 
         if marks and done >= marks[0]:
             marks.pop(0)
             gc.collect()
-            points.append((len(store), rss_mib()))
+            points.append((len(store), rss_mib(), item_side_bytes(engine) / 2**20))
         progress(done, total)
 
     for event, position in stream(customers, per_customer, active, items, seed):
@@ -99,15 +129,17 @@ def run(customers: int, per_customer: int, active: int, items: int, batch: int, 
             flush()
     if chunk:
         flush()
-    (c0, r0), (c1, r1) = points[len(points) // 2 - 1], points[-1]
+    (c0, r0, i0), (c1, r1, i1) = points[len(points) // 2 - 1], points[-1]
     sizes = [len(store.raw(u)) for u in store]
     covisit = engine.ranker.items.covisit
     return {
         "customers": len(store), "events": total, "events_per_customer": per_customer, "items": items,
         "warm_bound": warm,
         "seconds": round(time.perf_counter() - began, 1),
-        "rss_mib": [round(r, 1) for _, r in points], "customers_at": [c for c, _ in points],
-        "margin_kib_per_customer": round((r1 - r0) * 1024 / (c1 - c0), 3),
+        "rss_mib": [round(r, 1) for _, r, _ in points], "customers_at": [c for c, _, _ in points],
+        "item_side_mib": [round(i, 1) for _, _, i in points],
+        "margin_kib_per_customer": round((r1 - r0 - (i1 - i0)) * 1024 / (c1 - c0), 3),
+        "margin_kib_per_customer_with_item_growth": round((r1 - r0) * 1024 / (c1 - c0), 3),
         "profile_bytes_mean": round(float(np.mean(sizes)), 1),
         "customers_with_model_state": engine.ranker.n_users,
         "covisit_entries": covisit.rows.nnz,

@@ -61,7 +61,8 @@ class ImplicitMF:
         factors, so that learners sharing the item factors apply the same
         steps in the same order (a user's first factors are then drawn from
         their id, the same wherever they start; items' from the initialiser,
-        in the order steps name them).
+        in the order steps name them). Events join the stream negatives are
+        drawn from through :meth:`observe`, as updates are applied.
 
     Examples
     --------
@@ -151,13 +152,22 @@ class ImplicitMF:
                     pu.append(user)
                     pr.append(neg)
                     py.append(0.0)
+        if self.deferred:
+            return  # the event joins the recent stream when its update is applied (observe)
+        self.observe(row)
+        if self._n_seen % self.block_size == 0:
+            self._flush()
+
+    def observe(self, row: int) -> None:
+        """An event on ``row`` joins the recent stream negatives are drawn from (``learn_one`` does it
+        unless ``deferred``; then the learner applying updates does, for every event of every
+        learner, so that all draw from the same stream)."""
+        recent, n_seen = self._recent, self._n_seen
         if len(recent) < self.buffer_size:
             recent.append(row)
         else:
             recent[n_seen % self.buffer_size] = row
         self._n_seen = n_seen + 1
-        if self._n_seen % self.block_size == 0 and not self.deferred:
-            self._flush()
 
     def _flush(self) -> None:
         """Apply the queued SGD steps, exactly as River's ``FunkMF.learn_one`` would one after the other."""

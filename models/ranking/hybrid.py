@@ -403,6 +403,7 @@ class HybridRanker(StreamingRecommender):
         steps, n_steps, j = update.choice, len(update.choice), 0
         at = update.choice_at
         events_clock = self.decay_clock == "events"
+        mf = self.mf if self.mf is not None and self.mf.deferred else None
         for k, (i, weight, ts, history) in enumerate(zip(update.item, update.weight, update.ts, update.history)):
             kept = keep is None or keep[k]
             while j < n_steps and at[j] <= k:
@@ -413,6 +414,8 @@ class HybridRanker(StreamingRecommender):
                 continue
             self._learn_items(tuple(rows[h] for h in history), rows[i], weight,
                               float(self._n_learned) if events_clock else ts)
+            if mf is not None:
+                mf.observe(rows[i])
             if (self._n_learned + 1) % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:
                 self._context(len(self.catalog), pools=True)
             self._n_learned += 1
