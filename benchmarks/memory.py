@@ -68,8 +68,8 @@ def stream(customers: int, per_customer: int, active: int, items: int, seed: int
 
 def item_side_bytes(engine: PersonalisationEngine) -> int:
     """What the ranker's item side holds: every numpy array of the catalogue, popularity, co-visits,
-    successors and item factors, plus the co-visitation rows' slot dicts (their tables, and an int
-    object for each key and value above CPython's small-int cache)."""
+    successors and item factors, plus the co-visitation rows' slot dicts: their tables, and an int
+    object per value (a slab position; the keys are the rows' own int objects, shared)."""
     ranker = engine.ranker
     total = 0
     seen: set[int] = set()
@@ -85,7 +85,7 @@ def item_side_bytes(engine: PersonalisationEngine) -> int:
     for matrix in (ranker.items.covisit, ranker.items.successors):
         rows = matrix.rows
         total += arrays(matrix) + arrays(rows)
-        total += sum(sys.getsizeof(slots) for slots in rows._slots) + 2 * 28 * rows.nnz
+        total += sum(sys.getsizeof(slots) for slots in rows._slots) + 28 * rows.nnz
         total += 8 * (len(rows._start) + len(rows._cap))
     total += arrays(ranker.items.popularity) + arrays(ranker.catalog)
     if ranker.mf is not None:
@@ -131,6 +131,9 @@ def run(customers: int, per_customer: int, active: int, items: int, batch: int, 
         flush()
     (c0, r0, i0), (c1, r1, i1) = points[len(points) // 2 - 1], points[-1]
     sizes = [len(store.raw(u)) for u in store]
+    # What the store holds per customer, exactly: the key, the encoded profile, the dict's slot.
+    held = sum(sys.getsizeof(u) + sys.getsizeof(store.raw(u)) for u in store) + sum(
+        sys.getsizeof(state.profiles) for state in store.partitions.values())
     covisit = engine.ranker.items.covisit
     return {
         "customers": len(store), "events": total, "events_per_customer": per_customer, "items": items,
@@ -141,6 +144,7 @@ def run(customers: int, per_customer: int, active: int, items: int, batch: int, 
         "margin_kib_per_customer": round((r1 - r0 - (i1 - i0)) * 1024 / (c1 - c0), 3),
         "margin_kib_per_customer_with_item_growth": round((r1 - r0) * 1024 / (c1 - c0), 3),
         "profile_bytes_mean": round(float(np.mean(sizes)), 1),
+        "store_kib_per_customer": round(held / 1024 / len(store), 3),
         "customers_with_model_state": engine.ranker.n_users,
         "covisit_entries": covisit.rows.nnz,
     }

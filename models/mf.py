@@ -228,7 +228,8 @@ class ImplicitMF:
         u = self.user_vector(user)
         if u is None:
             rng = np.random.default_rng([self.seed, zlib.crc32(user.encode())])
-            self.model.u_latents[user] = rng.normal(0.0, 0.1, self.n_factors)
+            # float32 values, as the customer's record and the updates carry them
+            self.model.u_latents[user] = rng.normal(0.0, 0.1, self.n_factors).astype(np.float32).astype(np.float64)
             self._add_users([user])
             u = self.user_vector(user)
         return u

@@ -439,6 +439,7 @@ class HybridRanker(StreamingRecommender):
                            [update.items[i] for i in items.tolist()],
                            np.asarray(update.mf_target, dtype=np.float64)[sel])
         pending, users = self._mf_pending, self._users
+        U = U.astype("<f4").astype(np.float64)  # what the customer's record holds, exactly
         for i, key in enumerate(update.mf_users):
             user = pending.pop(key, None)
             if user is not None and user in users:
@@ -465,15 +466,19 @@ class HybridRanker(StreamingRecommender):
             u = vector(user)
             queued = steps.get(user)
             if u is not None or queued:
-                out[user] = (b"" if u is None else u.tobytes(),  # float64, this machine's byte order
+                out[user] = (b"" if u is None else u.astype("<f4").tobytes(),
                              [(item_id(row), y) for row, y in queued] if queued else [])
         return out
 
     def _set_user_factors(self, user_id, factors, steps):
         if self.mf is not None:
-            if len(factors) not in (0, 8 * self.mf.n_factors):  # (a ranker with other factors wrote it)
+            k = self.mf.n_factors
+            # float32 (little-endian); float64 in this machine's order in older records
+            dtype = {4 * k: "<f4", 8 * k: np.float64}.get(len(factors))
+            if dtype is None:  # (none, or a ranker with other factors wrote it)
                 factors, steps = b"", []
-            self.mf.set_user_vector(user_id, np.frombuffer(factors, dtype=np.float64) if factors else None, steps)
+            vector = np.frombuffer(factors, dtype=dtype).astype(np.float64) if factors else None
+            self.mf.set_user_vector(user_id, vector, steps)
 
     def __getstate__(self):
         state = super().__getstate__()

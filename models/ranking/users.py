@@ -200,15 +200,21 @@ class UserRecord(msgspec.Struct, array_like=True, gc=False):
     """
 
     n: int
-    history: list[str]  # oldest first
+    history: list[str]  # oldest first (empty when ``history_at`` names it)
     weights: list[float]
     counts: list[int]
     times: list[float]
     session_start: float
     interacted: list[str]  # in first-seen order
     purchased: list[int]  # positions in ``interacted``
-    factors: bytes = b""  # the customer's latent factors (float64), when the ranker has them ...
+    factors: bytes = b""  # the customer's latent factors (float32; float64 in older records), when the ranker has them ...
     steps: list[tuple[str, float]] = []  # ... and the factor steps queued for them: (item id, target)
+    history_at: list[int] = []  # the history as positions in ``interacted``, its ids written once
+
+    @property
+    def history_ids(self) -> list[str]:
+        """The history's item ids, oldest first, however the record holds them."""
+        return [self.interacted[i] for i in self.history_at] if self.history_at else self.history
 
 
 _RECORD_ENCODER = msgspec.msgpack.Encoder()
@@ -227,15 +233,15 @@ def encode_user(user: _User, item_ids, factors: bytes = b"", steps: list[tuple[s
     """
     name = item_ids.__getitem__
     interacted = user.interacted
-    if user.purchased:
-        at = {row: i for i, row in enumerate(interacted)}
-        purchased = [at[row] for row in user.purchased]
-    else:
-        purchased = []
+    at = {row: i for i, row in enumerate(interacted)}
+    purchased = [at[row] for row in user.purchased]
+    # The history's items are among the interacted ones (unless the set's bound let one go): by position.
+    history_at = [at.get(row, -1) for row in user.history]
+    history = [] if -1 not in history_at else list(map(name, user.history))
     # Tuples go to the encoder as they are (it writes them as arrays, like the lists they decode to).
     return _RECORD_ENCODER.encode(UserRecord(
-        user.n, list(map(name, user.history)), user.weights, user.counts, user.times, user.session_start,
-        list(map(name, interacted)), purchased, factors, steps))
+        user.n, history, user.weights, user.counts, user.times, user.session_start,
+        list(map(name, interacted)), purchased, factors, steps, [] if history else history_at))
 
 
 def decode_user(record: bytes, row_of, maxlen: int) -> tuple[_User, UserRecord]:
@@ -243,10 +249,11 @@ def decode_user(record: bytes, row_of, maxlen: int) -> tuple[_User, UserRecord]:
     r = _RECORD_DECODER.decode(record)
     u = _User.__new__(_User)
     u.maxlen, u.n, u.session_start, u._excl = maxlen, r.n, r.session_start, {}
-    keep = slice(max(0, len(r.history) - maxlen), None)  # (a record of a longer history)
-    u.history = tuple(map(row_of, r.history[keep]))
-    u.weights, u.counts, u.times = tuple(r.weights[keep]), tuple(r.counts[keep]), tuple(r.times[keep])
     interacted = list(map(row_of, r.interacted))
+    history = [interacted[i] for i in r.history_at] if r.history_at else list(map(row_of, r.history))
+    keep = slice(max(0, len(history) - maxlen), None)  # (a record of a longer history)
+    u.history = tuple(history[keep])
+    u.weights, u.counts, u.times = tuple(r.weights[keep]), tuple(r.counts[keep]), tuple(r.times[keep])
     u.interacted = dict.fromkeys(interacted)
     u.purchased = dict.fromkeys(interacted[i] for i in r.purchased)
     return u, r

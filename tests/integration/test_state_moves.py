@@ -99,7 +99,7 @@ def test_a_moved_customer_is_served_from_their_own_history(settings, start_worke
         record = msgspec.msgpack.decode(profile.model, type=UserRecord)
         # The state b served from holds all 12 events, not just the one b saw.
         assert record.n == profile.model_version == expected[user] == 12
-        assert tuple(record.history) == profile.recent_items and len(record.history) == 5  # 3 own + 2 bought
+        assert tuple(record.history_ids) == profile.recent_items and len(record.history_ids) == 5  # 3 own + 2 bought
         assert sorted(record.interacted[i] for i in record.purchased) == sorted(popular)
         ids = [i.item_id for i in decode_recommendation(redis_client.get(keys.recs(user))).items]
         assert ids and not set(ids) & set(popular), f"{user}: bought items listed again: {ids}"

@@ -49,7 +49,7 @@ def _copy(profiles: dict) -> dict:
 def _personal(profile) -> tuple:
     """The record's history and sets (factors depend on the item side, which differs between workers)."""
     r = msgspec.msgpack.decode(profile.model, type=UserRecord)
-    return r.n, r.history, r.weights, r.counts, r.times, r.interacted, r.purchased
+    return r.n, r.history_ids, r.weights, r.counts, r.times, r.interacted, r.purchased
 
 
 def test_the_profile_carries_the_customers_own_state():
