@@ -215,7 +215,9 @@ class ItemLog:
     def _apply_through(self, offset: int) -> None:
         consumer, since = self._reader(), time.monotonic()
         while self.engine.item_log_offset <= offset:
-            for msg in consumer.consume(10_000, timeout=0.05):
+            # consume() waits its whole timeout unless 10,000 records arrive: a short one returns
+            # soon after the worker's own record does.
+            for msg in consumer.consume(10_000, timeout=0.002):
                 if msg.error() is None:
                     self._apply(msg)
             if self.engine.item_log_offset <= offset and time.monotonic() - since > _WARN_EVERY_S:
