@@ -124,13 +124,11 @@ class _Tally:
             self.t_learn[name] += time.perf_counter() - t0
 
     def end_batch(self, models: Mapping[str, object]) -> None:
-        """Tell the models that have learners to synchronise (``end_batch``) that a batch is learned."""
+        """:func:`_end_batch` of every model."""
         for name in self.names:
-            end_batch = getattr(models[name], "end_batch", None)
-            if end_batch is not None:
-                t0 = time.perf_counter()
-                end_batch()
-                self.t_learn[name] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _end_batch(models[name])
+            self.t_learn[name] += time.perf_counter() - t0
 
     def result(self, k: int, exclude: str, events: int, seconds: float) -> Evaluation:
         ev = Evaluation(k=k, exclude=exclude, events=events, seconds=seconds)
@@ -413,12 +411,17 @@ def served_lists(events: Iterable[Event], model, batches: int | Sequence[int], k
     for first, chunk in _chunks(events, batches):
         for ts, user, item, event_type in chunk:
             model.learn_one(user, item, event_type, ts)
-        end_batch = getattr(model, "end_batch", None)
-        if end_batch is not None:
-            end_batch()
+        _end_batch(model)
         users = list(dict.fromkeys(e[1] for e in chunk))
         ids, scores = model.recommend(users, n=k, exclude=exclude)
         yield first, chunk, users, ids, scores
+
+
+def _end_batch(model) -> None:
+    """Tell ``model`` a micro-batch is learned, if it has learners to synchronise (``end_batch``)."""
+    end_batch = getattr(model, "end_batch", None)
+    if end_batch is not None:
+        end_batch()
 
 
 def _chunks(events: Iterable[Event], batches: int | Sequence[int]):

@@ -68,8 +68,8 @@ class ImplicitMF:
     --------
     >>> mf = ImplicitMF(n_factors=4, seed=1, block_size=1)
     >>> for _ in range(30):
-    ...     mf.learn_one("ann", "a", 0, 1.0)
-    ...     mf.learn_one("bob", "b", 1, 1.0)
+    ...     _ = mf.learn_one("ann", "a", 0, 1.0)
+    ...     _ = mf.learn_one("bob", "b", 1, 1.0)
     >>> mf.predict_one("ann", "a") > mf.predict_one("ann", "b")
     True
     >>> mf.predict_one("zoe", "a")  # unknown user: explicit fallback, no insert
@@ -123,8 +123,8 @@ class ImplicitMF:
 
     # -- learning ---------------------------------------------------------
 
-    def learn_one(self, user: str, item_id: str, row: int, target: float = 1.0, seen: Container[int] = ()) -> None:
-        """Learn one positive and ``n_negatives`` sampled negatives.
+    def learn_one(self, user: str, item_id: str, row: int, target: float = 1.0, seen: Container[int] = ()) -> int:
+        """Learn one positive and ``n_negatives`` sampled negatives; return the steps queued.
 
         The negatives are drawn now (from the stream so far, skipping items in
         ``seen`` as it is now); the SGD steps themselves are queued and applied
@@ -136,6 +136,7 @@ class ImplicitMF:
         if row not in self._row_ids:
             self._row_ids[row] = item_id
         pu, pr, py = self._pend_u, self._pend_r, self._pend_y
+        queued = len(pu)
         pu.append(user)
         pr.append(row)
         py.append(target)
@@ -152,11 +153,13 @@ class ImplicitMF:
                     pu.append(user)
                     pr.append(neg)
                     py.append(0.0)
+        steps = len(pu) - queued
         if self.deferred:
-            return  # the event joins the recent stream when its update is applied (observe)
+            return steps  # the event joins the recent stream when its update is applied (observe)
         self.observe(row)
         if self._n_seen % self.block_size == 0:
             self._flush()
+        return steps
 
     def observe(self, row: int) -> None:
         """An event on ``row`` joins the recent stream negatives are drawn from (``learn_one`` does it
@@ -419,7 +422,7 @@ class ImplicitMF:
         """Factor vectors of ``users``, one row each (a new array; zeros for users without factors).
 
         >>> mf = ImplicitMF(n_factors=2, seed=1, block_size=1)
-        >>> mf.learn_one("ann", "a", 0, 1.0)
+        >>> _ = mf.learn_one("ann", "a", 0, 1.0)
         >>> U = mf.user_factors(["ann", "zoe"])
         >>> U.shape, bool(U[0].any()), U[1].tolist()
         ((2, 2), True, [0.0, 0.0])

@@ -91,10 +91,11 @@ class ShardedRecommender:
         """A micro-batch is learned: with sharing, every worker applies every worker's update."""
         if not self.sharing:
             return
-        updates = [encode_update(u) for s in self.shards if (u := s.take_updates()) is not None]
-        for data in updates:
+        # Through their wire form once each, as peers read them; applying does not change an update.
+        updates = [decode_update(encode_update(u)) for s in self.shards if (u := s.take_updates()) is not None]
+        for update in updates:
             for s in self.shards:
-                s.apply_updates(decode_update(data))
+                s.apply_updates(update)
 
     def recommend(self, user_ids: Sequence[str], n: int = 20,
                   exclude: str = "purchased") -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ class _QuantisedFactors:
     Examples
     --------
     >>> mf = ImplicitMF(n_factors=4, seed=1, block_size=1)
-    >>> mf.learn_one("ann", "a", 0, 1.0)
+    >>> _ = mf.learn_one("ann", "a", 0, 1.0)
     >>> q = _QuantisedFactors()
     >>> q.refresh(mf, n_items=2)
     >>> F = q.rows(np.array([0, 1]), n_items=2)

@@ -197,10 +197,10 @@ class HybridRanker(StreamingRecommender):
         learns the customer's own state and queues the event's item-side part,
         :meth:`take_updates` hands the queue out, and :meth:`apply_updates`
         folds an update (this learner's or another's) into popularity,
-        co-visits, successors, the decay clock, the pools' schedule and the
-        second stage. Learners that apply the same updates in the same order
-        hold the same item side (:mod:`models.ranking.item_updates`); the
-        factors stay each learner's own.
+        co-visits, successors, the decay clock, the pools' schedule, the
+        second stage and the item factors (its own customers' factors move
+        with it). Learners that apply the same updates in the same order hold
+        the same item side (:mod:`models.ranking.item_updates`).
 
     Examples
     --------
@@ -328,29 +328,32 @@ class HybridRanker(StreamingRecommender):
 
     def _learn(self, user_id, user, row, weight, ts, personal=True):
         box = self._outbox
-        if box is not None:  # the item side learns it when the update comes back
+        if box is not None:  # shared: the item side learns it when the update comes back
             self._queue(box, user_id, user, row, weight, ts)
-        elif self.train_every and user.history and self._n_learned % self.train_every == 0:
+            box.add_steps(self._learn_personal(user_id, user, row, weight, personal))
+            return False
+        if self.train_every and user.history and self._n_learned % self.train_every == 0:
             grad = self._choice_gradient(user_id, user, row)
             if grad is not None:
                 self.choice.apply_gradient(grad)
-        if box is None:
-            t = float(self._n_learned) if self.decay_clock == "events" else ts
-            self._learn_items(user.history[::-1], row, weight, t)
-        if self.sessions is not None and personal:
-            self.sessions.update(user_id, row)
-        if self.mf is not None and personal:
-            # Targets in (0, 1]: the strongest event type is a full positive.
-            target = weight / max(self.event_weights.values())
-            queued = len(self.mf._pend_u)
-            self.mf.learn_one(user_id, self.catalog.item_id(row), row, target, seen=user.interacted)
-            if box is not None:
-                box.mf_counts[-1] = len(self.mf._pend_u) - queued
-        if box is not None:
-            return False
+        t = float(self._n_learned) if self.decay_clock == "events" else ts
+        self._learn_items(user.history[::-1], row, weight, t)
+        self._learn_personal(user_id, user, row, weight, personal)
         if (self._n_learned + 1) % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:
             self._context(len(self.catalog), pools=True)  # exact pools after this event
         return True
+
+    def _learn_personal(self, user_id: str, user: _User, row: int, weight: float, personal: bool) -> int:
+        """The customer's own share of one event (session neighbours, factor steps); the factor steps queued."""
+        if not personal:
+            return 0
+        if self.sessions is not None:
+            self.sessions.update(user_id, row)
+        if self.mf is None:
+            return 0
+        # Targets in (0, 1]: the strongest event type is a full positive.
+        target = weight / max(self.event_weights.values())
+        return self.mf.learn_one(user_id, self.catalog.item_id(row), row, target, seen=user.interacted)
 
     def _learn_items(self, history, row: int, weight: float, t: float | None) -> None:
         """The item side's share of one event: ``row`` after ``history`` (rows, most recent first) at clock ``t``."""

@@ -3,12 +3,14 @@
 A ranker that shares its item side (``HybridRanker(share_items=True)``)
 learns a customer's own state (history, sets, factors) when it learns an
 event, and queues the event's item-side part: the item, its weight and time,
-the customer's recent items before it, and the second stage's gradient when
-the event trains it. :meth:`~models.ranking.hybrid.HybridRanker.take_updates`
-hands the queue out as one :class:`ItemUpdate`;
+the customer's recent items before it, the second stage's gradient when
+the event trains it, and its factor steps.
+:meth:`~models.ranking.hybrid.HybridRanker.take_updates` hands the queue out
+as one :class:`ItemUpdate`;
 :meth:`~models.ranking.hybrid.HybridRanker.apply_updates` folds an update,
 anyone's, into the item side: popularity, co-visits, successors, the decay
-clock, the candidate pools' schedule and the second stage's weights.
+clock, the candidate pools' schedule, the second stage's weights, the item
+factors and the stream factor negatives are drawn from.
 
 Why learners agree. Applying an update reads nothing but the update and the
 item side itself, so the item side is a function of the sequence of updates
@@ -16,7 +18,8 @@ applied: learners that apply the same updates in the same order hold the same
 item side, whichever of them learned which customers (a replicated state
 machine; the order is the ``item-updates`` topic's, or the replay's). Items
 are named by id, so learners whose catalogues gave an item different rows
-agree on everything but the order of ties.
+agree on everything but what follows rows: the order of ties and the
+newest-items candidate pools.
 """
 
 from __future__ import annotations
@@ -142,12 +145,16 @@ class _Outbox:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, row: int, weight: float, ts: float | None, history: tuple[int, ...], mf_steps: int = 0) -> None:
+    def add(self, row: int, weight: float, ts: float | None, history: tuple[int, ...]) -> None:
         self.rows.append(row)
         self.weights.append(weight)
         self.ts.append(ts)
         self.histories.append(history)
-        self.mf_counts.append(mf_steps)
+        self.mf_counts.append(0)
+
+    def add_steps(self, n: int) -> None:
+        """The last event added queued ``n`` factor steps."""
+        self.mf_counts[-1] = n
 
     def add_choice(self, gradient: list[float]) -> None:
         """A second-stage step, before the next event added."""

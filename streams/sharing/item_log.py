@@ -174,16 +174,18 @@ class ItemLog:
     def exchange(self, update: EngineUpdate) -> None:
         """Publish ``update`` and apply the log up to and including it (the peers' records first)."""
         began = time.perf_counter()
-        last = self._publish([encode_engine_update(part) for part in self._parts(update)])
+        last = self._publish(self._records(update))
         self._apply_through(last)
         self.metrics.item_update_exchange_seconds.observe(time.perf_counter() - began)
 
-    def _parts(self, update: EngineUpdate) -> list[EngineUpdate]:
-        """``update`` in records of at most ``item_update_max_bytes`` (halved until they fit)."""
-        if update.n_events < 2 or len(encode_engine_update(update)) <= self.max_record_bytes:
-            return [update]
+    def _records(self, update: EngineUpdate) -> list[bytes]:
+        """``update`` encoded in records of at most ``item_update_max_bytes`` (halved until they fit;
+        each record encoded once)."""
+        data = encode_engine_update(update)
+        if update.n_events < 2 or len(data) <= self.max_record_bytes:
+            return [data]
         mid = update.n_events // 2
-        return self._parts(update.part(0, mid)) + self._parts(update.part(mid, update.n_events))
+        return self._records(update.part(0, mid)) + self._records(update.part(mid, update.n_events))
 
     def _publish(self, values: list[bytes | None], headers: list | None = None) -> int:
         """Produce ``values`` in order and wait until the broker acknowledged them; the offset of the last.
