@@ -13,11 +13,14 @@ Error policy per stage:
   a bug triggered by some event. The batch is retried event by event and only
   the events that still fail are dead-lettered (reason ``processing_error``):
   the worker stays up and no valid event is lost, only parked for replay.
-* sinks: Redis writes are retried until they succeed (backpressure); Kafka
-  outputs are queued on the producer and acknowledged at the next flush
-  (``streams/sinks/kafka.py``). Any other exception leaves this module: the
-  loop then stops without writing a position (a crash, replayed by the next
-  owner).
+* sinks: Redis writes are retried until they succeed (backpressure), each on
+  the sink's thread while the next batch is learned, one in flight
+  (``streams/sinks/overlapped.py``); Kafka outputs are queued on the producer
+  and acknowledged at the next flush (``streams/sinks/kafka.py``). Both are
+  durable once drained, which the position checkpoint does first. Any other
+  exception leaves this module (a failed Redis write: at the next write or
+  drain): the loop then stops without writing a position (a crash, replayed
+  by the next owner).
 
 Outputs of a batch, in order: changelog records of the touched customers
 (tagged with their partition's generation, and with what the batch added to
@@ -196,25 +199,29 @@ class BatchProcessor:
             by_partition[partition_of[user]][0][user] = doc
             produce(recs_topic, user.encode(), doc)
         meta = {"version": version, "updated_at": now, "users": len(self.store), "items": self.engine.ranker.n_items}
-        self.sink.write([(p, partitions[p].gen, recs, profiles) for p, (recs, profiles) in by_partition.items()],
-                        meta, effects)
-        if moved:
-            self.metrics.observe_effect(self.store.by_arm())
-        written = time.time()
         m = self.metrics
         latest: dict[str, float] = {}
         for ev in events:
             if ev.ts > latest.get(ev.user_id, 0.0):
                 latest[ev.user_id] = ev.ts
+        users = outcome.recommendations.users
+
+        def durable() -> None:  # on the sink's thread, once Redis holds the batch
+            written = time.time()
+            # Freshness: from each event's own time to its recommendations being readable.
+            for user in users:
+                m.freshness.observe(max(0.0, written - latest.get(user, written)))
+            m.batch_seconds.observe(written - started)
+
+        self.sink.write([(p, partitions[p].gen, recs, profiles) for p, (recs, profiles) in by_partition.items()],
+                        meta, effects, on_durable=durable)
+        if moved:
+            m.observe_effect(self.store.by_arm())
         m.recommendations_written.inc(len(outcome.recommendations))
-        # Freshness: from each event's own time to its recommendations being readable.
-        for user in outcome.recommendations.users:
-            m.freshness.observe(max(0.0, written - latest.get(user, written)))
-        m.batch_seconds.observe(written - started)
         m.users.set(meta["users"])
         m.items.set(meta["items"])
         m.model_version.set(version)
-        m.model_updated.set(written)
+        m.model_updated.set(now)
 
     def _decode(self, topic: str, key: bytes | None, value: bytes | None, now: float) -> Any:
         """The validated event or impression of an input message (pseudonymised if configured);

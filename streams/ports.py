@@ -11,7 +11,7 @@ implementation promises, since the durability rule rests on it.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 #: One partition's share of a batch for the view sink:
 #: ``(partition, generation, recommendation by user, profile summary by user)``.
@@ -33,11 +33,12 @@ class RecordOutput(Drainable, Protocol):
         """Queue one record (``value=None``: a tombstone) to ``partition``, else the key's."""
 
 
-class ViewSink(Protocol):
-    """The read views of customers (Redis): a write is durable when it returns.
+class ViewSink(Drainable, Protocol):
+    """The read views of customers (Redis): a write is durable once :meth:`flush` returns
+    (the worker's writes overlap its next batch: ``streams/sinks/overlapped.py``).
 
     Writes are fenced per partition by generation: a group whose partition
-    has a newer owner is skipped, and counted in the result.
+    has a newer owner is skipped (and counted in a metric).
     """
 
     #: Set by the sink when its store came back empty-handed (a restarted Redis):
@@ -45,9 +46,14 @@ class ViewSink(Protocol):
     restarted: bool
 
     def write(self, parts: Sequence[ViewGroup], model: Mapping[str, str | int | float],
-              effects: Mapping[int, tuple[int, bytes]] | None = None) -> int:
+              effects: Mapping[int, tuple[int, bytes]] | None = None,
+              on_durable: Callable[[], None] | None = None) -> object:
         """Write every group, the model's summary and ``{partition: (generation, experiment counts)}``
-        at once; the number of keys fenced off."""
+        at once, in order after every earlier write; ``on_durable()`` once they are durable."""
+
+    def raise_fence(self, partition: int, gen: int) -> int:
+        """Make ``gen`` the lowest generation whose writes to ``partition`` are accepted, after every
+        earlier write; the fence after."""
 
     def delete_user(self, user_id: str) -> None:
         """Remove every key of one customer."""

@@ -4,7 +4,7 @@ Each component gets what it uses through its constructor; nothing is looked
 up at run time. :func:`build_runtime` is the one place that knows the whole
 graph:
 
-    settings -> metrics, Redis sink, Kafka sink, engine (from its checkpoint, else a peer's)
+    settings -> metrics, Redis sink (writes overlapped), Kafka sink, engine (from its checkpoint, else a peer's)
              -> item log, store, processor, ownership, position checkpoint, model checkpointer
              -> loop -> catalogue follower
 
@@ -29,6 +29,7 @@ from streams.pipeline import BatchProcessor
 from streams.settings import Settings
 from streams.sharing import ItemLog
 from streams.sinks.kafka import KafkaSink
+from streams.sinks.overlapped import OverlappedViews
 from streams.sinks.redis import RedisSink
 from streams.state.ownership import Ownership
 from streams.state.store import ProfileStore
@@ -41,6 +42,7 @@ class Runtime:
     engine: PersonalisationEngine
     outputs: KafkaSink
     sink: RedisSink
+    views: OverlappedViews
     processor: BatchProcessor
     checkpointer: Checkpointer
     loop: StreamLoop
@@ -72,9 +74,10 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None,
     outputs = KafkaSink(s, metrics, essential_topics=frozenset({s.changelog_topic}))
     store = ProfileStore()
     item_log = ItemLog(s, engine, metrics, s.effective_worker_id)
-    processor = BatchProcessor(s, engine, store, outputs, sink, metrics, share=item_log.exchange)
-    ownership = Ownership(s, store, outputs, sink, metrics, s.effective_worker_id)
-    positions = PositionCheckpoint(store, outputs, s.changelog_topic, sinks=[outputs])
+    views = OverlappedViews(sink)  # each batch's Redis write overlaps the next batch
+    processor = BatchProcessor(s, engine, store, outputs, views, metrics, share=item_log.exchange)
+    ownership = Ownership(s, store, outputs, views, metrics, s.effective_worker_id)
+    positions = PositionCheckpoint(store, outputs, s.changelog_topic, sinks=[outputs, views])
     checkpointer = Checkpointer(engine, positions.drain, s.redis_url, checkpoint_key, s.checkpoint_interval_s,
                                 metrics=metrics)
     loop = StreamLoop(s, lambda: make_consumer(s), ownership, processor, outputs, positions, checkpointer, metrics,
@@ -86,4 +89,4 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None,
         on_item=lambda item: loop.submit(lambda: engine.upsert_item(item.item_id, item.category, item.available)),
         on_removed=lambda item_id: loop.submit(lambda: engine.upsert_item(item_id, available=False)),
     )
-    return Runtime(s, metrics, engine, outputs, sink, processor, checkpointer, loop, catalogue)
+    return Runtime(s, metrics, engine, outputs, sink, views, processor, checkpointer, loop, catalogue)

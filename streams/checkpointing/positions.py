@@ -6,10 +6,10 @@ outputs". The next owner of the partition restores it and resumes there, so
 it must never run ahead of what is durable. :meth:`PositionCheckpoint.commit`
 is the only code that writes one, and it first drains every sink: it returns
 from the outputs' flush only once the broker acknowledged each record queued
-before it (changelog profiles, recommendations, dead letters), then queues
-the position records behind them on the same idempotent producer. Redis
-writes need no draining: each batch's write has returned, retried until
-Redis answered, before the batch's positions advance.
+before it (changelog profiles, recommendations, dead letters), and from the
+Redis views' flush only once Redis answered the last batch's write (retried
+until it did; ``streams/sinks/overlapped.py``), then queues the position
+records behind them on the same idempotent producer.
 
 Why that makes the guarantee hold (docs/RELIABILITY.md argues it in full): in
 changelog partition ``p``, every position record of generation ``g`` follows

@@ -34,8 +34,9 @@ so a worker that lost a partition while paused cannot overwrite what the
 new owner wrote. Skipped keys are counted (``recostream_fenced_writes_total``).
 
 If Redis is unreachable a write is retried with capped exponential backoff
-until it succeeds; the batch loop waits for it (backpressure) instead of
-buffering without bound or moving positions past outputs never written.
+until it succeeds; the batch loop waits for it (backpressure: at most one
+batch ahead, ``streams/sinks/overlapped.py``) instead of buffering without
+bound or moving positions past outputs never written.
 One error is logged per outage, and one line when it ends.
 """
 
@@ -221,9 +222,12 @@ class RedisSink:
         return int(self.retrying(lambda: self._raise_fence(keys=[self.fence_key(partition)], args=[gen])))
 
     def write(self, parts: Sequence[tuple[int, int, Mapping[str, bytes], Mapping[str, bytes]]],
-              model: Mapping[str, str | int | float], effects: Mapping[int, tuple[int, bytes]] | None = None) -> int:
+              model: Mapping[str, str | int | float], effects: Mapping[int, tuple[int, bytes]] | None = None,
+              on_durable: Callable[[], None] | None = None) -> int:
         """Write ``(partition, generation, recs by user, profiles by user)`` groups, the model hash and
-        ``{partition: (generation, the partition's experiment counts)}`` (fenced like the other keys).
+        ``{partition: (generation, the partition's experiment counts)}`` (fenced like the other keys),
+        then call ``on_durable()``; synchronous (the worker runs it on a thread of its own:
+        ``streams/sinks/overlapped.py``).
 
         Returns the number of keys skipped by a fence (see the module doc)."""
         effects = effects or {}
@@ -249,7 +253,12 @@ class RedisSink:
         fenced = int(self.retrying(lambda: self._write_batch(keys=keys, args=args)))
         if fenced:
             self.metrics.fenced_writes.inc(fenced)
+        if on_durable is not None:
+            on_durable()
         return fenced
+
+    def flush(self) -> None:
+        """Nothing to wait for: a write is durable when it returns."""
 
     def delete_user(self, user_id: str) -> None:
         self.retrying(lambda: self.client.delete(self.keys.recs(user_id), self.keys.profile(user_id)))

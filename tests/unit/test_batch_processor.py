@@ -70,12 +70,19 @@ class RecordedViews:
         self.deleted: list[str] = []
 
     def write(self, parts: Sequence[ViewGroup], model: Mapping[str, str | int | float],
-              effects: Mapping[int, tuple[int, bytes]] | None = None) -> int:
+              effects: Mapping[int, tuple[int, bytes]] | None = None, on_durable=None) -> None:
         self.writes.append((list(parts), dict(model)))
         for partition, (gen, counts) in (effects or {}).items():
             assert gen == GEN
             self.effects[partition] = counts
-        return 0
+        if on_durable is not None:
+            on_durable()
+
+    def flush(self) -> None:
+        pass
+
+    def raise_fence(self, partition: int, gen: int) -> int:
+        return gen
 
     def delete_user(self, user_id: str) -> None:
         self.deleted.append(user_id)
@@ -147,9 +154,11 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 
 def test_the_ports_are_what_the_worker_plugs_in():
     from streams.sinks.kafka import KafkaSink
+    from streams.sinks.overlapped import OverlappedViews
     from streams.sinks.redis import RedisSink
 
-    for port, implementation, fake in ((RecordOutput, KafkaSink, RecordedOutput), (ViewSink, RedisSink, RecordedViews)):
+    for port, implementation, fake in ((RecordOutput, KafkaSink, RecordedOutput), (ViewSink, RedisSink, RecordedViews),
+                                       (ViewSink, OverlappedViews, RecordedViews)):
         methods = [name for name in dir(port) if not name.startswith("_") and callable(getattr(port, name))]
         assert methods
         for name in methods:

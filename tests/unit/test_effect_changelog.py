@@ -55,9 +55,14 @@ class Views:
     def __init__(self) -> None:
         self.effects: dict[int, bytes] = {}
 
-    def write(self, parts: Sequence[ViewGroup], model: Mapping, effects: Mapping | None = None) -> int:
+    def write(self, parts: Sequence[ViewGroup], model: Mapping, effects: Mapping | None = None,
+              on_durable=None) -> None:
         self.effects.update({p: raw for p, (_, raw) in (effects or {}).items()})
-        return 0
+        if on_durable is not None:
+            on_durable()
+
+    def flush(self) -> None:
+        pass
 
     def delete_user(self, user_id: str) -> None:
         pass
