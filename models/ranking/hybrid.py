@@ -367,9 +367,14 @@ class HybridRanker(StreamingRecommender):
         trains it: every ``train_every``-th event of the update sequence, counting this learner's
         queued events after those applied (exact when its updates are applied right after)."""
         if self.train_every and user.history and (self._n_learned + len(box)) % self.train_every == 0:
-            grad = self._choice_gradient(user_id, user, row)
-            if grad is not None:
-                box.add_choice(grad.tolist())
+            if self.sessions is None:
+                # What the step reads changes in a batch only with the customer (the item side learns
+                # when the batch is over): the batch's steps are computed together when it is taken.
+                box.add_chooser(user_id, user.frozen(self.exclude), row)
+            else:  # (session neighbours change with every event)
+                grad = self._choice_gradient(user_id, user, row)
+                if grad is not None:
+                    box.add_choice(grad.tolist())
         box.add(row, weight, ts, user.history[::-1])
 
     def take_updates(self) -> ItemUpdate | None:
@@ -381,6 +386,7 @@ class HybridRanker(StreamingRecommender):
         box = self._outbox
         if box is None:
             return None
+        self._resolve_choices(box)
         if self.mf is None or not len(box):
             return box.take(self.catalog.item_id)
         users, rows, targets = self.mf.take_steps()
@@ -391,6 +397,11 @@ class HybridRanker(StreamingRecommender):
                                                                                           self.mf.n_factors)
         self._mf_pending.update(zip(keys, index))
         return box.take(self.catalog.item_id, (uidx, rows, targets), keys, start.tobytes())
+
+    def _resolve_choices(self, box: _Outbox) -> None:
+        if box.choosers:
+            _, user_ids, users, rows = zip(*box.choosers)
+            box.resolve(self._choice_gradients(list(user_ids), list(users), list(rows)))
 
     def end_batch(self) -> None:
         """A micro-batch is learned: a learner alone applies its own update (nothing to do unshared)."""
@@ -484,6 +495,8 @@ class HybridRanker(StreamingRecommender):
             self.mf.set_user_vector(user_id, vector, steps)
 
     def __getstate__(self):
+        if self._outbox is not None:
+            self._resolve_choices(self._outbox)
         state = super().__getstate__()
         # The catalogue-wide cache is rebuilt on demand, except its candidate pools: they change at
         # fixed points of the event sequence, so a restored ranker must go on with the ones it had.
@@ -671,7 +684,18 @@ class HybridRanker(StreamingRecommender):
 
     def _top_many(self, ctx: _Context, at: list[int], user_ids: list[str], users: list[_User], n: int,
                   exclude: str, ids: np.ndarray, scores: np.ndarray) -> None:
-        """Rows ``at`` of :meth:`recommend`'s ``ids`` and ``scores``: the lists of ``users`` with a history.
+        """Rows ``at`` of :meth:`recommend`'s ``ids`` and ``scores``: the lists of ``users`` with a history."""
+        for part, t, members, first in self._chunks(ctx, user_ids, users, max(n, self.rerank_candidates), exclude):
+            rows, s = self._second(ctx, t, [user_ids[j] for j in part], members, first, exclude, n)
+            real = s > PAD_SCORE  # the real entries come first, then padding
+            chunk_ids = np.full(rows.shape, PAD_ID, dtype=object)
+            chunk_ids[real] = ctx.item_ids(rows[real])
+            out = [at[j] for j in part]
+            ids[out, :rows.shape[1]] = chunk_ids
+            scores[out, :rows.shape[1]] = s
+
+    def _chunks(self, ctx: _Context, user_ids: list[str], users: list[_User], n: int, exclude: str):
+        """``(indices into users, terms, those users, their first stage's best n rows)`` per chunk.
 
         Users are scored in chunks of similar neighbourhood sizes: the working
         set stays in the CPU caches and padded matrices stay tight. A user's
@@ -695,13 +719,19 @@ class HybridRanker(StreamingRecommender):
                 idx = concat_ranges(starts[part], lens[part])
                 t = _Terms(ctx, [user_ids[j] for j in part], members,
                            (H[idx], W[idx], lens[part], (rstart[idx], per[idx])))
-                first, _, counts = _Batch(ctx, t).top(max(n, self.rerank_candidates),
-                                                      [user.excluded(exclude) for user in members])
-                rows, s = self._second(ctx, t, [user_ids[j] for j in part], members, [first[i, :c] for i, c in enumerate(counts.tolist())],
-                                       exclude, n)
-                real = s > PAD_SCORE  # the real entries come first, then padding
-                chunk_ids = np.full(rows.shape, PAD_ID, dtype=object)
-                chunk_ids[real] = ctx.item_ids(rows[real])
-                out = [at[j] for j in part]
-                ids[out, :rows.shape[1]] = chunk_ids
-                scores[out, :rows.shape[1]] = s
+                first, _, counts = _Batch(ctx, t).top(n, [user.excluded(exclude) for user in members])
+                yield part, t, members, [first[i, :c] for i, c in enumerate(counts.tolist())]
+
+    def _choice_gradients(self, user_ids: list[str], users: list[_User], chosen: list[int]) -> list:
+        """:meth:`_choice_gradient` of many choices at once (``users``: as each was when it chose);
+        the same steps, one batched ranking instead of one per choice."""
+        ctx = self._context(len(self.catalog), many=len(users) >= 32)
+        out: list = [None] * len(users)
+        for part, t, members, first in self._chunks(ctx, user_ids, users, self.rerank_candidates, self.exclude):
+            pu, pr, X = self._second_pairs(ctx, t, [user_ids[j] for j in part], members, first, self.exclude)
+            bounds = np.searchsorted(pu, np.arange(len(part) + 1))  # pairs are sorted by user
+            for i, j in enumerate(part):
+                lo, hi = bounds[i], bounds[i + 1]
+                hit = np.flatnonzero(pr[lo:hi] == chosen[j])
+                out[j] = self.choice.gradient(X[lo:hi], int(hit[0]) if len(hit) else None)
+        return out

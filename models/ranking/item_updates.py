@@ -131,7 +131,7 @@ def decode_update(data: bytes, type: type = ItemUpdate):
 class _Outbox:
     """Item-side parts of the events learned since the last :meth:`take`, by catalogue row."""
 
-    __slots__ = ("rows", "weights", "ts", "histories", "choice_at", "choice", "mf_counts")
+    __slots__ = ("rows", "weights", "ts", "histories", "choice_at", "choice", "mf_counts", "choosers")
 
     def __init__(self) -> None:
         self.rows: list[int] = []
@@ -141,6 +141,8 @@ class _Outbox:
         self.choice_at: list[int] = []
         self.choice: list[list[float]] = []
         self.mf_counts: list[int] = []  # factor steps queued with each event
+        # Second-stage steps still to compute: (before event k, customer id, customer as they were, row chosen).
+        self.choosers: list[tuple[int, str, object, int]] = []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -160,6 +162,19 @@ class _Outbox:
         """A second-stage step, before the next event added."""
         self.choice_at.append(len(self.rows))
         self.choice.append(gradient)
+
+    def add_chooser(self, user_id: str, user: object, row: int) -> None:
+        """A second-stage step before the next event added, computed later (:meth:`resolve`) from
+        ``user``, the customer's state as it is now."""
+        self.choosers.append((len(self.rows), user_id, user, row))
+
+    def resolve(self, gradients) -> None:
+        """Steps of the :meth:`add_chooser` entries, in their order (``None``: no step)."""
+        for (k, _, _, _), grad in zip(self.choosers, gradients):
+            if grad is not None:
+                self.choice_at.append(k)
+                self.choice.append(grad.tolist())
+        self.choosers = []
 
     def take(self, item_id, mf_steps: tuple[list[int], list[int], list[float]] = ([], [], []),
              mf_users: list[int] = (), mf_start: bytes = b"") -> ItemUpdate | None:
@@ -183,7 +198,9 @@ class _Outbox:
         return update
 
     def __getstate__(self):
+        assert not self.choosers, "resolve the second stage's steps before saving"
         return (self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice, self.mf_counts)
 
     def __setstate__(self, state):
         self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice, self.mf_counts = state
+        self.choosers = []

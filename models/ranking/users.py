@@ -97,6 +97,16 @@ class _User:
             arr = self._excl[rule] = np.sort(np.fromiter(rows, dtype=np.int64, count=len(rows)))
         return arr
 
+    def frozen(self, rule: str) -> _User:
+        """What ranking under ``rule`` reads of this user (history, its weights, counts and times, the
+        session's start, the excluded rows), as it is now, for a ranking done later."""
+        copy = _User.__new__(_User)
+        copy.maxlen, copy.n, copy.session_start = self.maxlen, self.n, self.session_start
+        copy.history, copy.weights, copy.counts, copy.times = self.history, self.weights, self.counts, self.times
+        copy.interacted, copy.purchased = {}, {}  # (only through `excluded`, whose rule's rows are kept)
+        copy._excl = {} if rule == "none" else {rule: self.excluded(rule)}
+        return copy
+
     def __getstate__(self):
         return (self.maxlen, list(self.history), list(self.weights), list(self.interacted), list(self.purchased),
                 list(self.counts), list(self.times), self.session_start, self.n)
