@@ -42,7 +42,6 @@ class Runtime:
     engine: PersonalisationEngine
     outputs: KafkaSink
     sink: RedisSink
-    views: OverlappedViews
     processor: BatchProcessor
     checkpointer: Checkpointer
     loop: StreamLoop
@@ -89,4 +88,4 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None,
         on_item=lambda item: loop.submit(lambda: engine.upsert_item(item.item_id, item.category, item.available)),
         on_removed=lambda item_id: loop.submit(lambda: engine.upsert_item(item_id, available=False)),
     )
-    return Runtime(s, metrics, engine, outputs, sink, views, processor, checkpointer, loop, catalogue)
+    return Runtime(s, metrics, engine, outputs, sink, processor, checkpointer, loop, catalogue)

@@ -725,6 +725,8 @@ class HybridRanker(StreamingRecommender):
     def _choice_gradients(self, user_ids: list[str], users: list[_User], chosen: list[int]) -> list:
         """:meth:`_choice_gradient` of many choices at once (``users``: as each was when it chose);
         the same steps, one batched ranking instead of one per choice."""
+        if len(users) == 1:  # (a per-event replay) the plain path, same step, half the cost
+            return [self._choice_gradient(user_ids[0], users[0], chosen[0])]
         ctx = self._context(len(self.catalog), many=len(users) >= 32)
         out: list = [None] * len(users)
         for part, t, members, first in self._chunks(ctx, user_ids, users, self.rerank_candidates, self.exclude):
