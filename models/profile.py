@@ -90,7 +90,7 @@ def _zero_counts() -> dict[str, int]:
     return {t: 0 for t in EVENT_TYPES}
 
 
-class Profile(msgspec.Struct, omit_defaults=True, gc=False):
+class Profile(msgspec.Struct, array_like=True, gc=False):
     """What we know about one customer.
 
     Attributes
@@ -153,8 +153,11 @@ class Profile(msgspec.Struct, omit_defaults=True, gc=False):
         with their partition: a worker serving them for the first time (or
         holding an older version) takes it from the restored profile.
 
-    Payloads written before the window was compacted (``seen_event_ids`` and
-    ``seen_offsets`` lists) are converted by :func:`decode_profile`.
+    The encoding (:func:`encode_profile`) is MessagePack with the struct as an
+    array, no field names on the wire: a new field goes at the end, with a
+    default, so that older payloads still decode. :func:`decode_profile` also
+    reads the map and JSON payloads of earlier versions (with the dedupe
+    window as ``seen_event_ids`` and ``seen_offsets`` lists).
     """
 
     user_id: str
@@ -165,7 +168,7 @@ class Profile(msgspec.Struct, omit_defaults=True, gc=False):
     monetary: float = 0.0
     orders: int = 0
     recent_items: tuple[str, ...] = ()
-    category_counts: dict[str, float] = msgspec.field(default_factory=dict)
+    category_counts: dict[str, int] = msgspec.field(default_factory=dict)
     seen_window: str = ""
     seen_window_offsets: bytes = b""
     recent_order_ids: tuple[str, ...] = ()
@@ -174,9 +177,6 @@ class Profile(msgspec.Struct, omit_defaults=True, gc=False):
     effect: EffectState | None = None
     model: bytes | None = None
     model_version: int = 0
-    # The window as older payloads carried it (None once converted).
-    legacy_event_ids: list[str] | None = msgspec.field(default=None, name="seen_event_ids")
-    legacy_offsets: list[int] | None = msgspec.field(default=None, name="seen_offsets")
 
     @property
     def seen_event_ids(self) -> list[str]:
@@ -221,7 +221,7 @@ def new_profile(user_id: str) -> Profile:
     Examples
     --------
     >>> new_profile("u7")
-    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=(), category_counts={}, seen_window='', seen_window_offsets=b'', recent_order_ids=(), applied=(), segment=None, effect=None, model=None, model_version=0, legacy_event_ids=None, legacy_offsets=None)
+    Profile(user_id='u7', counts={'browse': 0, 'click': 0, 'purchase': 0}, first_seen=None, last_seen=None, last_purchase=None, monetary=0.0, orders=0, recent_items=(), category_counts={}, seen_window='', seen_window_offsets=b'', recent_order_ids=(), applied=(), segment=None, effect=None, model=None, model_version=0)
     """
     return Profile(user_id=user_id)
 
@@ -331,8 +331,6 @@ def mark_seen(profile: Profile, event_id: str, window: int = DEDUPE_WINDOW, offs
     >>> p.counts["browse"]
     0
     """
-    if profile.legacy_event_ids is not None:
-        _migrate(profile)
     key = _window_key(event_id)
     seen = profile.seen_window
     if key in seen:
@@ -389,8 +387,6 @@ def seen_offset(profile: Profile, event_id: str) -> int | None:
     >>> seen_offset(p, "e1"), seen_offset(p, "e2")
     (41, None)
     """
-    if profile.legacy_event_ids is not None:
-        _migrate(profile)
     window = profile.seen_window
     pos = window.find(_window_key(event_id))
     if pos < 0:
@@ -400,26 +396,20 @@ def seen_offset(profile: Profile, event_id: str) -> int | None:
     return _OFFSETS.unpack_from(offsets, 8 * i)[0] if 8 * i + 8 <= len(offsets) else -1
 
 
-def _migrate(profile: Profile) -> None:
-    """Move a window decoded from an older payload into the compact fields."""
-    _set_window(profile, profile.legacy_event_ids or [], profile.legacy_offsets or [])
-    profile.legacy_event_ids = profile.legacy_offsets = None
-
-
-def _count_category(table: dict[str, float], category: str, capacity: int) -> None:
+def _count_category(table: dict[str, int], category: str, capacity: int) -> None:
     # Space-Saving (Metwally et al. 2005): a newcomer replaces the minimum and
     # inherits its count, so any category with a real share > 1/capacity of the
     # events is guaranteed to stay -- dropping newcomers instead would freeze
     # the table once it fills up.
     if category in table:
-        table[category] += 1.0
+        table[category] += 1
         return
     if len(table) < capacity:
-        table[category] = 1.0
+        table[category] = 1
         return
     victim = min(table, key=table.__getitem__)
     floor = table.pop(victim)
-    table[category] = floor + 1.0
+    table[category] = floor + 1
 
 
 def rfm(profile: Profile, now: float) -> tuple[float, int, float]:
@@ -456,7 +446,8 @@ def top_categories(profile: Profile, n: int = 5) -> list[tuple[str, float]]:
     >>> top_categories(p, 2)
     [('b', 2.0), ('c', 2.0)]
     """
-    return sorted(profile.category_counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(n, 0)]
+    ranked = sorted(profile.category_counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(n, 0)]
+    return [(category, float(count)) for category, count in ranked]
 
 
 def features(profile: Profile, now: float) -> dict[str, float]:
@@ -562,13 +553,26 @@ def _entropy(weights: dict[str, float]) -> float:
     return max(h, 0.0)  # rounding can give -0.0 for one category
 
 
+def _map_form() -> type:
+    """:class:`Profile` as payloads of earlier versions carry it: a map of field names (MessagePack or
+    JSON), the category counts as floats, the dedupe window as two lists."""
+    fields = [
+        (f.encode_name, dict[str, float] if f.name == "category_counts" else f.type,
+         msgspec.field(default=f.default, default_factory=f.default_factory))
+        for f in msgspec.structs.fields(Profile)
+    ]
+    fields += [("seen_event_ids", list[str] | None, None), ("seen_offsets", list[int] | None, None)]
+    return msgspec.defstruct("ProfileMap", fields, gc=False)
+
+
 _PROFILE_ENCODER = msgspec.msgpack.Encoder()
 _PROFILE_DECODER = msgspec.msgpack.Decoder(Profile)
-_PROFILE_JSON_DECODER = msgspec.json.Decoder(Profile)  # payloads of earlier versions
+_PROFILE_MAP = _map_form()
+_MAP_DECODERS = {"msgpack": msgspec.msgpack.Decoder(_PROFILE_MAP), "json": msgspec.json.Decoder(_PROFILE_MAP)}
 
 
 def encode_profile(p: Profile) -> bytes:
-    """Serialise a profile (msgspec MessagePack: a map of the non-default fields).
+    """Serialise a profile (msgspec MessagePack, the struct as an array).
 
     Examples
     --------
@@ -580,24 +584,28 @@ def encode_profile(p: Profile) -> bytes:
 
 
 def decode_profile(b: bytes) -> Profile:
-    """Inverse of :func:`encode_profile`, which also reads the JSON payloads of
-    earlier versions: fields missing from older payloads take their defaults,
-    unknown fields are ignored, and a dedupe window in the older list form is
-    converted.
+    """Inverse of :func:`encode_profile`, which also reads the map (MessagePack) and JSON payloads of
+    earlier versions: fields missing from older payloads take their defaults, unknown fields are
+    ignored, and a dedupe window in the older list form is converted.
 
     Examples
     --------
     >>> decode_profile(b'{"user_id": "u1", "orders": 2}').orders
     2
     >>> old = decode_profile(b'{"user_id": "u1", "seen_event_ids": ["e1", "e2"], "seen_offsets": [7, 9]}')
-    >>> old.seen_event_ids, old.seen_offsets, old.legacy_event_ids
-    (['e1', 'e2'], [7, 9], None)
+    >>> old.seen_event_ids, old.seen_offsets
+    (['e1', 'e2'], [7, 9])
     """
     first = b[0] if len(b) else 0
-    # A MessagePack map starts with 0x80-0x8f, 0xde or 0xdf, JSON text never does.
-    p = (_PROFILE_DECODER if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF) else _PROFILE_JSON_DECODER).decode(b)
-    if p.legacy_event_ids is not None or p.legacy_offsets is not None:
-        _migrate(p)
+    # A MessagePack array starts with 0x90-0x9f, 0xdc or 0xdd; a map with 0x80-0x8f, 0xde or 0xdf;
+    # JSON text with neither.
+    if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
+        return _PROFILE_DECODER.decode(b)
+    old = _MAP_DECODERS["msgpack" if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF) else "json"].decode(b)
+    p = Profile(**{name: getattr(old, name) for name in Profile.__struct_fields__})
+    p.category_counts = {category: round(count) for category, count in old.category_counts.items()}
+    if old.seen_event_ids is not None or old.seen_offsets is not None:
+        _set_window(p, old.seen_event_ids or [], old.seen_offsets or [])
     return p
 
 

@@ -79,7 +79,7 @@ import msgspec
 
 from models.effect.counts import Delta, Increment, day_of, revenue_cents
 from models.effect.experiment import UNKNOWN, Experiment
-from models.effect.state import EffectState, Issued, Marks, Pending, Shown
+from models.effect.state import EffectState, Issued, Marks, Pending, Shown, rec_key
 from models.events import BROWSE, CLICK, EVENT_TYPES, PURCHASE
 
 __all__ = ["IMPRESSION", "Impression", "Interaction", "Attribution", "make_rec_id"]
@@ -229,9 +229,10 @@ class Attribution:
         if variant not in self._variants:
             raise ValueError(f"variant {variant!r} is not a variant of experiment {self.experiment.name!r}")
         self._adopt(state)
-        if any(r.rec_id == rec_id for r in state.issued):
+        key = rec_key(rec_id)
+        if any(r.key == key for r in state.issued):
             return
-        state.issued.append(Issued(rec_id, variant, float(ts)))
+        state.issued.append(Issued(key, variant, float(ts)))
         del state.issued[: -self.max_issued]
 
     def impression(self, state: EffectState, imp: Impression) -> Delta:
@@ -345,8 +346,9 @@ class Attribution:
 
     def _arm_of(self, state: EffectState, rec_id: str | None) -> str:
         if rec_id:
+            key = rec_key(rec_id)
             for r in reversed(state.issued):
-                if r.rec_id == rec_id:
+                if r.key == key:
                     # A variant since removed from the settings is not an arm of this experiment any more.
                     return r.variant if r.variant in self._variants else UNKNOWN
         return UNKNOWN

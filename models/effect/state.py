@@ -24,23 +24,54 @@ True
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import msgspec
 
-__all__ = ["Issued", "Shown", "Pending", "Marks", "EffectState", "encode_state", "decode_state"]
+__all__ = ["rec_key", "Issued", "Shown", "Pending", "Marks", "EffectState", "encode_state", "decode_state"]
 
 
-class Issued(msgspec.Struct, array_like=True, gc=False):
-    """A recommendation made to the customer: its ``rec_id``, the variant that ranked it, when.
+_HEX_ID = re.compile(r"[0-9a-f]{24}")
+
+
+def rec_key(rec_id: str) -> str | bytes:
+    """How :class:`Issued` holds ``rec_id``: its 12 bytes when it is 24 lowercase hex digits (the
+    ids :func:`models.effect.make_rec_id` makes), else the id itself.
+
+    Sixteen ids are kept per customer, in every copy of their profile, so the
+    11 bytes saved on each are a sixth of a typical profile's attribution state.
 
     Examples
     --------
-    >>> Issued("r1", "ranker", 1714564800.0).variant
-    'ranker'
+    >>> rec_key("0123456789abcdef01234567"), rec_key("r1"), rec_key("0123456789ABCDEF01234567")
+    (b'\\x01#Eg\\x89\\xab\\xcd\\xef\\x01#Eg', 'r1', '0123456789ABCDEF01234567')
+    """
+    return bytes.fromhex(rec_id) if len(rec_id) == 24 and _HEX_ID.fullmatch(rec_id) else rec_id
+
+
+class Issued(msgspec.Struct, array_like=True, gc=False):
+    """A recommendation made to the customer: its id, the variant that ranked it, when.
+
+    ``key`` is the id as :func:`rec_key` holds it; read the id through
+    :attr:`rec_id`. Payloads that hold the id as text decode as they are.
+
+    Examples
+    --------
+    >>> r = Issued(rec_key("0123456789abcdef01234567"), "ranker", 1714564800.0)
+    >>> r.variant, r.rec_id
+    ('ranker', '0123456789abcdef01234567')
     """
 
-    rec_id: str
+    key: Any  # str | bytes, which msgspec does not take as one type (JSON holds bytes as text)
     variant: str
     ts: float
+
+    @property
+    def rec_id(self) -> str:
+        """The recommendation's id as lists and impressions carry it."""
+        key = self.key
+        return key.hex() if type(key) is bytes else key
 
 
 class Shown(msgspec.Struct, array_like=True, gc=False):

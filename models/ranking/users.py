@@ -249,8 +249,11 @@ def encode_user(user: _User, item_ids, factors: bytes = b"", steps: list[tuple[s
     history_at = [at.get(row, -1) for row in user.history]
     history = [] if -1 not in history_at else list(map(name, user.history))
     # Tuples go to the encoder as they are (it writes them as arrays, like the lists they decode to).
+    # Whole weights (the event weights, usually) are written as ints, 1 byte instead of 9, and decode
+    # to the same floats.
+    weights = [int(w) if w % 1 == 0 else w for w in user.weights]
     return _RECORD_ENCODER.encode(UserRecord(
-        user.n, history, user.weights, user.counts, user.times, user.session_start,
+        user.n, history, weights, user.counts, user.times, user.session_start,
         list(map(name, interacted)), purchased, factors, steps, [] if history else history_at))
 
 

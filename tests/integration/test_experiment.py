@@ -23,12 +23,12 @@ import signal
 import threading
 import time
 
-import msgspec
 import pytest
 from click.testing import CliRunner
 
 from models.effect import Attribution, EffectCounts, Experiment, Impression, Interaction, day_of, experiment_report
 from models.effect.counts import Counts
+from models.profile import decode_profile
 from streams.cli import cli
 from streams.contract import decode_recommendation
 from streams.kafka.produce import make_producer, publish_catalogue
@@ -264,7 +264,7 @@ def test_scripted_shop_then_a_kill_minus_9_mid_stream_counts_exactly(settings, s
     assert not [m for m in read_topic(s, s.topic_dead_letter)]
     # The profiles carry the customers' attribution state (restored with them).
     profile_raw = next(m.value() for m in read_topic(s, s.changelog_topic) if m.key() == A.encode())
-    assert msgspec.msgpack.decode(profile_raw)["effect"][0] == "it-exp"
+    assert decode_profile(profile_raw).effect.experiment == "it-exp"
 
 
 def test_the_counts_key_is_fenced_like_the_others_and_never_expires(settings, redis_client):

@@ -25,6 +25,7 @@ from models.effect import EffectCounts
 from models.effect.counts import revenue_cents
 from models.engine import PersonalisationEngine
 from models.engine_update import decode_engine_update
+from models.profile import decode_profile
 from streams.contract import decode_dead_letter
 from streams.kafka.produce import make_producer, publish_catalogue, publish_events, publish_raw
 from streams.settings import Settings
@@ -51,7 +52,7 @@ def changelog_totals(settings: Settings) -> tuple[dict[str, int], dict[str, int]
     counts = EffectCounts()
     for restore in restores.values():
         for user, raw in restore.profiles.items():
-            totals[user] = sum(msgspec.msgpack.decode(raw)["counts"].values())
+            totals[user] = sum(decode_profile(raw).counts.values())
         counts = counts.merge(restore.effect)
     return totals, experiment_summary(counts)
 

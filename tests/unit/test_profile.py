@@ -223,7 +223,7 @@ def test_decode_reads_the_json_payloads_of_earlier_versions():
            b'"seen_event_ids":["e1","e2"],"seen_offsets":[41,42],"recent_order_ids":[],"segment":3}')
     p = decode_profile(old)
     assert p.seen_event_ids == ["e1", "e2"] and p.seen_offsets == [41, 42] and p.segment == 3
-    assert p.legacy_event_ids is None and p.legacy_offsets is None
+    assert p.category_counts == {"c": 2} and top_categories(p) == [("c", 2.0)]
     assert not ev(p, 1) and not ev(p, 2) and ev(p, 3)
     # windows written before offsets were kept: -1 for each id
     q = decode_profile(b'{"user_id":"u","seen_event_ids":["a","b"]}')
@@ -231,3 +231,29 @@ def test_decode_reads_the_json_payloads_of_earlier_versions():
     # what encode_profile writes now (MessagePack) reads back, and stays small
     assert decode_profile(encode_profile(p)) == p
     assert encode_profile(p)[:1] != b"{"
+
+
+def test_decode_reads_the_map_payloads_of_earlier_versions():
+    import msgspec
+
+    # What the map form held: the non-default fields by name, the attribution state as arrays,
+    # the ranker's record as bytes, float category counts.
+    old = msgspec.msgpack.encode({
+        "user_id": "u", "counts": {"browse": 3, "click": 1, "purchase": 1}, "first_seen": 1.0, "last_seen": 5.0,
+        "last_purchase": 5.0, "monetary": 12.5, "orders": 1, "recent_items": ["i1", "i2"],
+        "category_counts": {"c": 3.0, "d": 2.0}, "seen_window": "\ne1\ne2\n",
+        "seen_window_offsets": bytes(8) + bytes([1]) + bytes(7), "applied": [7], "segment": 2,
+        "effect": ["exp", 5.0, [["0123456789abcdef01234567", "ranker", 4.0]], [], [], {}],
+        "model": b"\x9b\x01", "model_version": 5, "unknown_field": 1,
+    })
+    assert old[0] == 0xDE  # a map of over 15 entries
+    p = decode_profile(old)
+    assert (p.user_id, p.counts, p.monetary, p.orders, p.recent_items) == (
+        "u", {"browse": 3, "click": 1, "purchase": 1}, 12.5, 1, ("i1", "i2"))
+    assert p.category_counts == {"c": 3, "d": 2} and all(type(v) is int for v in p.category_counts.values())
+    assert p.seen_event_ids == ["e1", "e2"] and p.seen_offsets == [0, 1] and p.applied == (7,)
+    assert p.effect.issued[0].rec_id == "0123456789abcdef01234567" and p.effect.issued[0].variant == "ranker"
+    assert (p.model, p.model_version, p.segment) == (b"\x9b\x01", 5, 2)
+    q = decode_profile(encode_profile(p))
+    assert q == p and encode_profile(p)[0] == 0xDC  # an array of over 15 entries
+    assert len(encode_profile(p)) < len(old) - 100  # no field names on the wire
