@@ -125,3 +125,28 @@ def test_a_customers_factors_move_by_the_update_the_way_every_learner_moves_the_
         b.apply_updates(decode_update(data))
     assert item_side(a, a.catalog.ids) == item_side(b, a.catalog.ids)
     assert not b.warm_users() and a.mf.item_factors.shape == b.mf.item_factors.shape
+
+
+def test_a_batchs_second_stage_steps_computed_together_equal_those_computed_one_by_one():
+    # Sharing, the steps of a micro-batch are computed when it is taken, in one batched ranking of the
+    # choosing customers as they were at their events; the one-customer path at that same moment must
+    # give the same steps, float for float (batches large enough for the many-customer context).
+    events, _ = shop_events(6000, n_users=400, n_items=600, seed=5)
+    r = HybridRanker(seed=3, share_items=True, train_every=8)
+    batched, checked = r._choice_gradients, []
+
+    def both(user_ids, users, rows):
+        steps = batched(user_ids, users, rows)
+        checked.append((len(users), steps, [r._choice_gradient(u, s, row) for u, s, row in zip(user_ids, users, rows)]))
+        return steps
+
+    r._choice_gradients = both
+    for lo in range(0, len(events), 1000):
+        for ev in events[lo:lo + 1000]:
+            r.learn_one(ev.user_id, ev.item_id, event_type=ev.type, ts=ev.ts)
+        r.end_batch()
+    assert max(n for n, _, _ in checked) >= 32
+    steps = [(a, b) for _, batch, one in checked for a, b in zip(batch, one)]
+    assert sum(a is not None for a, _ in steps) >= 400
+    for a, b in steps:
+        assert (a is None) == (b is None) and (a is None or np.array_equal(a, b))
