@@ -102,27 +102,15 @@ class ItemLog:
         """
         began, applied = time.perf_counter(), 0
         deadline = time.monotonic() + timeout_s
-        consumer = self._reader()
         while True:
-            msgs = consumer.consume(10_000, timeout=0.1)
-            at_end = False
-            for msg in msgs:
-                err = msg.error()
-                if err is None:
-                    applied += self._apply(msg)
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    end = msg.offset()
-                    if end < self.engine.item_log_offset:  # the topic was deleted and created again
-                        log.error("%s ends at offset %d, before this worker's checkpoint (%d): the topic was "
-                                  "created again; applying it from its start", self.topic, end,
-                                  self.engine.item_log_offset)
-                        self.engine.item_log_offset = 0
-                        consumer.assign([TopicPartition(self.topic, 0, 0)])
-                        break
-                    at_end = True
-                else:
-                    log.warning("reading %s: %s", self.topic, err)
-            if at_end:
+            n, end = self._read(0.1)
+            applied += n
+            if end is not None and end < self.engine.item_log_offset:  # the topic was deleted and created again
+                log.error("%s ends at offset %d, before this worker's checkpoint (%d): the topic was created "
+                          "again; applying it from its start", self.topic, end, self.engine.item_log_offset)
+                self.engine.item_log_offset = 0
+                self._reader().assign([TopicPartition(self.topic, 0, 0)])
+            elif end is not None:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {self.topic} to its end in {timeout_s:.0f} s")
@@ -132,11 +120,22 @@ class ItemLog:
 
     def poll(self) -> int:
         """Apply what the log holds past the engine's offset, without waiting; return the records applied."""
-        applied = 0
-        for msg in self._reader().consume(10_000, timeout=0):
-            if msg.error() is None:
+        return self._read(0)[0]
+
+    def _read(self, timeout: float) -> tuple[int, int | None]:
+        """Apply the records one ``consume`` returns within ``timeout``: ``(records applied, the log's
+        end offset if the read reached it, else None)``. The one read of the log, for every caller."""
+        applied, end = 0, None
+        # consume() waits its whole timeout unless 10,000 records arrive.
+        for msg in self._reader().consume(10_000, timeout=timeout):
+            err = msg.error()
+            if err is None:
                 applied += self._apply(msg)
-        return applied
+            elif err.code() == KafkaError._PARTITION_EOF:
+                end = msg.offset()
+            else:
+                log.warning("reading %s: %s", self.topic, err)
+        return applied, end
 
     def _apply(self, msg: Any) -> int:
         offset, engine = msg.offset(), self.engine
@@ -215,13 +214,9 @@ class ItemLog:
         return max(msg.offset() for _, msg in delivered)
 
     def _apply_through(self, offset: int) -> None:
-        consumer, since = self._reader(), time.monotonic()
+        since = time.monotonic()
         while self.engine.item_log_offset <= offset:
-            # consume() waits its whole timeout unless 10,000 records arrive: a short one returns
-            # soon after the worker's own record does.
-            for msg in consumer.consume(10_000, timeout=0.002):
-                if msg.error() is None:
-                    self._apply(msg)
+            self._read(0.002)  # a short wait: returns soon after the worker's own record does
             if self.engine.item_log_offset <= offset and time.monotonic() - since > _WARN_EVERY_S:
                 log.error("%s: this worker's update at offset %d has not come back for %.0f s (at %d); waiting",
                           self.topic, offset, time.monotonic() - since, self.engine.item_log_offset)
