@@ -568,7 +568,8 @@ def _map_form() -> type:
 _PROFILE_ENCODER = msgspec.msgpack.Encoder()
 _PROFILE_DECODER = msgspec.msgpack.Decoder(Profile)
 _PROFILE_MAP = _map_form()
-_MAP_DECODERS = {"msgpack": msgspec.msgpack.Decoder(_PROFILE_MAP), "json": msgspec.json.Decoder(_PROFILE_MAP)}
+_MAP_MSGPACK_DECODER = msgspec.msgpack.Decoder(_PROFILE_MAP)
+_MAP_JSON_DECODER = msgspec.json.Decoder(_PROFILE_MAP)
 
 
 def encode_profile(p: Profile) -> bytes:
@@ -601,7 +602,7 @@ def decode_profile(b: bytes) -> Profile:
     # JSON text with neither.
     if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):
         return _PROFILE_DECODER.decode(b)
-    old = _MAP_DECODERS["msgpack" if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF) else "json"].decode(b)
+    old = (_MAP_MSGPACK_DECODER if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF) else _MAP_JSON_DECODER).decode(b)
     p = Profile(**{name: getattr(old, name) for name in Profile.__struct_fields__})
     p.category_counts = {category: round(count) for category, count in old.category_counts.items()}
     if old.seen_event_ids is not None or old.seen_offsets is not None:

@@ -263,7 +263,8 @@ def decode_user(record: bytes, row_of, maxlen: int) -> tuple[_User, UserRecord]:
     u = _User.__new__(_User)
     u.maxlen, u.n, u.session_start, u._excl = maxlen, r.n, r.session_start, {}
     interacted = list(map(row_of, r.interacted))
-    history = list(map(row_of, r.history_ids))
+    # (UserRecord.history_ids by the rows just mapped: no id looked up twice)
+    history = [interacted[i] for i in r.history_at] if r.history_at else list(map(row_of, r.history))
     keep = slice(max(0, len(history) - maxlen), None)  # (a record of a longer history)
     u.history = tuple(history[keep])
     u.weights, u.counts, u.times = tuple(r.weights[keep]), tuple(r.counts[keep]), tuple(r.times[keep])
