@@ -42,7 +42,6 @@ class CooccurrenceLists:
         self.decay = model.decay
         self.head_norm = self.norm if self.decay is not None else None
         self._orders: dict[bool, Order] = {}
-        self._lens: np.ndarray | None = None
         self.users, self.ranks, self.rows, self.scores = [], [], [], []
 
     # -- scores, exactly as CooccurrenceBaseline._scores computes them ----------
@@ -107,19 +106,15 @@ class CooccurrenceLists:
 
     def entries(self, ks: list[int]) -> np.ndarray:
         """Neighbour entries of each user's history rows (what the full path gathers)."""
-        lens = self._row_lengths()
         hist = [self.request.users[k].history for k in ks]
         m = np.fromiter(map(len, hist), dtype=np.int64, count=len(hist))
-        rows = np.fromiter(chain.from_iterable(hist), dtype=np.int64, count=int(m.sum()))
-        per_row = lens[np.minimum(rows, len(lens) - 1)]  # (rows the counts have not reached yet: none)
+        # Only the history rows' lengths: a call for one customer in a large catalogue must not
+        # cost one step per catalogue row. (Rows the counts have not reached yet: none.)
+        slots = self.cooc._slots
+        n_rows = len(slots)
+        per_row = np.fromiter((len(slots[r]) if r < n_rows else 0 for r in chain.from_iterable(hist)),
+                              dtype=np.int64, count=int(m.sum()))
         return np.bincount(np.repeat(np.arange(len(ks)), m), per_row, minlength=len(ks)).astype(np.int64)
-
-    def _row_lengths(self) -> np.ndarray:
-        """Entries of each row, and a last 0 for the rows past them (computed once per call)."""
-        if self._lens is None:
-            slots = self.cooc._slots
-            self._lens = np.append(np.fromiter(map(len, slots), dtype=np.int64, count=len(slots)), 0)
-        return self._lens
 
     def add(self, users, ranks, rows, scores) -> None:
         """Entries of the lists (users by position in ``ks``)."""
