@@ -46,11 +46,15 @@ class CatalogueFollower:
     """
 
     def __init__(self, settings: Settings, on_item: Callable[[CatalogItem], None],
-                 on_removed: Callable[[str], None], poll_s: float = 0.5) -> None:
+                 on_removed: Callable[[str], None], poll_s: float = 0.5,
+                 caught_up: threading.Event | None = None) -> None:
         self.settings = settings
         self.on_item = on_item
         self.on_removed = on_removed
         self.poll_s = poll_s
+        #: Set once every record the topic held when the follower first assigned it has been handed
+        #: over (the worker's loop waits for it before its first event: see StreamLoop.run).
+        self.caught_up = caught_up if caught_up is not None else threading.Event()
 
     async def follow(self, should_stop: Callable[[], bool]) -> None:
         """Follow until ``should_stop()``; raises if the broker fails for good (the caller starts again).
@@ -77,18 +81,43 @@ class CatalogueFollower:
                 return
             # Offset 0 rather than "beginning": no offset lookup first, and a
             # log that starts later (compacted, or trimmed) resets to its start.
-            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+            assigned = [TopicPartition(topic, p, 0) for p in partitions]
+            consumer.assign(assigned)
+            # The records the topic holds now are handed over together, in (partition, offset) order,
+            # so that every worker meets the same catalogue in the same order whatever order the
+            # partitions' fetches came back in; later records as they come.
+            ends = None if self.caught_up.is_set() else self._ends(consumer, assigned)
+            first: list = []
             while not should_stop():
+                if ends is not None and self._reached(consumer, assigned, ends):
+                    ends = None
+                    for _, _, key, value in sorted(first, key=lambda r: r[:2]):
+                        self._apply(key, value)
+                    first.clear()
+                    self.caught_up.set()
                 for msg in consumer.consume(num_messages=5000, timeout=self.poll_s):
                     err = msg.error()
                     if err is None:
-                        self._apply(msg.key(), msg.value())
+                        if ends is None:
+                            self._apply(msg.key(), msg.value())
+                        else:
+                            first.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
                     elif err.fatal():
                         raise KafkaException(err)
                     else:  # librdkafka retries transient errors itself
                         log.warning("catalogue consumer error: %s", err)
         finally:
             consumer.close()
+
+    def _ends(self, consumer, assigned: list[TopicPartition]) -> dict[int, int]:
+        """The end of each partition now: what the worker must have before its first event."""
+        return {tp.partition: consumer.get_watermark_offsets(tp, timeout=max(self.poll_s, 5.0))[1] for tp in assigned}
+
+    @staticmethod
+    def _reached(consumer, assigned: list[TopicPartition], ends: dict[int, int]) -> bool:
+        # Positions, not the last offsets read: a compacted log has gaps.
+        return all(tp.offset >= ends[tp.partition] or ends[tp.partition] <= 0
+                   for tp in consumer.position(assigned))
 
     def _partitions(self, consumer, topic: str, should_stop: Callable[[], bool]) -> list[int]:
         """The partitions of ``topic`` once it exists ([] if told to stop first)."""

@@ -40,6 +40,10 @@ from streams.state.ownership import Ownership
 
 log = logging.getLogger(__name__)
 
+# How long a starting worker waits for the catalogue before its first event: longer than reading a
+# large catalogue takes, short enough that a missing items topic does not hold the worker back.
+_CATALOGUE_WAIT_S = 60.0
+
 
 def make_consumer(settings: Settings) -> Consumer:
     """The worker group's consumer: manual positions, range assignment (partition ``p`` of every topic together)."""
@@ -61,7 +65,8 @@ def make_consumer(settings: Settings) -> Consumer:
 class StreamLoop:
     def __init__(self, settings: Settings, consumer_factory: Callable[[], Any], ownership: Ownership,
                  processor: BatchProcessor, outputs: KafkaSink, positions: PositionCheckpoint,
-                 checkpointer: Checkpointer, metrics: Metrics, item_log: ItemLog) -> None:
+                 checkpointer: Checkpointer, metrics: Metrics, item_log: ItemLog,
+                 catalogue_read: threading.Event | None = None) -> None:
         self.settings = settings
         self.consumer_factory = consumer_factory
         self.ownership = ownership
@@ -72,6 +77,7 @@ class StreamLoop:
         self.checkpointer = checkpointer
         self.metrics = metrics
         self.item_log = item_log
+        self.catalogue_read = catalogue_read
         self.topic_types = settings.input_topics
         # Impressions are input too (deduplicated and counted like events, learned by no model).
         self.inputs = {*settings.input_topics, settings.topic_impressions}
@@ -103,6 +109,7 @@ class StreamLoop:
     def run(self) -> None:
         s = self.settings
         try:
+            self._take_catalogue()
             # The item side as the log has it before any partition is taken: what the checkpoint
             # misses, every update published since (streams/sharing/item_log.py).
             self.item_log.catch_up()
@@ -175,6 +182,21 @@ class StreamLoop:
                 except Exception as exc:  # advisory: positions live in the changelog
                     log.debug("group commit failed: %s", exc)
         self._refresh_lag()
+
+    def _take_catalogue(self) -> None:
+        """Apply the catalogue as the items topic holds it before the first event or peer update.
+
+        Items get their model rows in the order they first reach the models; workers that give the
+        same items the same rows serve the same lists (docs/SCALING.md). Catalogue first, then the
+        item-updates log, then events: a catalogue published before the events is numbered in its
+        own order by every worker, instead of by whichever event or update came first.
+        """
+        if self.catalogue_read is None:
+            return
+        if not self.catalogue_read.wait(_CATALOGUE_WAIT_S):
+            log.warning("the catalogue was not read within %.0f s; starting without all of it (items "
+                        "may get other rows here than in other workers)", _CATALOGUE_WAIT_S)
+        self._run_submitted()
 
     def _run_submitted(self) -> None:
         while self._submitted:

@@ -15,6 +15,7 @@ outputs through it before it saves the models.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import redis
@@ -79,13 +80,15 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None,
     positions = PositionCheckpoint(store, outputs, s.changelog_topic, sinks=[outputs, views])
     checkpointer = Checkpointer(engine, positions.drain, s.redis_url, checkpoint_key, s.checkpoint_interval_s,
                                 metrics=metrics)
+    catalogue_read = threading.Event()
     loop = StreamLoop(s, lambda: make_consumer(s), ownership, processor, outputs, positions, checkpointer, metrics,
-                      item_log)
+                      item_log, catalogue_read)
     metrics.watch_consumer_lag(loop.lag_rows)
     # Catalogue records reach the ranker on the loop's thread, between its batches.
     catalogue = CatalogueFollower(
         s,
         on_item=lambda item: loop.submit(lambda: engine.upsert_item(item.item_id, item.category, item.available)),
         on_removed=lambda item_id: loop.submit(lambda: engine.upsert_item(item_id, available=False)),
+        caught_up=catalogue_read,
     )
     return Runtime(s, metrics, engine, outputs, sink, processor, checkpointer, loop, catalogue)

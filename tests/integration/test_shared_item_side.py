@@ -91,7 +91,7 @@ def test_two_workers_hold_one_item_side_whoever_owned_which_partition(settings, 
     assert sum(map(len, (_neighbours(ea, i) for i in sampled))) > 5 * len(sampled)
     # Every customer, moved or not, gets the same list from either worker: lists depend on the item
     # side and the customer's own state (from their last profile record) only. (Both catalogues gave
-    # items the same rows: the catalogue was complete before the stream; docs/SCALING.md, limits.)
+    # items the same rows: each took the catalogue, published before the stream, before its first event.)
     assert ea.ranker.catalog.ids == eb.ranker.catalog.ids
     last = {}
     for m in sorted(read_topic(s, s.changelog_topic), key=lambda m: (m.partition(), m.offset())):
