@@ -193,10 +193,13 @@ class StreamLoop:
         """
         if self.catalogue_read is None:
             return
+        began = time.perf_counter()
         if not self.catalogue_read.wait(_CATALOGUE_WAIT_S):
             log.warning("the catalogue was not read within %.0f s; starting without all of it (items "
                         "may get other rows here than in other workers)", _CATALOGUE_WAIT_S)
+        changes = len(self._submitted)
         self._run_submitted()
+        log.info("catalogue taken: %d records in %.1f s", changes, time.perf_counter() - began)
 
     def _run_submitted(self) -> None:
         while self._submitted:

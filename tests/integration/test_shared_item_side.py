@@ -64,6 +64,8 @@ def test_two_workers_hold_one_item_side_whoever_owned_which_partition(settings, 
 
     a, b = start_worker(s_a), start_worker(s_b)
     publish(phases[0], b)
+    # Each took the whole catalogue before its first event (tests/integration/test_catalogue_first.py).
+    assert all(f"catalogue taken: {len(sim.catalogue())} records" in w.log() for w in (a, b))
     assert scrape_metric(s_a, "recostream_events_processed_total") > 0  # both served customers
     assert a.stop() == 0  # b takes every partition
     publish(phases[1], b)
