@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Callable
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.contract import CatalogItem, ContractError, decode_item
 from streams.kafka.read import assigned_consumer
@@ -74,50 +74,43 @@ class CatalogueFollower:
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The blocking follower: assign every partition of ``items`` at its start and poll until ``should_stop()``."""
         topic = self.settings.topic_items
-        consumer = assigned_consumer(self.settings, "catalogue", **{"fetch.wait.max.ms": _FETCH_WAIT_MS})
+        # End-of-partition events say when the records the topic held are read: the broker's
+        # watermarks do not (tansu reports one past the last record batch, not record).
+        consumer = assigned_consumer(self.settings, "catalogue",
+                                     **{"fetch.wait.max.ms": _FETCH_WAIT_MS, "enable.partition.eof": True})
         try:
             partitions = self._partitions(consumer, topic, should_stop)
             if not partitions:
                 return
             # Offset 0 rather than "beginning": no offset lookup first, and a
             # log that starts later (compacted, or trimmed) resets to its start.
-            assigned = [TopicPartition(topic, p, 0) for p in partitions]
-            consumer.assign(assigned)
-            # The records the topic holds now are handed over together, in (partition, offset) order,
-            # so that every worker meets the same catalogue in the same order whatever order the
-            # partitions' fetches came back in; later records as they come.
-            ends = None if self.caught_up.is_set() else self._ends(consumer, assigned)
-            first: list = []
+            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+            # Until every partition has reached its end, records are held and then handed over
+            # together in (partition, offset) order, so that every worker meets the same catalogue in
+            # the same order whatever order the partitions' fetches came back in; later ones as they come.
+            first: list | None = None if self.caught_up.is_set() else []
+            ended: set[int] = set()
             while not should_stop():
-                if ends is not None and self._reached(consumer, assigned, ends):
-                    ends = None
-                    for _, _, key, value in sorted(first, key=lambda r: r[:2]):
-                        self._apply(key, value)
-                    first.clear()
-                    self.caught_up.set()
                 for msg in consumer.consume(num_messages=5000, timeout=self.poll_s):
                     err = msg.error()
                     if err is None:
-                        if ends is None:
+                        if first is None:
                             self._apply(msg.key(), msg.value())
                         else:
                             first.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        ended.add(msg.partition())
                     elif err.fatal():
                         raise KafkaException(err)
                     else:  # librdkafka retries transient errors itself
                         log.warning("catalogue consumer error: %s", err)
+                if first is not None and ended.issuperset(partitions):
+                    for _, _, key, value in sorted(first, key=lambda r: r[:2]):
+                        self._apply(key, value)
+                    first = None
+                    self.caught_up.set()
         finally:
             consumer.close()
-
-    def _ends(self, consumer, assigned: list[TopicPartition]) -> dict[int, int]:
-        """The end of each partition now: what the worker must have before its first event."""
-        return {tp.partition: consumer.get_watermark_offsets(tp, timeout=max(self.poll_s, 5.0))[1] for tp in assigned}
-
-    @staticmethod
-    def _reached(consumer, assigned: list[TopicPartition], ends: dict[int, int]) -> bool:
-        # Positions, not the last offsets read: a compacted log has gaps.
-        return all(tp.offset >= ends[tp.partition] or ends[tp.partition] <= 0
-                   for tp in consumer.position(assigned))
 
     def _partitions(self, consumer, topic: str, should_stop: Callable[[], bool]) -> list[int]:
         """The partitions of ``topic`` once it exists ([] if told to stop first)."""

@@ -50,8 +50,9 @@ class _Follow:
 
 def test_the_catalogue_the_topic_holds_is_handed_over_whole_and_in_the_same_order_before_caught_up(settings):
     s = own_topics(settings, "catfirst")
-    catalogue = ShopperSimulator(n_users=10, n_items=600, seed=5).catalogue()
-    assert publish_catalogue(make_producer(s), s, catalogue) == 600
+    # More records than one poll of the follower returns (5,000), in multi-record batches.
+    catalogue = ShopperSimulator(n_users=10, n_items=12_000, seed=5).catalogue()
+    assert publish_catalogue(make_producer(s), s, catalogue) == 12_000
     orders = []
     for _ in range(2):  # two workers' followers
         with _Follow(s) as f:
