@@ -132,10 +132,14 @@ class HybridRanker(StreamingRecommender):
     covisit_decay
         Pair weight decay per step of distance when counting co-visits.
     covisit_backward
-        Weight of the reverse edge ``j -> i`` relative to ``i -> j``.
+        Weight of the reverse edge ``j -> i`` relative to ``i -> j``: 1.0 counts co-visits
+        both ways alike (the direction of travel is the second stage's transition and
+        successor features).
     covisit_half_life, popularity_half_life
-        Forgetting of co-visits and of popularity, in units of ``decay_clock``
-        (``None``: never forget).
+        Forgetting of co-visits (and successors) and of popularity, in units of
+        ``decay_clock`` (``None``: never forget). Co-visits fade slowly (200,000 events):
+        on the shop logs of docs/QUALITY.md forgetting them over 20,000 events loses hits
+        in every cell; popularity is trending (2,000 events).
     decay_clock
         ``"events"`` (default): half-lives count learned events, so forgetting
         follows traffic and quiet periods do not wipe the model; ``"time"``:
@@ -237,8 +241,8 @@ class HybridRanker(StreamingRecommender):
         w_category: float = 0.2,
         max_neighbors: int = 200,
         covisit_decay: float = 0.9,
-        covisit_backward: float = 0.5,
-        covisit_half_life: float | None = 20_000,
+        covisit_backward: float = 1.0,
+        covisit_half_life: float | None = 200_000,
         popularity_half_life: float | None = 2_000,
         decay_clock: str = "events",
         alpha: float = 0.4,
