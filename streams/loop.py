@@ -257,6 +257,9 @@ class StreamLoop:
         for partition, state in self.store.partitions.items():
             for topic, position in state.committed.items():
                 try:
+                    # Cached: the high watermark of the fetch responses, exact on every broker. A
+                    # ListOffsets query is not: tansu answers one past the last record batch
+                    # (100 records produced in one batch: 1), which would make the lag negative.
                     _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
                 except Exception:  # not fetched yet
                     high = -1
