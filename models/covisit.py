@@ -9,6 +9,7 @@ import numpy as np
 
 from models.catalog import grow_to
 from models.popularity import DecayClock
+from models.sets import unique_inverse, unique_sorted
 
 __all__ = ["SparseRows", "CoVisitation", "concat_ranges"]
 
@@ -218,7 +219,7 @@ class SparseRows:
             rows = rows.tolist() if isinstance(rows, np.ndarray) else list(rows)
             lens = np.array([len(slots[r]) if r < n_rows else 0 for r in rows], dtype=np.int64)
             return np.array([start[r] if r < n_rows else 0 for r in rows], dtype=np.int64), lens
-        uniq, inv = np.unique(rows, return_inverse=True)
+        uniq, inv = unique_inverse(np.asarray(rows))
         rows_u = uniq.tolist()
         lens = np.array([len(slots[r]) if r < n_rows else 0 for r in rows_u], dtype=np.int64)
         starts = np.array([start[r] if r < n_rows else 0 for r in rows_u], dtype=np.int64)
@@ -273,7 +274,7 @@ class SparseRows:
         stale = at < 0
         stale[~stale] = ~self._head_ok[at[~stale]]
         if stale.any():
-            self._compute_heads(np.unique(long_rows[stale]), k)
+            self._compute_heads(unique_sorted(long_rows[stale]), k)
             at = self._head_at[long_rows]
         per = np.minimum(lens, k)
         idx = concat_ranges(starts, per)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.covisit import concat_ranges
+from models.sets import unique_sorted
 
 __all__ = ["run_starts", "strongest_in_groups"]
 
@@ -61,7 +62,7 @@ def strongest_in_groups(groups: np.ndarray, values: np.ndarray, k: int) -> np.nd
     vs = values[sel]
     kth = np.empty(m)
     size_class = np.frexp(n.astype(np.float64))[1]
-    classes = np.unique(size_class)
+    classes = unique_sorted(size_class)
     for c in classes.tolist():
         members = np.flatnonzero(size_class == c) if len(classes) > 1 else np.arange(m)
         fm, nm = first[members], n[members]

@@ -12,6 +12,7 @@ import numpy as np
 from river import optim, reco
 
 from models.catalog import grow_to
+from models.sets import unique_sorted
 
 __all__ = ["ImplicitMF"]
 
@@ -349,7 +350,7 @@ class ImplicitMF:
         self._changed = []
         if changed is None:
             return None
-        return np.unique(np.concatenate(changed)) if changed else np.zeros(0, dtype=np.int64)
+        return unique_sorted(np.concatenate(changed)) if changed else np.zeros(0, dtype=np.int64)
 
     @property
     def item_factors(self) -> np.ndarray:

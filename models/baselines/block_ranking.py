@@ -10,6 +10,7 @@ from models.baselines.heads import Heads
 from models.baselines.selection import SLACK, best_per_user, group_max, kth_floor, popcount
 from models.covisit import concat_ranges
 from models.ranking.topk import _stable_order
+from models.sets import unique_inverse
 
 __all__ = ["TIE", "BlockRanking"]
 
@@ -59,7 +60,7 @@ class BlockRanking:
         self.first = np.cumsum(m) - m
         self.p_i = np.arange(len(self.p_row)) - np.repeat(self.first, m)
         self.p_w = self.lists.weights(m[self.p_u], self.p_i)
-        rows, inv = np.unique(self.p_row, return_inverse=True)
+        rows, inv = unique_inverse(self.p_row)
         starts, lens = self.cooc.regions(rows)
         self.p_start = starts[inv]
         if self.heads is None:  # every entry: exact, nothing left to bound

@@ -17,6 +17,7 @@ import numpy as np
 from models.baselines.heads import Heads
 from models.baselines.pair_index import OUTSIDE, PairIndex
 from models.covisit import SparseRows
+from models.sets import unique_sorted
 
 __all__ = ["add_pairs", "pair_updates", "step_weights"]
 
@@ -82,7 +83,7 @@ def add_pairs(cooc: SparseRows, index: PairIndex, rows: np.ndarray, cols: np.nda
     at = starts[rows] + index.slots[cell]
     np.add.at(cooc._V, at, weights)  # in order: each entry gets its additions as add() makes them
     if cooc._log is not None:  # someone reads SparseRows.strongest: it must know which rows changed
-        cooc._log.extend(np.unique(rows).tolist())
+        cooc._log.extend(unique_sorted(rows).tolist())
     if heads is not None:
         heads.ensure(len(cooc))
         key = cooc._V[at] if norm is None else cooc._V[at] / norm(cols)

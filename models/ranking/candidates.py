@@ -13,6 +13,7 @@ import numpy as np
 from models.catalog import grow_to
 from models.ranking.factors import _QuantisedFactors
 from models.ranking.topk import _run_starts
+from models.sets import unique_sorted
 
 if TYPE_CHECKING:
     from models.ranking.hybrid import HybridRanker
@@ -195,7 +196,7 @@ class _Context:
         self.n_items = self.pool_n = n_items
         rows = np.array(changed, dtype=np.int64)
         if len(rows) > 1:
-            rows = np.unique(rows)
+            rows = unique_sorted(rows)
         new_rows = None
         if n_items > old_n:
             new_rows = np.arange(old_n, n_items)
@@ -236,7 +237,7 @@ class _Context:
                 fresh = new_rows[avail[new_rows]]
                 if len(fresh):
                     fc = cats[fresh]
-                    for c in np.unique(fc[fc >= 0]).tolist():
+                    for c in unique_sorted(fc[fc >= 0]).tolist():
                         self.cat_new[c] = np.concatenate((fresh[fc == c][::-1], self.cat_new[c]))[:q]
                         dirty.add(c)
         if top_changed and self.n_cats:
@@ -244,7 +245,7 @@ class _Context:
             # categories of the rows that entered or left block 0 change.
             moved = np.setxor1d(old_top, self.top, assume_unique=True)
             mc = cat.category[moved]
-            dirty.update(np.unique(mc[(mc >= 0) & (mc < self.n_cats)]).tolist())
+            dirty.update(unique_sorted(mc[(mc >= 0) & (mc < self.n_cats)]).tolist())
         if top_changed or dirty or len(self.block_of) < n_items or len(self.blocks) < 1 + self.n_cats:
             self._set_blocks(n_items, dirty, top_changed)
 
@@ -281,7 +282,7 @@ class _Context:
                 self.cat_new.append(np.zeros(0, dtype=np.int64))
             self.n_cats = cat.n_categories
             nc = cat.category[new]
-            for c in np.unique(nc[nc >= 0]).tolist():
+            for c in unique_sorted(nc[nc >= 0]).tolist():
                 rows = new[nc == c]
                 self.cat_new[c] = np.concatenate((rows[::-1], self.cat_new[c]))[:q]
                 room_c = p - len(self.cat_top[c])
@@ -292,7 +293,7 @@ class _Context:
             self.cat_mat = None
         if top_changed and self.n_cats:
             mc = cat.category[new[:room]]
-            dirty.update(np.unique(mc[(mc >= 0) & (mc < self.n_cats)]).tolist())
+            dirty.update(unique_sorted(mc[(mc >= 0) & (mc < self.n_cats)]).tolist())
         self._set_blocks(n_items, dirty, top_changed)
 
     def _cat_matrix(self, p: int) -> tuple[np.ndarray, np.ndarray]:

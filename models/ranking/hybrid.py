@@ -43,6 +43,7 @@ from models.ranking.scoring import _Batch, _histories, _Terms
 from models.ranking.topk import _best_k
 from models.ranking.users import _User
 from models.session_knn import SessionNeighbours
+from models.sets import unique_sorted
 
 __all__ = ["HybridRanker", "ItemState"]
 
@@ -606,7 +607,7 @@ class HybridRanker(StreamingRecommender):
         lens = np.array([len(f) for f in first], dtype=np.int64)
         pu = np.concatenate((np.repeat(np.arange(len(users)), lens), own.uh, tu))
         pr = np.concatenate([np.asarray(f, dtype=np.int64) for f in first] + [own.rows, tr])
-        keys = np.unique(pu * N + pr)
+        keys = unique_sorted(pu * N + pr)
         keys = keys[ctx.available[keys % N]]
         excl = [user.excluded(exclude) for user in users]
         if any(e is not None and len(e) for e in excl):
