@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["unique_inverse", "unique_sorted"]
+__all__ = ["union_sorted", "unique_inverse", "unique_sorted"]
 
 # Mark a table of the largest value + 1 entries when it is at most this many per input value
 # (plus a constant): beyond it sorting the input is cheaper than scanning the table.
@@ -43,6 +43,15 @@ def unique_sorted(a: np.ndarray, kind: str | None = None) -> np.ndarray:
     first[0] = True
     np.not_equal(s[1:], s[:-1], out=first[1:])
     return s[first]
+
+
+def union_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.union1d(a, b)`` (which calls ``np.unique``): the distinct values of both, ascending.
+
+    >>> union_sorted(np.array([3, 1]), np.array([1, 2])).tolist()
+    [1, 2, 3]
+    """
+    return unique_sorted(np.concatenate((np.ravel(a), np.ravel(b))))
 
 
 def unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

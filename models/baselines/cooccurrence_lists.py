@@ -12,6 +12,7 @@ from models.baselines.request import Request
 from models.baselines.selection import NO_ROWS, Order, best_of, first_allowed
 from models.covisit import concat_ranges
 from models.ranking.topk import top_n
+from models.sets import union_sorted
 
 __all__ = ["CooccurrenceLists", "cold_lists"]
 
@@ -169,7 +170,7 @@ class CooccurrenceLists:
             self.best[at] = best
         if need <= 0:
             return
-        skip = np.union1d(request.excluded(k), extra)
+        skip = union_sorted(request.excluded(k), extra)
         ok = ~request.blocked[cols] & ~np.isin(cols, skip)
         cols, scores = cols[ok], scores[ok]
         mine = best_of(cols, scores, need)

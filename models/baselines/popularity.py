@@ -8,6 +8,7 @@ from models.baselines.request import BatchedRecommender, Request
 from models.baselines.selection import Order, first_allowed
 from models.popularity import TrendingPopularity
 from models.ranking.topk import top_n
+from models.sets import union_sorted
 
 __all__ = ["PopularityBaseline"]
 
@@ -93,7 +94,7 @@ class PopularityBaseline(BatchedRecommender):
         changed = self.popularity.track_changes()
         pop = self.popularity.scores(len(self.catalog))
         if kept is not None and changed is not None and kept["version"] == self.catalog.version and kept["cut"] > 0:
-            rows = np.union1d(kept["rows"], np.asarray(changed, dtype=np.int64))
+            rows = union_sorted(kept["rows"], np.asarray(changed, dtype=np.int64))
             rows = rows[~blocked[rows]]
             rows = rows[np.lexsort((rows, -pop[rows]))][:_LEADERS]
         else:

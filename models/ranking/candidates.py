@@ -13,7 +13,7 @@ import numpy as np
 from models.catalog import grow_to
 from models.ranking.factors import _QuantisedFactors
 from models.ranking.topk import _run_starts
-from models.sets import unique_sorted
+from models.sets import union_sorted, unique_sorted
 
 if TYPE_CHECKING:
     from models.ranking.hybrid import HybridRanker
@@ -200,7 +200,7 @@ class _Context:
         new_rows = None
         if n_items > old_n:
             new_rows = np.arange(old_n, n_items)
-            rows = np.union1d(rows, new_rows)
+            rows = union_sorted(rows, new_rows)
         if not len(rows):
             if len(self.block_of) < n_items:
                 self._set_blocks(n_items, (), False)
