@@ -21,10 +21,10 @@ import threading
 import time
 from typing import Callable
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 
 from streams.contract import CatalogItem, ContractError, decode_item
-from streams.kafka.read import assigned_consumer
+from streams.kafka.read import Delivered, assigned_consumer, delivered
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,18 +92,14 @@ class CatalogueFollower:
             ended: set[int] = set()
             while not should_stop():
                 for msg in consumer.consume(num_messages=5000, timeout=self.poll_s):
-                    err = msg.error()
-                    if err is None:
+                    kind = delivered(msg, "catalogue")
+                    if kind is Delivered.RECORD:
                         if first is None:
                             self._apply(msg.key(), msg.value())
                         else:
                             first.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
-                    elif err.code() == KafkaError._PARTITION_EOF:
+                    elif kind is Delivered.END:
                         ended.add(msg.partition())
-                    elif err.fatal():
-                        raise KafkaException(err)
-                    else:  # librdkafka retries transient errors itself
-                        log.warning("catalogue consumer error: %s", err)
                 if first is not None and ended.issuperset(partitions):
                     for _, _, key, value in sorted(first, key=lambda r: r[:2]):
                         self._apply(key, value)

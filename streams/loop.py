@@ -24,11 +24,12 @@ import time
 from typing import Any, Callable
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from streams.checkpointing.checkpointer import Checkpointer
 from streams.checkpointing.positions import PositionCheckpoint
 from streams.contract import ContractError
+from streams.kafka.read import Delivered, delivered
 from streams.metrics import Metrics, Position
 from streams.pipeline import BatchProcessor
 from streams.privacy import ACTIONS, decode_command
@@ -210,12 +211,7 @@ class StreamLoop:
         inputs, items = [], []
         control, catalogue = self.settings.topic_control, self.settings.topic_items
         for msg in batch:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise RuntimeError(f"fatal consumer error: {err}")
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", err)
+            if delivered(msg, "stream loop") is not Delivered.RECORD:
                 continue
             if msg.partition() not in owned:
                 continue  # a partition whose takeover found a newer owner

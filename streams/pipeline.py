@@ -13,6 +13,9 @@ Error policy per stage:
   a bug triggered by some event. The batch is retried event by event and only
   the events that still fail are dead-lettered (reason ``processing_error``):
   the worker stays up and no valid event is lost, only parked for replay.
+  The exception is the item-side exchange the engine calls (``share``):
+  when it fails for good (:class:`~streams.ports.PortFailed`) no event is at
+  fault, and the loop stops as for a sink.
 * sinks: Redis writes are retried until they succeed (backpressure), each on
   the sink's thread while the next batch is learned, one in flight
   (``streams/sinks/overlapped.py``); Kafka outputs are queued on the producer
@@ -55,7 +58,7 @@ from streams.contract import (
     decode_item,
 )
 from streams.metrics import Metrics
-from streams.ports import RecordOutput, ViewSink
+from streams.ports import PortFailed, RecordOutput, ViewSink
 from streams.privacy import pseudonym
 from streams.settings import Settings
 from streams.state.changelog import counts_record, effect_header, gen_header
@@ -243,6 +246,8 @@ class BatchProcessor:
         try:
             return self.engine.process(events, self.store, positions=[pos for _, _, pos in valid],
                                        share=self.share), events
+        except PortFailed:
+            raise  # an exchange failed, not an event: the loop stops and the next owner processes the batch
         except Exception:
             log.exception("processing a batch of %d events failed; isolating the failing events", len(events))
         merged, kept, profiles = None, [], {}

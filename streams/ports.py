@@ -7,6 +7,11 @@ root (``streams/wiring.py``). The worker's implementations talk to the broker
 (:class:`streams.sinks.redis.RedisSink`); a unit test hands in memory ones
 (``tests/unit/test_batch_processor.py``). Each port states what its
 implementation promises, since the durability rule rests on it.
+
+A port that fails for good raises :class:`PortFailed`: not an event's fault,
+so the processor does not retry the batch event by event (which would park
+valid events in the dead-letter topic); the loop stops without writing
+positions and the next owner processes the batch again.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ from typing import Callable, Mapping, Protocol, Sequence
 #: One partition's share of a batch for the view sink:
 #: ``(partition, generation, recommendation by user, profile summary by user)``.
 ViewGroup = tuple[int, int, Mapping[str, bytes], Mapping[str, bytes]]
+
+
+class PortFailed(RuntimeError):
+    """An exchange or output the batch waits on failed for good (a record refused, a fatal client
+    error): the worker stops without writing positions."""
 
 
 class Drainable(Protocol):

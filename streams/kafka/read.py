@@ -1,24 +1,61 @@
-"""Reading a partition range straight from the broker (blocking, no consumer group).
+"""Reading from the broker: what a consumed message is, and partition ranges read outside any group.
 
-Used to restore a partition's state from its changelog and to let the models
-catch up on events their checkpoint predates. A group-less consumer with
-manual assignment reads exactly the asked offsets, whatever the worker's own
-consumer group is doing.
+Every reader of the worker (the stream loop, the catalogue follower, the
+item-updates log) tells a consumed message apart with :func:`delivered`, so
+a fatal client error stops each of them alike and a transient one is logged
+alike. Partition ranges (:func:`read_ranges`) restore a partition's state
+from its changelog and let the models catch up on events their checkpoint
+predates: a group-less consumer with manual assignment reads exactly the
+asked offsets, whatever the worker's own consumer group is doing.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 import uuid
 from typing import Any, Iterable
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.02
+
+
+class Delivered(enum.Enum):
+    """What a message from ``Consumer.consume`` is."""
+
+    RECORD = "record"
+    END = "end"  # its partition's end was reached (``enable.partition.eof``); ``offset()`` is the end
+    RETRIED = "retried"  # a transient error, logged: librdkafka retries it itself
+
+
+def delivered(msg: Message, reader: str) -> Delivered:
+    """What ``msg`` is, for the reader named ``reader``; a fatal error raises ``KafkaException``
+    (the client cannot go on: the worker stops and its partitions move on to the others).
+
+    >>> delivered(Message(topic="events", partition=0, offset=7, value=b"{}"), "loop")
+    <Delivered.RECORD: 'record'>
+    >>> delivered(Message(topic="events", offset=9, error=KafkaError(KafkaError._PARTITION_EOF)), "loop")
+    <Delivered.END: 'end'>
+    >>> delivered(Message(error=KafkaError(KafkaError._TRANSPORT)), "loop")
+    <Delivered.RETRIED: 'retried'>
+    >>> delivered(Message(error=KafkaError(KafkaError._FATAL, fatal=True)), "loop")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    KafkaException: KafkaError{FATAL,code=_FATAL,...}
+    """
+    err = msg.error()
+    if err is None:
+        return Delivered.RECORD
+    if err.code() == KafkaError._PARTITION_EOF:
+        return Delivered.END
+    if err.fatal():
+        raise KafkaException(err)
+    log.warning("%s: consumer error: %s", reader, err)
+    return Delivered.RETRIED
 
 
 def assigned_consumer(settings: Settings, purpose: str, **extra: Any) -> Consumer:

@@ -51,13 +51,14 @@ import time
 from typing import Any
 
 import msgspec
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from models.engine import PersonalisationEngine
 from models.engine_update import EngineUpdate, decode_engine_update, encode_engine_update
 from streams.kafka.produce import make_producer
-from streams.kafka.read import assigned_consumer
+from streams.kafka.read import Delivered, assigned_consumer, delivered
 from streams.metrics import Metrics
+from streams.ports import PortFailed
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,13 +129,11 @@ class ItemLog:
         applied, end = 0, None
         # consume() waits its whole timeout unless 10,000 records arrive.
         for msg in self._reader().consume(10_000, timeout=timeout):
-            err = msg.error()
-            if err is None:
+            kind = delivered(msg, self.topic)
+            if kind is Delivered.RECORD:
                 applied += self._apply(msg)
-            elif err.code() == KafkaError._PARTITION_EOF:
+            elif kind is Delivered.END:
                 end = msg.offset()
-            else:
-                log.warning("reading %s: %s", self.topic, err)
         return applied, end
 
     def _apply(self, msg: Any) -> int:
@@ -171,10 +170,16 @@ class ItemLog:
 
     # ------------------------------------------------------------------ writing
     def exchange(self, update: EngineUpdate) -> None:
-        """Publish ``update`` and apply the log up to and including it (the peers' records first)."""
+        """Publish ``update`` and apply the log up to and including it (the peers' records first).
+
+        Raises :class:`~streams.ports.PortFailed` when the log refuses the record or its reader
+        fails for good: the batch is not at fault, so it must not be retried event by event."""
         began = time.perf_counter()
-        last = self._publish(self._records(update))
-        self._apply_through(last)
+        records = self._records(update)
+        try:
+            self._apply_through(self._publish(records))
+        except KafkaException as exc:
+            raise PortFailed(f"{self.topic}: {exc}") from exc
         self.metrics.item_update_exchange_seconds.observe(time.perf_counter() - began)
 
     def _records(self, update: EngineUpdate) -> list[bytes]:

@@ -22,7 +22,7 @@ from models.profile import decode_profile
 from streams.contract import decode_dead_letter, decode_recommendation
 from streams.metrics import Metrics
 from streams.pipeline import BatchProcessor
-from streams.ports import RecordOutput, ViewGroup, ViewSink
+from streams.ports import PortFailed, RecordOutput, ViewGroup, ViewSink
 from streams.settings import Settings
 from streams.state.changelog import COUNTS_KEY, gen_header
 from streams.state.store import PartitionState, ProfileStore
@@ -240,3 +240,27 @@ def test_a_redelivered_event_counts_once(worker, settings):
     for record in outputs.on(settings.changelog_topic):  # every record of u1 holds the counts once
         if record.key != COUNTS_KEY:
             assert decode_profile(record.value).counts["purchase"] == 1
+
+
+def test_an_item_exchange_that_fails_for_good_stops_the_batch_and_parks_no_valid_event(settings):
+    """A refused item-update record is the log's failure, not the events': retrying them one by one
+    would dead-letter every valid event of the batch. The batch raises before any output is written."""
+    engine = PersonalisationEngine(top_n=settings.top_n, seed=1)
+    for item, category in ITEMS:
+        engine.upsert_item(item, category)
+    store = ProfileStore()
+    store.adopt(0, PartitionState(gen=GEN))
+    outputs, views = RecordedOutput(), RecordedViews()
+    exchanges = []
+
+    def refused(update):
+        exchanges.append(update)
+        raise PortFailed("item-updates: not authorised")
+
+    processor = BatchProcessor(settings, engine, store, outputs, views, Metrics(process_metrics=False),
+                               share=refused)
+    with pytest.raises(PortFailed):
+        processor.process([event("browse", "u1", "i1", 0, 10), event("click", "u2", "i6", 0, 11)])
+
+    assert len(exchanges) == 1  # not retried event by event
+    assert outputs.on(settings.topic_dead_letter) == [] and outputs.queued == [] and views.writes == []
