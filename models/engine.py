@@ -91,6 +91,7 @@ from models.ranking.base import padded, valid_counts
 from models.ranking.hybrid import HybridRanker
 from models.ranking.item_updates import _Outbox
 from models.segments import CustomerSegments
+from models.sets import isin
 
 #: A source partition, ``(topic, partition)``: what event positions and ``model_offsets`` are keyed by.
 SourcePartition = tuple[str, int]
@@ -627,7 +628,7 @@ class PersonalisationEngine:
         cold_rows = np.array([row_of(i) for i in cold_ids.tolist()], dtype=np.int64)
         ids, scores = padded(len(users), n)
         for k, excl in enumerate(excluded):
-            keep = np.flatnonzero(~np.isin(cold_rows, excl))[:n] if excl is not None else np.arange(min(n, m))
+            keep = np.flatnonzero(~isin(cold_rows, excl))[:n] if excl is not None else np.arange(min(n, m))
             ids[k, :len(keep)] = cold_ids[keep]
             scores[k, :len(keep)] = cold_scores[keep]
         return ids, scores

@@ -12,7 +12,7 @@ from models.baselines.request import Request
 from models.baselines.selection import NO_ROWS, Order, best_of, first_allowed
 from models.covisit import concat_ranges
 from models.ranking.topk import top_n
-from models.sets import union_sorted
+from models.sets import isin, member, union_sorted
 
 __all__ = ["CooccurrenceLists", "cold_lists"]
 
@@ -164,14 +164,14 @@ class CooccurrenceLists:
             best = scores.max(initial=-np.inf)
             if not best > TIE:  # the best may be an item without co-occurrence: the first by tiebreak
                 order = self.order(False).prefix(len(cols) + 1)
-                order = order[~np.isin(order, cols)]
+                order = order[~isin(order, cols)]
                 if len(order):
                     best = max(best, self.pop[order[0]] * self.scale)
             self.best[at] = best
         if need <= 0:
             return
         skip = union_sorted(request.excluded(k), extra)
-        ok = ~request.blocked[cols] & ~np.isin(cols, skip)
+        ok = ~request.blocked[cols] & ~member(cols, skip)
         cols, scores = cols[ok], scores[ok]
         mine = best_of(cols, scores, need)
         rows, scores = cols[mine], scores[mine]
@@ -179,7 +179,7 @@ class CooccurrenceLists:
             # Items without co-occurrence score their tiebreak: the best of them
             # by it (the others cannot beat them) compete with the list.
             fill = self.order(True).prefix(need + len(skip))
-            fill = fill[~np.isin(fill, skip) & ~np.isin(fill, cols)][:need]
+            fill = fill[~member(fill, skip) & ~isin(fill, cols)][:need]
             rows = np.concatenate((rows, fill))
             scores = np.concatenate((scores, self.pop[fill] * self.scale))
             best = best_of(rows, scores, need)

@@ -9,7 +9,8 @@ import numpy as np
 from models.baselines.cooccurrence import DecayedCooccurrenceBaseline
 from models.baselines.cooccurrence_lists import CooccurrenceLists, cold_lists
 from models.baselines.request import BatchedRecommender, Request
-from models.baselines.selection import member, position_in_group, recent_first
+from models.baselines.selection import position_in_group, recent_first
+from models.sets import member
 
 __all__ = ["RepeatBaseline", "RepeatCooccurrenceBaseline"]
 

@@ -11,8 +11,9 @@ import numpy as np
 
 from models.covisit import concat_ranges
 from models.ranking.topk import _best_k, top_n
+from models.sets import member
 
-__all__ = ["NO_ROWS", "SLACK", "Order", "best_of", "best_per_user", "first_allowed", "group_max", "kth_floor", "member",
+__all__ = ["NO_ROWS", "SLACK", "Order", "best_of", "best_per_user", "first_allowed", "group_max", "kth_floor",
            "popcount", "position_in_group", "recent_first"]
 
 NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -46,18 +47,6 @@ class Order:
             self._rows = top_n(masked, asked)
             self._all = len(self._rows) < asked
         return self._rows[:m]
-
-
-def member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """Which of ``keys`` are in ``sorted_keys``.
-
-    >>> member(np.array([3, 4, 9]), np.array([1, 3, 9])).tolist()
-    [True, False, True]
-    """
-    if not len(sorted_keys):
-        return np.zeros(len(keys), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
 
 
 def position_in_group(user: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:

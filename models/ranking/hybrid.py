@@ -43,7 +43,7 @@ from models.ranking.scoring import _Batch, _histories, _Terms
 from models.ranking.topk import _best_k
 from models.ranking.users import _User
 from models.session_knn import SessionNeighbours
-from models.sets import unique_sorted
+from models.sets import isin, unique_sorted
 
 __all__ = ["HybridRanker", "ItemState"]
 
@@ -612,7 +612,7 @@ class HybridRanker(StreamingRecommender):
         excl = [user.excluded(exclude) for user in users]
         if any(e is not None and len(e) for e in excl):
             ekeys = np.concatenate([b * N + e for b, e in enumerate(excl) if e is not None and len(e)])
-            keys = keys[~np.isin(keys, ekeys)]
+            keys = keys[~isin(keys, ekeys)]
         pu, pr = keys // N, keys % N
         return pu, pr, pair_features(self, ctx, t, users, pu, pr, own, sequels)
 
