@@ -264,3 +264,27 @@ def test_an_item_exchange_that_fails_for_good_stops_the_batch_and_parks_no_valid
 
     assert len(exchanges) == 1  # not retried event by event
     assert outputs.on(settings.topic_dead_letter) == [] and outputs.queued == [] and views.writes == []
+
+
+def test_a_batch_retried_event_by_event_teaches_each_customer_each_event_once(worker, settings):
+    """An event that makes the engine fail is dead-lettered; the others of its batch are learned once,
+    not once by the failed attempt and again by the retry."""
+    processor, store, outputs, views, metrics = worker
+    ranker = processor.engine.ranker
+    learn = ranker.learn_one
+
+    def learn_unless_poison(user_id, item_id, *args, **kwargs):
+        if item_id == "i9":
+            raise ValueError("poison")
+        return learn(user_id, item_id, *args, **kwargs)
+
+    ranker.learn_one = learn_unless_poison
+    processor.process([event("browse", "u1", "i1", 0, 10), event("click", "u1", "i9", 0, 11),
+                       event("browse", "u1", "i3", 0, 12)])
+
+    letters = [decode_dead_letter(r.value) for r in outputs.on(settings.topic_dead_letter)]
+    assert [(d.reason, d.offset) for d in letters] == [("processing_error", 11)]
+    user = ranker._users["u1"]
+    assert [ranker.catalog.item_id(row) for row in user.history] == ["i1", "i3"]
+    assert user.counts == (1, 1) and user.n == 2
+    assert store["u1"].counts["browse"] == 2
