@@ -91,7 +91,7 @@ from models.ranking.base import padded, valid_counts
 from models.ranking.hybrid import HybridRanker
 from models.ranking.item_updates import _Outbox
 from models.segments import CustomerSegments
-from models.sets import isin
+from models.sets import member
 
 #: A source partition, ``(topic, partition)``: what event positions and ``model_offsets`` are keyed by.
 SourcePartition = tuple[str, int]
@@ -339,6 +339,10 @@ class PersonalisationEngine:
         :meth:`apply_update` here, a worker alone) before the customers are
         ranked: a worker among others publishes it and applies every
         worker's updates, its own included, up to it (``streams/sharing``).
+
+        A call that raises learns nothing of the batch: the customers' own
+        state is let go (their profiles hold it) and the item-side part is
+        dropped, so the caller may process the events again.
         """
         clock = time.perf_counter
         t0 = clock()
@@ -346,18 +350,25 @@ class PersonalisationEngine:
         triggers: dict[str, tuple[int, float]] = {}
         self.take_update()  # (what a failed batch queued is not learned)
         personal: set[str] = set()  # customers whose own model state changed
-        latest_ts = self._learn_batch(events, profiles, positions, out, triggers, personal)
-        update = self.take_update()
-        if update is not None:
-            (share or self.apply_update)(update)  # the customers' factors move with it
-        self._put_model_state(out.profiles, personal)
-        t1 = clock()
-        if triggers:
-            self._assign_segments({user: out.profiles[user] for user in triggers}, latest_ts)
-        t2 = clock()
-        if recommend and triggers:
-            self._recommend_touched(out, triggers)
-        t3 = clock()
+        try:
+            latest_ts = self._learn_batch(events, profiles, positions, out, triggers, personal)
+            update = self.take_update()
+            if update is not None:
+                (share or self.apply_update)(update)  # the customers' factors move with it
+            self._put_model_state(out.profiles, personal)
+            t1 = clock()
+            if triggers:
+                self._assign_segments({user: out.profiles[user] for user in triggers}, latest_ts)
+            t2 = clock()
+            if recommend and triggers:
+                self._recommend_touched(out, triggers)
+            t3 = clock()
+        except Exception:
+            # A failed batch leaves its customers' own state as their stored profiles hold it (a
+            # customer without one starts afresh): events retried are then learned once, not again
+            # on top of what the failed attempt learned.
+            self.drop_users({ev.user_id for ev in events})
+            raise
         timings = self.timings
         timings["learn"] += t1 - t0
         timings["segments"] += t2 - t1
@@ -628,7 +639,7 @@ class PersonalisationEngine:
         cold_rows = np.array([row_of(i) for i in cold_ids.tolist()], dtype=np.int64)
         ids, scores = padded(len(users), n)
         for k, excl in enumerate(excluded):
-            keep = np.flatnonzero(~isin(cold_rows, excl))[:n] if excl is not None else np.arange(min(n, m))
+            keep = np.flatnonzero(~member(cold_rows, excl))[:n] if excl is not None else np.arange(min(n, m))
             ids[k, :len(keep)] = cold_ids[keep]
             scores[k, :len(keep)] = cold_scores[keep]
         return ids, scores

@@ -13,8 +13,9 @@ Error policy per stage:
   a bug triggered by some event. The batch is retried event by event and only
   the events that still fail are dead-lettered (reason ``processing_error``):
   the worker stays up and no valid event is lost, only parked for replay.
-  The customers of the batch are first let go from the models' memory, so
-  the retry learns each event once, from the state their profiles hold.
+  A failed ``engine.process`` learns nothing of the batch (the engine lets
+  its customers' state go: their profiles hold it), so the retry learns each
+  event once.
   The exception is the item-side exchange the engine calls (``share``):
   when it fails for good (:class:`~streams.ports.PortFailed`) no event is at
   fault, and the loop stops as for a sink.
@@ -252,10 +253,6 @@ class BatchProcessor:
             raise  # an exchange failed, not an event: the loop stops and the next owner processes the batch
         except Exception:
             log.exception("processing a batch of %d events failed; isolating the failing events", len(events))
-        # The failed attempt may have taught the customers' own state part of the batch: let it go, so
-        # that each event retried meets what the customer's stored profile holds (a customer without
-        # one starts afresh). The engine drops the attempt's item-side queue itself.
-        self.engine.drop_users({ev.user_id for ev in events})
         merged, kept, profiles = None, [], {}
         for ev, msg, pos in valid:
             try:

@@ -8,7 +8,7 @@ from models.baselines.request import BatchedRecommender, Request
 from models.baselines.selection import Order, first_allowed
 from models.popularity import TrendingPopularity
 from models.ranking.topk import top_n
-from models.sets import isin, union_sorted
+from models.sets import member, union_sorted
 
 __all__ = ["PopularityBaseline"]
 
@@ -60,12 +60,12 @@ class PopularityBaseline(BatchedRecommender):
         short = np.flatnonzero(short) if len(order) == _LEADERS else short[:0]  # (else: every row is a leader)
         pop = self.popularity.scores(request.n_items)
         if len(short):
-            keep = ~isin(users, short)
+            keep = ~member(users, short)  # (short: ascending)
             users, ranks, rows = users[keep], ranks[keep], rows[keep]
             if len(short) <= _FEW_SHORT:
                 self._rank_each(request, short, pop)
             else:  # many: a longer order, as long as the most any of them skips
-                sel = isin(skip_user, short)
+                sel = member(skip_user, short)
                 order = Order(pop, request.blocked).prefix(request.n + int(np.bincount(skip_user).max(initial=0)))
                 again = first_allowed(order, need[short], np.searchsorted(short, skip_user[sel]), skip_rows[sel],
                                       request.n_items)

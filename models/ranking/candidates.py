@@ -423,9 +423,7 @@ class _Context:
         labels = np.array(dl + dl, dtype=np.int64)
         n = max(self.n_items, 1)
         key = np.repeat(labels, lens) * n + np.concatenate(parts) if sum(lens) else np.zeros(0, dtype=np.int64)
-        key = np.sort(key, kind="stable")  # by category, then row (merges the sorted runs: fast)
-        if len(key) > 1:
-            key = key[np.concatenate(([True], key[1:] != key[:-1]))]  # no repeats
+        key = unique_sorted(key, kind="stable")  # by category, then row, no repeats (merges the sorted runs)
         lab = key // n
         rows = key - lab * n
         top = self.blocks[0]
@@ -446,11 +444,7 @@ class _Context:
         rows = np.concatenate((self.cat_top[c], self.cat_new[c]))
         if not len(rows):
             return rows
-        rows.sort()
-        keep = np.empty(len(rows), dtype=bool)
-        keep[0] = True
-        np.not_equal(rows[1:], rows[:-1], out=keep[1:])  # np.unique
-        rows = rows[keep]
+        rows = unique_sorted(rows)
         if len(top):
             at = np.searchsorted(top, rows)
             at[at == len(top)] = 0

@@ -43,7 +43,7 @@ from models.ranking.scoring import _Batch, _histories, _Terms
 from models.ranking.topk import _best_k
 from models.ranking.users import _User
 from models.session_knn import SessionNeighbours
-from models.sets import isin, unique_sorted
+from models.sets import member, unique_sorted
 
 __all__ = ["HybridRanker", "ItemState"]
 
@@ -572,8 +572,7 @@ class HybridRanker(StreamingRecommender):
         cv = t.cv_r
         pool = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
         if len(cv) and len(pool):
-            at = np.minimum(np.searchsorted(cv, pool), len(cv) - 1)
-            pool = pool[cv[at] != pool]
+            pool = pool[~member(pool, cv)]
         cand = np.concatenate((cv, pool))
         if not len(cand):
             return cand, t
@@ -589,8 +588,7 @@ class HybridRanker(StreamingRecommender):
             scores[: len(cv)] += t.cv_v * t.cvs[0]
         excl = user.excluded(exclude)  # sorted
         if excl is not None and len(excl):
-            at = np.minimum(np.searchsorted(excl, cand), len(excl) - 1)
-            scores[excl[at] == cand] = -np.inf
+            scores[member(cand, excl)] = -np.inf
         idx = _best_k(scores[None, :], n, lambda i, j: cand[j])[0]
         idx = idx[scores[idx] > -np.inf]
         return cand[idx], t
@@ -611,8 +609,9 @@ class HybridRanker(StreamingRecommender):
         keys = keys[ctx.available[keys % N]]
         excl = [user.excluded(exclude) for user in users]
         if any(e is not None and len(e) for e in excl):
+            # (ascending: customers in order, each one's excluded rows sorted)
             ekeys = np.concatenate([b * N + e for b, e in enumerate(excl) if e is not None and len(e)])
-            keys = keys[~isin(keys, ekeys)]
+            keys = keys[~member(keys, ekeys)]
         pu, pr = keys // N, keys % N
         return pu, pr, pair_features(self, ctx, t, users, pu, pr, own, sequels)
 

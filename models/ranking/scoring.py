@@ -12,6 +12,7 @@ import numpy as np
 from models.groups import strongest_in_groups
 from models.ranking.candidates import _Context
 from models.ranking.topk import _best_k, _run_starts, _stable_order
+from models.sets import member
 
 _GEMM_ROWS = 128  # rows per matrix product (larger ones make OpenBLAS start threads that then spin)
 
@@ -278,7 +279,7 @@ class _Batch:
 
     def _exclude(self, excluded: list[np.ndarray | None], cs: np.ndarray | None):
         """The excluded (user, row) pairs, as users and rows (``None, None`` without any); the
-        excluded neighbours' scores in ``cs`` become ``-inf``."""
+        excluded neighbours' scores in ``cs`` become ``-inf``. Each user's ``excluded`` rows are sorted."""
         t = self.t
         lens = np.array([0 if e is None else len(e) for e in excluded], dtype=np.int64)
         if not lens.sum():
@@ -290,10 +291,8 @@ class _Batch:
         if cs is not None:
             has = (lens > 0)[cu]  # only neighbours of users with exclusions
             hu, hr = cu[has], cr[has]
-            ekeys = np.sort(eu * N + er)
-            hkeys = hu * N + hr
-            p = np.minimum(np.searchsorted(ekeys, hkeys), len(ekeys) - 1)
-            hit = np.flatnonzero(has)[ekeys[p] == hkeys]
+            ekeys = eu * N + er  # ascending: users in order, each one's excluded rows sorted
+            hit = np.flatnonzero(has)[member(hu * N + hr, ekeys)]
             cs[hit] = -np.inf
         return eu, er
 
