@@ -1,12 +1,12 @@
 """Reading from the broker: what a consumed message is, and partition ranges read outside any group.
 
 Every reader of the worker (the stream loop, the catalogue follower, the
-item-updates log) tells a consumed message apart with :func:`delivered`, so
-a fatal client error stops each of them alike and a transient one is logged
-alike. Partition ranges (:func:`read_ranges`) restore a partition's state
-from its changelog and let the models catch up on events their checkpoint
-predates: a group-less consumer with manual assignment reads exactly the
-asked offsets, whatever the worker's own consumer group is doing.
+item-updates log, the changelog restore) tells a consumed message apart with
+:func:`delivered`, so a fatal client error stops each of them alike and a
+transient one is logged alike. Partition ranges (:func:`read_ranges`)
+restore a partition's state from its changelog: a group-less consumer with
+manual assignment reads exactly the asked offsets, whatever the worker's own
+consumer group is doing.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def read_ranges(settings: Settings, topic: str, ranges: dict[int, tuple[int | No
     A partition is done at its first message at or past ``end - 1``; offsets
     deleted by retention are simply absent. Raises ``TimeoutError`` when
     ``timeout_s`` pass without a message while a range is not complete, and
-    ``RuntimeError`` on a broker error.
+    ``KafkaException`` on a fatal client error (a transient one is logged and retried, as by
+    :func:`delivered` everywhere).
     """
     out: dict[int, list[Any]] = {p: [] for p in ranges}
     todo = {p for p, (start, end) in ranges.items() if end > (start or 0)}
@@ -105,8 +106,8 @@ def read_ranges(settings: Settings, topic: str, ranges: dict[int, tuple[int | No
                 continue
             deadline = time.monotonic() + timeout_s
             for msg in batch:
-                if msg.error() is not None:
-                    raise RuntimeError(f"reading {topic}: {msg.error()}")
+                if delivered(msg, f"reading {topic}") is not Delivered.RECORD:
+                    continue  # a transient error, retried by the client within the deadline
                 p = msg.partition()
                 if p not in todo:
                     continue
@@ -121,12 +122,6 @@ def read_ranges(settings: Settings, topic: str, ranges: dict[int, tuple[int | No
         return out
     finally:
         consumer.close()
-
-
-def read_range(settings: Settings, topic: str, partition: int, start: int | None, end: int,
-               timeout_s: float = 30.0) -> list[Any]:
-    """The messages at offsets ``[start, end)`` of one partition (see :func:`read_ranges`)."""
-    return read_ranges(settings, topic, {partition: (start, end)}, timeout_s)[partition]
 
 
 def committed_offsets(settings: Settings, tps: Iterable[tuple[str, int]], timeout_s: float = 10.0) -> dict:

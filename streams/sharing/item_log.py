@@ -30,7 +30,11 @@ Why no event is lost or counted twice:
   applied from its source partition, the same rule everywhere.
 
 Records that are not updates (a damaged record) are skipped and counted by
-every worker alike. A record with an empty value is a heartbeat: a worker
+every worker alike. An update that decodes but fails to apply is a bug in
+applying the log, not the batch's fault: the exchange raises
+:class:`~streams.ports.PortFailed` and the worker stops without writing
+positions (its item side may hold part of the record), rather than go on
+with an item side its peers do not hold. A record with an empty value is a heartbeat: a worker
 with nothing to publish sends one every ``item_updates_heartbeat_s`` so its
 peers can tell an idle worker from a stuck one
 (``recostream_item_updates_peer_last_timestamp_seconds``); a worker that
@@ -172,14 +176,22 @@ class ItemLog:
     def exchange(self, update: EngineUpdate) -> None:
         """Publish ``update`` and apply the log up to and including it (the peers' records first).
 
-        Raises :class:`~streams.ports.PortFailed` when the log refuses the record or its reader
-        fails for good: the batch is not at fault, so it must not be retried event by event."""
+        Raises :class:`~streams.ports.PortFailed` when the log refuses the record, its reader fails
+        for good, or applying a record of the log fails: the batch is not at fault, so it must not be
+        retried event by event. A record that fails to apply may have changed part of the item side,
+        which is then no longer the log's: only a restart from the checkpoint makes it so again.
+        """
         began = time.perf_counter()
         records = self._records(update)
         try:
-            self._apply_through(self._publish(records))
+            offset = self._publish(records)
         except KafkaException as exc:
             raise PortFailed(f"{self.topic}: {exc}") from exc
+        try:
+            self._apply_through(offset)
+        except Exception as exc:
+            raise PortFailed(f"{self.topic}: applying the log through offset {offset} failed (last record "
+                             f"taken: {self.engine.item_log_offset - 1}): {type(exc).__name__}: {exc}") from exc
         self.metrics.item_update_exchange_seconds.observe(time.perf_counter() - began)
 
     def _records(self, update: EngineUpdate) -> list[bytes]:

@@ -10,6 +10,7 @@ same list from either worker given their profile's state; no customer id is in t
 from __future__ import annotations
 
 import collections
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from models.engine import PersonalisationEngine
 from models.engine_update import decode_engine_update
 from models.profile import decode_profile
 from streams.kafka.produce import make_producer, publish_catalogue, publish_events
+from streams.metrics import Metrics
+from streams.ports import PortFailed
+from streams.sharing.item_log import ItemLog
 from streams.sinks.redis import RedisKeys
 from streams.tools.embedded import free_port
 from streams.tools.generator import ShopperSimulator
@@ -113,3 +117,31 @@ def test_two_workers_hold_one_item_side_whoever_owned_which_partition(settings, 
             update = decode_engine_update(m.value())
             names.update(update.ranker.items, (topic for topic, _ in update.sources))
     assert names and not names & set(users)
+
+
+def test_a_log_record_that_fails_to_apply_stops_the_exchange_not_the_batch(settings):
+    """Applying the log is not the batch's doing: an update that fails to apply (a bug in applying it)
+    raises PortFailed out of the exchange, which the batch processor lets through (the worker stops
+    without writing positions) instead of retrying the batch event by event and dead-lettering it."""
+    s = own_topics(settings, "applyfail")
+    engines = {name: PersonalisationEngine(top_n=3, seed=1) for name in ("a", "b")}
+    logs = {name: ItemLog(s, engine, Metrics(process_metrics=False), name) for name, engine in engines.items()}
+    try:
+        for name, engine in engines.items():
+            for k in range(3):
+                engine.upsert_item(f"i{k}", "books")
+            logs[name].catch_up(timeout_s=30)
+        batch = [SimpleNamespace(event_id=f"e{k}", user_id="u1", item_id=f"i{k % 3}", type="click", ts=1.7e9 + k,
+                                 category="books", price=None, quantity=None, order_id=None) for k in range(4)]
+        engines["a"].process(batch, {}, positions=[(("click", 0), k) for k in range(4)], share=logs["a"].exchange)
+        assert engines["a"].model_version == 4
+
+        def broken(update):
+            raise IndexError("a bug in applying an update")
+
+        engines["b"].apply_update = broken  # a's record comes first in b's exchange
+        with pytest.raises(PortFailed, match="applying the log through offset .*IndexError"):
+            engines["b"].process(batch[:1], {}, positions=[(("click", 1), 0)], share=logs["b"].exchange)
+    finally:
+        for item_log in logs.values():
+            item_log.close()
