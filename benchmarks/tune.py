@@ -29,6 +29,7 @@ import os
 import sys
 import time
 
+from models.comparison import best_baseline, margins
 from models.evaluation import available_cpus, prequential
 from models.ranking import HybridRanker
 from streams.tools.replay import COSTS, MODEL_NAME, build_models, read_events
@@ -41,23 +42,6 @@ CANDIDATES = {
     "session_neighbours": {"session_neighbours": True},
     "session_neighbours, train_every=16": {"session_neighbours": True, "train_every": 16},
 }
-SMALL_HR = 0.02  # below this best-baseline HR@K the rule asks only "not below"
-
-
-def margins(model: dict, best: dict) -> tuple[float, float, bool]:
-    """``(hr_ratio, mrr_ratio, meets)`` of one half-cell against the best baseline's numbers."""
-    hr_ratio = model["hr"] / best["hr"] if best["hr"] > 0 else float("inf")
-    mrr_ratio = model["mrr"] / best["mrr"] if best["mrr"] > 0 else float("inf")
-    need = 1.05 if best["hr"] >= SMALL_HR else 1.0
-    return hr_ratio, mrr_ratio, hr_ratio >= need and mrr_ratio >= 1.0
-
-
-def best_baseline(blocks: dict, half: str) -> tuple[str, dict]:
-    """The baseline with the highest HR@K on ``half`` (ties: higher MRR)."""
-    name = max(blocks, key=lambda b: (blocks[b][half]["hr"], blocks[b][half]["mrr"]))
-    return name, blocks[name][half]
-
-
 def run_cell(path: str, rule: str, candidates: dict, k: int, jobs: int) -> dict:
     events, bad = read_events(path)
     models = {name: m for name, m in build_models(exclude=rule).items() if name != MODEL_NAME}

@@ -2,7 +2,10 @@
 
 Replays a CSV event log in time order through the product ranker (built with
 ``HybridRanker()`` defaults, exactly as the Faust workers build it) and the
-streaming baselines, test-then-train, and reports HR@K / MRR@K / coverage.
+streaming baselines, test-then-train, and reports HR@K / MRR@K / coverage,
+and whether the ranker beats the baselines on this log: the quality rule of
+docs/QUALITY.md against the best of them, and for each a paired difference
+with its 95 % interval (:mod:`models.comparison`).
 
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 
 import click
 
@@ -21,7 +25,8 @@ from models.baselines import (
     RepeatBaseline,
     RepeatCooccurrenceBaseline,
 )
-from models.evaluation import Evaluation, available_cpus, prequential
+from models.comparison import compare
+from models.evaluation import Evaluation, Event, available_cpus, prequential
 from models.events import EVENT_WEIGHTS
 from models.ranking import EXCLUDE_RULES, HybridRanker
 from models.sharded import ShardedRecommender
@@ -149,7 +154,9 @@ def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, 
 
 
 def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers: int = 1,
-                sharing: bool = True) -> dict:
+                sharing: bool = True, events: Sequence[Event] | None = None) -> dict:
+    """The replay's JSON report; with the replayed ``events``, also ``comparison``: the ranker
+    against the baselines (the quality rule and paired intervals, :func:`models.comparison.compare`)."""
     len_half = ev.events // 2
 
     def block(name):
@@ -162,6 +169,7 @@ def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers
     return {
         "model": block(MODEL_NAME),
         "baselines": {name: block(name) for name in ev.models if name != MODEL_NAME},
+        "comparison": compare(ev, MODEL_NAME, events) if events is not None and len(ev.models) > 1 else None,
         "k": ev.k,
         "exclude": ev.exclude,
         "batch": batch,
@@ -172,6 +180,35 @@ def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers
         "events_per_s": ev.events_per_s,
         "seconds": ev.seconds,
     }
+
+
+def _verdict(interval: list) -> str:
+    lo, hi = interval
+    if lo is None or hi is None:
+        return "-"
+    return "better" if lo > 0 else "worse" if hi < 0 else "cannot tell"
+
+
+def comparison_table(comparison: dict, k: int):
+    """The ranker against each baseline (:func:`models.comparison.compare`), as a table."""
+    from rich.table import Table
+
+    best = comparison["best_baseline"]
+    ratio = " ".join(f"{name} x{comparison[key]:.3f}" if comparison[key] is not None else f"{name} -"
+                     for name, key in ((f"HR@{k}", "hr_ratio"), (f"MRR@{k}", "mrr_ratio")))
+    rule = "met" if comparison["rule_met"] else "NOT met"
+    table = Table(title=f"{MODEL_NAME} minus each baseline, same events (95 % intervals, clustered by customer)",
+                  caption=f"best baseline {best}: {ratio}; quality rule (docs/QUALITY.md) {rule}")
+    for col in ("baseline", f"HR@{k} diff.", "95 % interval", f"MRR@{k} diff.", "95 % interval", "HR / MRR"):
+        table.add_column(col, justify="left" if col == "baseline" else "right", no_wrap=True)
+
+    def interval(ci: list) -> str:
+        return "-" if None in ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+    for name, d in comparison["vs"].items():
+        table.add_row(name, f"{d['hr_diff']:+.4f}", interval(d["hr_diff_ci95"]), f"{d['mrr_diff']:+.4f}",
+                      interval(d["mrr_diff_ci95"]), f"{_verdict(d['hr_diff_ci95'])} / {_verdict(d['mrr_diff_ci95'])}")
+    return table
 
 
 def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
@@ -268,7 +305,7 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
     if plot_path:
         plot_rolling(ev, plot_path)
         click.echo(f"wrote the rolling hit rate of every model to {plot_path}", err=True)
-    result = result_json(ev, n_bad, batch, workers, sharing)
+    result = result_json(ev, n_bad, batch, workers, sharing, events)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -281,6 +318,8 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
         table.add_row(name, f"{block['hr']:.4f}", f"{block['mrr']:.4f}", f"{block['coverage']:.3f}", str(block["n"]),
                       f"{block['first_half']['hr']:.4f}", f"{block['second_half']['hr']:.4f}")
     out.print(table)
+    if result["comparison"] is not None:
+        out.print(comparison_table(result["comparison"], k))
     processes = min(jobs, len(ev.models))
     out.print(f"{ev.events} events in {ev.seconds:.1f} s = {ev.events_per_s:,.0f} events/s "
               f"(all {len(ev.models)} models, test-then-train, {processes} process{'es' if processes > 1 else ''}); "

@@ -73,6 +73,19 @@ def test_replay_json(tmp_path):
     # the data has strong taste groups: the ranker must beat popularity
     assert out["model"]["hr"] > out["baselines"]["popularity"]["hr"]
     assert "line 4" in result.stderr and "4 bad row(s) skipped" in result.stderr
+    # The comparison with the baselines: the best one (by HR, then MRR) and the rule against it, and
+    # per baseline the paired differences, which are the differences of the blocks above.
+    cmp = out["comparison"]
+    best = max(out["baselines"], key=lambda b: (out["baselines"][b]["hr"], out["baselines"][b]["mrr"]))
+    assert cmp["best_baseline"] == best
+    assert cmp["hr_ratio"] == pytest.approx(out["model"]["hr"] / out["baselines"][best]["hr"])
+    assert cmp["rule_met"] == (cmp["hr_ratio"] >= (1.05 if out["baselines"][best]["hr"] >= 0.02 else 1.0)
+                               and cmp["mrr_ratio"] >= 1.0)
+    for name, d in cmp["vs"].items():
+        assert d["hr_diff"] == pytest.approx(out["model"]["hr"] - out["baselines"][name]["hr"])
+        assert d["hr_diff_ci95"][0] <= d["hr_diff"] <= d["hr_diff_ci95"][1]
+        assert d["mrr_diff_ci95"][0] <= d["mrr_diff"] <= d["mrr_diff_ci95"][1]
+    assert cmp["vs"]["popularity"]["hr_diff_ci95"][0] > 0  # measurably better than popularity
 
 
 def test_replay_table_and_plot(tmp_path):
@@ -80,7 +93,8 @@ def test_replay_table_and_plot(tmp_path):
     png = tmp_path / "rolling.png"
     result = CliRunner().invoke(replay, ["--events", str(log), "--plot", str(png)])
     assert result.exit_code == 0, result.output
-    for name in ("HybridRanker", "popularity", "cooccurrence", "HR@10", "MRR@10", "events/s"):
+    for name in ("HybridRanker", "popularity", "cooccurrence", "HR@10", "MRR@10", "events/s",
+                 "minus each baseline", "95 % interval", "quality rule"):
         assert name in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 

@@ -1,0 +1,115 @@
+"""Whether a model beats the baselines of the same replay: the quality rule, and paired intervals.
+
+The rule (docs/QUALITY.md) compares the model with the **best baseline** of
+the run, the one with the highest HR@K (ties: higher MRR@K): the model's
+HR@K must be at least ``LIFT`` (1.05) times that baseline's and its MRR@K at
+least that baseline's, wherever that HR@K is at least ``SMALL_HR`` (0.02);
+below it, where a handful of hits decide, only "not below" is asked.
+
+Point estimates alone do not say whether a difference is more than chance.
+Every model of a replay is judged on the same events, so the comparison is
+paired: :func:`paired_difference` gives the mean difference of per-event
+hits (or reciprocal ranks) with a 95 % interval whose variance is summed
+per customer (a customer's events are not independent of each other: the
+same history, the same tastes), the cluster-robust sandwich estimate with
+the ``G / (G - 1)`` small-sample factor. An interval above 0 means the model
+measurably beats that baseline on this log; one that contains 0 means the
+log cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.effect.statistics import Z95
+from models.evaluation import Evaluation, Event
+from models.sets import unique_inverse
+
+__all__ = ["LIFT", "SMALL_HR", "best_baseline", "margins", "paired_difference", "compare"]
+
+LIFT = 1.05  # HR@K the rule asks of the model, relative to the best baseline's
+SMALL_HR = 0.02  # below this best-baseline HR@K the rule asks only "not below"
+
+
+def best_baseline(blocks: dict, part: str | None = None) -> tuple[str, dict]:
+    """The baseline of ``blocks`` (name -> ``{"hr", "mrr", ...}``, or name -> part -> that) with the
+    highest HR@K, ties to the higher MRR@K: ``(name, its numbers)``.
+
+    >>> best_baseline({"pop": {"hr": 0.1, "mrr": 0.05}, "cooc": {"hr": 0.1, "mrr": 0.06}})
+    ('cooc', {'hr': 0.1, 'mrr': 0.06})
+    """
+    pick = (lambda name: blocks[name]) if part is None else (lambda name: blocks[name][part])
+    name = max(blocks, key=lambda b: (pick(b)["hr"], pick(b)["mrr"]))
+    return name, pick(name)
+
+
+def margins(model: dict, best: dict) -> tuple[float, float, bool]:
+    """``(hr_ratio, mrr_ratio, meets)`` of a model's ``{"hr", "mrr"}`` against the best baseline's.
+
+    >>> hr_ratio, mrr_ratio, meets = margins({"hr": 0.21, "mrr": 0.1}, {"hr": 0.2, "mrr": 0.1})
+    >>> round(hr_ratio, 6), mrr_ratio, meets  # 1.05 x the HR (up to rounding), the same MRR: met
+    (1.05, 1.0, True)
+    >>> margins({"hr": 0.003, "mrr": 0.001}, {"hr": 0.003, "mrr": 0.0011})[2]  # small HR: not below
+    False
+    """
+    hr_ratio = model["hr"] / best["hr"] if best["hr"] > 0 else float("inf")
+    mrr_ratio = model["mrr"] / best["mrr"] if best["mrr"] > 0 else float("inf")
+    need = LIFT if best["hr"] >= SMALL_HR else 1.0
+    return hr_ratio, mrr_ratio, hr_ratio >= need - 1e-12 and mrr_ratio >= 1.0
+
+
+def paired_difference(x: np.ndarray, y: np.ndarray, clusters: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+    """Mean of ``x - y`` over paired observations and its interval (95 % by default), the variance
+    summed per cluster (``clusters``: a non-negative int label per observation); ``nan`` bounds with
+    fewer than two clusters.
+
+    >>> x = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    >>> y = np.array([0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    >>> d, lo, hi = paired_difference(x, y, np.array([0, 0, 1, 1, 2, 2]))
+    >>> round(d, 4), round(lo, 4), round(hi, 4)
+    (0.3333, 0.0067, 0.66)
+    """
+    d = np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    n = len(d)
+    if not n:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(d.mean())
+    labels, at = unique_inverse(np.asarray(clusters, dtype=np.int64))
+    g = len(labels)
+    if g < 2:
+        return mean, float("nan"), float("nan")
+    sums = np.bincount(at, d - mean, minlength=g)
+    se = math.sqrt(g / (g - 1) * float(sums @ sums)) / n
+    return mean, mean - z * se, mean + z * se
+
+
+def compare(ev: Evaluation, model: str, events: Sequence[Event]) -> dict:
+    """``model`` of the replay ``ev`` of ``events`` against every other model of it (the baselines),
+    paired on the events all of them were judged on, clustered by customer.
+
+    Returns ``best_baseline``, ``rule_met``, ``hr_ratio`` and ``mrr_ratio`` (against the best
+    baseline), and per baseline ``hr_diff`` / ``mrr_diff`` (model minus baseline) with their
+    ``*_ci95`` intervals ``[low, high]`` (``None`` where undefined: JSON has no NaN).
+    """
+    mine = ev.models[model]
+    index: dict[str, int] = {}
+    clusters = np.fromiter((index.setdefault(events[p][1], len(index)) for p in mine.positions.tolist()),
+                           dtype=np.int64, count=mine.n)
+    others = {name: score for name, score in ev.models.items() if name != model}
+    best, numbers = best_baseline({name: score.summary() for name, score in others.items()})
+    hr_ratio, mrr_ratio, met = margins(mine.summary(), numbers)
+    vs = {}
+    for name, score in others.items():
+        hr, hr_lo, hr_hi = paired_difference(mine.rr > 0, score.rr > 0, clusters)
+        mrr, mrr_lo, mrr_hi = paired_difference(mine.rr, score.rr, clusters)
+        vs[name] = {"hr_diff": _finite(hr), "hr_diff_ci95": [_finite(hr_lo), _finite(hr_hi)],
+                    "mrr_diff": _finite(mrr), "mrr_diff_ci95": [_finite(mrr_lo), _finite(mrr_hi)]}
+    return {"best_baseline": best, "rule_met": met, "hr_ratio": _finite(hr_ratio), "mrr_ratio": _finite(mrr_ratio),
+            "vs": vs}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
