@@ -7,7 +7,11 @@ the consumer can return any of its messages; positions are recorded between
 batches, every ``commit_interval_s``, by the position checkpoint
 (``streams/checkpointing/positions.py``, which drains every output first); a
 revocation records them inside the revocation callback, before the group
-moves the partition. docs/RELIABILITY.md argues why that loses nothing.
+moves the partition. A message is handled only at its partition's position:
+one below it is dropped, one past it makes the loop read the partition again
+from the position until reading again confirms no record is there
+(``streams/kafka/continuity.py``). docs/RELIABILITY.md argues why that loses
+nothing.
 
 Error policy: a message the broker reports as an error is logged (librdkafka
 retries transient ones); a fatal consumer error, or any exception out of a
@@ -29,6 +33,7 @@ from confluent_kafka import Consumer, TopicPartition
 from streams.checkpointing.checkpointer import Checkpointer
 from streams.checkpointing.positions import PositionCheckpoint
 from streams.contract import ContractError
+from streams.kafka.continuity import Check, Continuity
 from streams.kafka.read import Delivered, delivered
 from streams.metrics import Metrics, Position
 from streams.pipeline import BatchProcessor
@@ -89,6 +94,7 @@ class StreamLoop:
         self._max_queued = 8 * settings.batch_max_events
         self.consumer: Any = None
         self._callback_error: BaseException | None = None
+        self.continuity = Continuity()
         self._failed = False
         #: Set once the loop has joined the group (for tests and ``up``).
         self.started = threading.Event()
@@ -210,12 +216,33 @@ class StreamLoop:
         owned = self.store.partitions
         inputs, items = [], []
         control, catalogue = self.settings.topic_control, self.settings.topic_items
+        # Each partition's position as the batch goes: a message is handled only at its partition's
+        # position (streams/kafka/continuity.py); the positions move once the batch is handled.
+        moved: dict[tuple[str, int], int] = {}
+        reread: set[tuple[str, int]] = set()
         for msg in batch:
             if delivered(msg, "stream loop") is not Delivered.RECORD:
                 continue
-            if msg.partition() not in owned:
+            state = owned.get(msg.partition())
+            if state is None:
                 continue  # a partition whose takeover found a newer owner
             topic = msg.topic()
+            key = (topic, msg.partition())
+            if key in reread:
+                continue  # comes again from the position
+            position = moved.get(key, state.positions.get(topic))
+            check = self.continuity.check(key, msg.offset(), position)
+            if check is Check.STALE:
+                continue
+            if check is Check.REREAD:
+                self._read_again(key, position, msg.offset())
+                reread.add(key)
+                continue
+            if check is Check.STEP_OVER:
+                log.info("%s:%d: offsets %d..%d hold no record (read again %d times): stepping over them", topic,
+                         key[1], position, msg.offset() - 1, self.continuity.confirm_after)
+                self.metrics.consumer_gaps.labels("stepped_over").inc()
+            moved[key] = msg.offset() + 1
             if topic in self.inputs:
                 inputs.append(msg)
             elif topic == catalogue:
@@ -229,11 +256,16 @@ class StreamLoop:
             self.processor.process(inputs)
         if items:
             self.processor.check_items(items)
-        for msg in batch:
-            if msg.error() is None:
-                state = owned.get(msg.partition())
-                if state is not None:
-                    state.positions[msg.topic()] = msg.offset() + 1
+        for (topic, partition), position in moved.items():
+            owned[partition].positions[topic] = position
+
+    def _read_again(self, key: tuple[str, int], position: int, offset: int) -> None:
+        """Seek a partition whose next message came past its position back to the position."""
+        topic, partition = key
+        log.warning("%s:%d: the consumer delivered offset %d at position %d; reading again from %d", topic,
+                    partition, offset, position, position)
+        self.metrics.consumer_gaps.labels("reread").inc()
+        self.consumer.seek(TopicPartition(topic, partition, position))
 
     def _control(self, msg: Any) -> None:
         """A forget command erases the customer from profiles, models and Redis, then checkpoints."""
@@ -303,5 +335,6 @@ class StreamLoop:
         self._lag = []
 
     def _let_go(self, partitions: set[int]) -> None:
+        self.continuity.forget()
         self.processor.let_go(partitions)
         self.ownership.release(partitions)

@@ -141,6 +141,7 @@ class Metrics:
         self.item_update_events_applied = Counter("item_update_events_applied_total", "Events the item side learned from applied update records.", namespace=ns, registry=r)
         self.item_update_events_skipped = Counter("item_update_events_skipped_total", "Events of applied update records the item side had learned already (a batch processed again).", namespace=ns, registry=r)
         self.item_updates_rejected = Counter("item_updates_rejected_total", "Records of the item-updates topic that are not updates (skipped by every worker).", namespace=ns, registry=r)
+        self.consumer_gaps = Counter("consumer_gaps_total", "Input messages delivered past their partition's position: read again from the position (outcome=reread), or stepped over once reading again confirmed no record is there (outcome=stepped_over).", ["outcome"], namespace=ns, registry=r)
         self.item_updates_missed = Counter("item_updates_missed_total", "Item-updates records deleted by retention before this worker applied them.", namespace=ns, registry=r)
         self.item_update_exchange_seconds = Histogram("item_update_exchange_seconds", "Publishing a batch's item-side update until the log is applied through it.", namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
         self.item_updates_peer_last = Gauge("item_updates_peer_last_timestamp_seconds", "When the newest applied record of each worker (heartbeats included) was published (Unix time).", ["peer"], namespace=ns, registry=r)

@@ -85,7 +85,9 @@ class ItemLog:
         self.key = worker_id.encode()
         self.max_record_bytes = settings.item_update_max_bytes
         self.heartbeat_s = settings.item_updates_heartbeat_s
-        self._producer = make_producer(settings, **{"acks": "all", "linger.ms": 0})
+        # One record per batch: tansu reports a partition's end as the base offset of its last batch + 1,
+        # which :meth:`catch_up` reads as the log's end.
+        self._producer = make_producer(settings, **{"acks": "all", "linger.ms": 0, "batch.num.messages": 1})
         self._consumer: Any = None
         self._last_sent = 0.0
 
@@ -93,52 +95,57 @@ class ItemLog:
     def _reader(self) -> Any:
         if self._consumer is None:
             self._consumer = assigned_consumer(self.settings, "item-log", **{
-                "enable.partition.eof": True,
                 "fetch.wait.max.ms": 10,  # tansu holds a fetch for the whole wait: keep round trips short
             })
             self._consumer.assign([TopicPartition(self.topic, 0, self.engine.item_log_offset)])
         return self._consumer
 
     def catch_up(self, timeout_s: float = 600.0) -> int:
-        """Apply the log from the engine's offset to its end; return the records applied.
+        """Apply the log from the engine's offset to where it ended when called; return the records applied.
 
         Run before the worker takes partitions: a restored checkpoint misses
-        the updates published after it, a new worker all of them.
+        the updates published after it, a new worker all of them. The target
+        is the log's end as the broker reports it at the start, not an end
+        reached while reading: peers keep publishing, so a reader may never
+        be at the live end, and an end reported for an earlier fetch arrives
+        with newer records after it. What peers publish meanwhile is applied
+        by the next :meth:`poll` or :meth:`exchange`, before any batch is ranked.
         """
         began, applied = time.perf_counter(), 0
         deadline = time.monotonic() + timeout_s
-        while True:
-            n, end = self._read(0.1)
-            applied += n
-            if end is not None and end < self.engine.item_log_offset:  # the topic was deleted and created again
-                log.error("%s ends at offset %d, before this worker's checkpoint (%d): the topic was created "
-                          "again; applying it from its start", self.topic, end, self.engine.item_log_offset)
-                self.engine.item_log_offset = 0
-                self._reader().assign([TopicPartition(self.topic, 0, 0)])
-            elif end is not None:
-                break
+        target = self._end()
+        if target < self.engine.item_log_offset:  # the topic was deleted and created again
+            log.error("%s ends at offset %d, before this worker's checkpoint (%d): the topic was created "
+                      "again; applying it from its start", self.topic, target, self.engine.item_log_offset)
+            self.engine.item_log_offset = 0
+            self._reader().assign([TopicPartition(self.topic, 0, 0)])
+        while self.engine.item_log_offset < target:
+            applied += self._read(0.1)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {self.topic} to its end in {timeout_s:.0f} s")
+                raise TimeoutError(f"could not read {self.topic} to offset {target} in {timeout_s:.0f} s "
+                                   f"(at {self.engine.item_log_offset})")
         log.info("item side caught up: applied %d update records of %s in %.0f ms, at offset %d", applied,
                  self.topic, 1000 * (time.perf_counter() - began), self.engine.item_log_offset)
         return applied
 
+    def _end(self) -> int:
+        """The log's end offset as the broker reports it now (exact: every record is its own batch, see
+        ``batch.num.messages`` in :meth:`__init__`)."""
+        return self._reader().get_watermark_offsets(TopicPartition(self.topic, 0), timeout=30, cached=False)[1]
+
     def poll(self) -> int:
         """Apply what the log holds past the engine's offset, without waiting; return the records applied."""
-        return self._read(0)[0]
+        return self._read(0)
 
-    def _read(self, timeout: float) -> tuple[int, int | None]:
-        """Apply the records one ``consume`` returns within ``timeout``: ``(records applied, the log's
-        end offset if the read reached it, else None)``. The one read of the log, for every caller."""
-        applied, end = 0, None
+    def _read(self, timeout: float) -> int:
+        """Apply the records one ``consume`` returns within ``timeout``; how many. The one read of the
+        log, for every caller."""
+        applied = 0
         # consume() waits its whole timeout unless 10,000 records arrive.
         for msg in self._reader().consume(10_000, timeout=timeout):
-            kind = delivered(msg, self.topic)
-            if kind is Delivered.RECORD:
+            if delivered(msg, self.topic) is Delivered.RECORD:
                 applied += self._apply(msg)
-            elif kind is Delivered.END:
-                end = msg.offset()
-        return applied, end
+        return applied
 
     def _apply(self, msg: Any) -> int:
         offset, engine = msg.offset(), self.engine

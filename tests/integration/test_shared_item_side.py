@@ -10,6 +10,9 @@ same list from either worker given their profile's state; no customer id is in t
 from __future__ import annotations
 
 import collections
+import logging
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -145,3 +148,39 @@ def test_a_log_record_that_fails_to_apply_stops_the_exchange_not_the_batch(setti
     finally:
         for item_log in logs.values():
             item_log.close()
+
+
+def test_catching_up_while_peers_publish_reads_to_the_end_without_starting_over(settings, caplog):
+    """A worker catching up on the log while its peers keep publishing: a read can return the end
+    the broker reported for an earlier fetch followed by newer records. That end is not the log's end;
+    taken for it, it lies below what was just applied, which reads as a topic created again (the
+    worker then applied the whole log again, over and over under a steady stream)."""
+    s = own_topics(settings, "catchup")
+    busy = ItemLog(s, PersonalisationEngine(), Metrics(process_metrics=False), "busy")
+    late = ItemLog(s, PersonalisationEngine(), Metrics(process_metrics=False), "late")
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.is_set():
+            busy._publish([None] * 3)  # what the log looks like beside busy peers: records every few ms
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="streams.sharing.item_log"):
+            deadline = time.monotonic() + 8
+            rounds = 0
+            while time.monotonic() < deadline:
+                late.catch_up(timeout_s=30)
+                rounds += 1
+        stop.set()
+        publisher.join()
+        end = busy._publish([None])
+        late.catch_up(timeout_s=30)
+    finally:
+        stop.set()
+        busy.close(goodbye=False)
+        late.close(goodbye=False)
+    assert rounds > 10  # (each round reads to the end the broker reported when it began)
+    assert [r.getMessage() for r in caplog.records if "created again" in r.getMessage()] == []
+    assert late.engine.item_log_offset == end + 1
