@@ -230,19 +230,23 @@ class StreamLoop:
             key = (topic, msg.partition())
             if key in reread:
                 continue  # comes again from the position
-            position = moved.get(key, state.positions.get(topic))
-            check = self.continuity.check(key, msg.offset(), position)
-            if check is Check.STALE:
-                continue
-            if check is Check.REREAD:
-                self._read_again(key, position, msg.offset())
-                reread.add(key)
-                continue
-            if check is Check.STEP_OVER:
-                log.info("%s:%d: offsets %d..%d hold no record (read again %d times): stepping over them", topic,
-                         key[1], position, msg.offset() - 1, self.continuity.confirm_after)
-                self.metrics.consumer_gaps.labels("stepped_over").inc()
-            moved[key] = msg.offset() + 1
+            position = moved.get(key)
+            if position is None:
+                position = state.positions.get(topic)
+            offset = msg.offset()
+            if offset != position:  # (nearly never: the check is off the common path)
+                check = self.continuity.check(key, offset, position)
+                if check is Check.STALE:
+                    continue
+                if check is Check.REREAD:
+                    self._read_again(key, position, offset)
+                    reread.add(key)
+                    continue
+                if check is Check.STEP_OVER:
+                    log.info("%s:%d: offsets %d..%d hold no record (read again %d times): stepping over them",
+                             topic, key[1], position, offset - 1, self.continuity.confirm_after)
+                    self.metrics.consumer_gaps.labels("stepped_over").inc()
+            moved[key] = offset + 1
             if topic in self.inputs:
                 inputs.append(msg)
             elif topic == catalogue:

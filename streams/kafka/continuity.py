@@ -65,6 +65,9 @@ class Continuity:
         self._rereads: dict[Key, tuple[int, int]] = {}  # key -> (position read again from, times)
 
     def check(self, key: Key, offset: int, position: int | None) -> Check:
+        """What to do with the message at ``offset`` of ``key`` whose position is ``position``. Reads again
+        are counted per position (a gap at another position starts from none) until the gap is
+        stepped over or :meth:`forget` is called."""
         if position is None or offset == position:
             self._rereads.pop(key, None)
             return Check.NEXT
