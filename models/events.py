@@ -20,3 +20,8 @@ EVENT_TYPES: tuple[str, ...] = (BROWSE, CLICK, PURCHASE)
 #: about taste than a click, a click more than a page view; the ratios (not
 #: the scale) matter.
 EVENT_WEIGHTS: dict[str, float] = {BROWSE: 1.0, CLICK: 1.0, PURCHASE: 1.5}
+
+#: How far a shopper engaged with an item, whatever the weights: a click (a cart, a favourite)
+#: goes further than a page view, a purchase further still. Shoppers return to items they
+#: engaged with more often than to items they only viewed, at the same recency and count.
+ENGAGEMENT: dict[str, int] = {BROWSE: 0, CLICK: 1, PURCHASE: 2}

@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from models.catalog import Catalog
-from models.events import EVENT_WEIGHTS, PURCHASE
+from models.events import ENGAGEMENT, EVENT_WEIGHTS, PURCHASE
 from models.ranking import pickling
 from models.ranking.topk import top_n
 from models.ranking.users import _pack_users, _unpack_users, _User, decode_user, encode_user
@@ -171,7 +171,7 @@ class StreamingRecommender(abc.ABC):
         if items and self._learn(user_id, user, row, weight, ts, personal) is not False:
             self._n_learned += 1
         if personal:
-            user.push(row, weight, event_type == PURCHASE, ts)
+            user.push(row, weight, event_type == PURCHASE, ts, ENGAGEMENT.get(event_type, 0))
 
     def _row(self, item_id: str) -> int:
         """The catalogue row of ``item_id``, added if it is new."""

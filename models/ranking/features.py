@@ -15,7 +15,8 @@ candidates or of the exclusion rule, so an item's score is the same in
   recently): the item is in the customer's recent history; its recency rank
   (``0.5 ** rank`` and ``0.9 ** rank``, rank 0 the latest); how often the
   customer came back to it (``log(1 + count)``); it was seen in the current
-  session; it is the item the customer is on;
+  session; it is the item the customer is on; the customer went further
+  than a page view with it (clicked, carted, favourited or bought it);
 * session transitions: co-visitation from the latest item alone (divided by
   that item's strongest neighbour): where shoppers go next from here; and the
   sequential rule, how often shoppers went from the latest item straight to
@@ -34,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.covisit import concat_ranges
+from models.events import CLICK, ENGAGEMENT
 from models.groups import strongest_in_groups
 
 __all__ = ["FEATURES", "PRIOR", "Sequels", "pair_features"]
@@ -42,14 +44,14 @@ __all__ = ["FEATURES", "PRIOR", "Sequels", "pair_features"]
 #: (Columns are only ever appended: a checkpoint's learned weights keep their meaning.)
 FEATURES = ("covisit", "popularity", "mf", "category", "own", "own_recency_fast", "own_recency_slow",
             "own_count", "own_session", "latest", "transition", "covisit_log", "popularity_log",
-            "transition_log", "successor", "successor_log", "session_knn", "session_knn_log")
+            "transition_log", "successor", "successor_log", "session_knn", "session_knn_log", "own_engaged")
 _COLUMN = {name: j for j, name in enumerate(FEATURES)}
 # Log-scale copies of ratio features: nats of the ratio mapped to [0, 1] (popularity spans more).
 _LOG_SPANS = {"covisit": 10.0, "popularity": 15.0, "transition": 10.0, "successor": 10.0, "session_knn": 10.0}
 
 #: Weights before anything is learned: the first stage's blend, and shoppers come back to what
 #: they looked at (re-consumption features at 0.5); the rest is learned.
-PRIOR = (1.0, 0.1, 0.05, 0.2, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5) + (0.0,) * 8
+PRIOR = (1.0, 0.1, 0.05, 0.2, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5) + (0.0,) * 8 + (0.5,)
 
 def _lookup(keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``queries`` in the sorted ``keys`` and whether each is there."""
@@ -68,12 +70,14 @@ class _Own:
         rows = np.fromiter((r for u in users for r in reversed(u.history)), dtype=np.int64, count=int(lens.sum()))
         counts = np.fromiter((c for u in users for c in reversed(u.counts)), dtype=np.float64, count=len(rows))
         times = np.fromiter((t for u in users for t in reversed(u.times)), dtype=np.float64, count=len(rows))
+        engaged = np.fromiter((e for u in users for e in reversed(u.engagement)), dtype=np.int64, count=len(rows))
         starts = np.array([u.session_start for u in users], dtype=np.float64)
         uh = np.repeat(np.arange(len(users)), lens)
         self.lens, self.uh, self.rows = lens, uh, rows
         self.rank = (np.arange(len(rows)) - np.repeat(np.cumsum(lens) - lens, lens)).astype(np.float64)
         self.count = counts
         self.session = times >= starts[uh]
+        self.engaged = engaged >= ENGAGEMENT[CLICK]
         keys = uh * n_items + rows
         self.order = np.argsort(keys, kind="stable")
         self.keys = keys[self.order]
@@ -185,6 +189,7 @@ def pair_features(ranker, ctx, terms, users, pu: np.ndarray, pr: np.ndarray, own
     X[hit, col["own_count"]] = np.log1p(own.count[src])
     X[hit, col["own_session"]] = own.session[src]
     X[hit, col["latest"]] = rank == 0
+    X[hit, col["own_engaged"]] = own.engaged[src]
     X[:, col["transition"]] = sequels.values(sequels.transition, pu, pr)
     X[:, col["successor"]] = sequels.values(sequels.successor, pu, pr)
     X[:, col["session_knn"]] = sequels.values(sequels.votes, pu, pr)

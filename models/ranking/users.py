@@ -20,8 +20,9 @@ class _User:
     """Bounded recent history plus the user's own interacted/purchased items.
 
     Each history item also keeps how often the customer came back to it while
-    it stayed in the history (``counts``) and when it was last seen
-    (``times``); ``session_start`` is when the customer's current session
+    it stayed in the history (``counts``), when it was last seen (``times``)
+    and how far the customer engaged with it there (``engagement``: the
+    highest :data:`~models.events.ENGAGEMENT` of its events); ``session_start`` is when the customer's current session
     began (events further apart than :data:`SESSION_GAP_S` are in different
     sessions). They are what the ranker's re-consumption features read.
 
@@ -31,8 +32,8 @@ class _User:
     full collections cheap with millions of users.
     """
 
-    __slots__ = ("maxlen", "history", "weights", "counts", "times", "session_start", "interacted", "purchased",
-                 "n", "_excl")
+    __slots__ = ("maxlen", "history", "weights", "counts", "times", "engagement", "session_start", "interacted",
+                 "purchased", "n", "_excl")
 
     def __init__(self, history_size: int):
         self.maxlen = history_size
@@ -40,18 +41,23 @@ class _User:
         self.weights: tuple[float, ...] = ()
         self.counts: tuple[int, ...] = ()  # events on each history item while in the history
         self.times: tuple[float, ...] = ()  # ts of the last event on each history item
+        self.engagement: tuple[int, ...] = ()  # highest engagement of the events on each history item
         self.session_start = 0.0
         self.interacted: dict[int, None] = {}  # ordered set (deterministic pickles)
         self.purchased: dict[int, None] = {}
         self.n = 0  # events pushed: the version of this state (see UserRecord)
         self._excl: dict[str, np.ndarray] = {}  # cached exclusion arrays
 
-    def push(self, row: int, weight: float, purchase: bool, ts: float | None = None) -> None:
+    def push(self, row: int, weight: float, purchase: bool, ts: float | None = None,
+             engagement: int | None = None) -> None:
         """Record an event of ``weight`` on ``row`` at ``ts`` as the most recent history item.
 
-        Without a ``ts`` no time passes: the event is in the current session.
+        Without a ``ts`` no time passes: the event is in the current session. ``engagement``
+        (:data:`~models.events.ENGAGEMENT`) defaults to a purchase's or a page view's.
         """
         history, weights, counts, times = self.history, self.weights, self.counts, self.times
+        levels = self.engagement
+        level = (2 if purchase else 0) if engagement is None else engagement
         last = times[-1] if times else None
         if ts is None:
             ts = self.session_start if last is None else last
@@ -64,14 +70,19 @@ class _User:
             i = history.index(row)
             weight = max(weight, weights[i])
             count += counts[i]
+            level = max(level, levels[i])
             history, weights = history[:i] + history[i + 1:], weights[:i] + weights[i + 1:]
             counts, times = counts[:i] + counts[i + 1:], times[:i] + times[i + 1:]
+            levels = levels[:i] + levels[i + 1:]
         history, weights = history + (row,), weights + (weight,)
         counts, times = counts + (count,), times + (max(ts, last) if last is not None else ts,)
+        levels = levels + (level,)
         drop = len(history) - self.maxlen
         if drop > 0:
             history, weights, counts, times = history[drop:], weights[drop:], counts[drop:], times[drop:]
+            levels = levels[drop:]
         self.history, self.weights, self.counts, self.times = history, weights, counts, times
+        self.engagement = levels
         interacted = self.interacted
         if row not in interacted:
             interacted[row] = None
@@ -103,13 +114,14 @@ class _User:
         copy = _User.__new__(_User)
         copy.maxlen, copy.n, copy.session_start = self.maxlen, self.n, self.session_start
         copy.history, copy.weights, copy.counts, copy.times = self.history, self.weights, self.counts, self.times
+        copy.engagement = self.engagement
         copy.interacted, copy.purchased = {}, {}  # (only through `excluded`, whose rule's rows are kept)
         copy._excl = {} if rule == "none" else {rule: self.excluded(rule)}
         return copy
 
     def __getstate__(self):
         return (self.maxlen, list(self.history), list(self.weights), list(self.interacted), list(self.purchased),
-                list(self.counts), list(self.times), self.session_start, self.n)
+                list(self.counts), list(self.times), self.session_start, self.n, list(self.engagement))
 
     def __setstate__(self, state):
         maxlen, history, weights, interacted, purchased = state[:5]
@@ -126,6 +138,12 @@ class _User:
         self.interacted = dict.fromkeys(interacted)
         self.purchased = dict.fromkeys(purchased)
         self._excl = {}
+        self.engagement = last(state[9]) if len(state) > 9 else _engagement_of(self.history, self.purchased)
+
+
+def _engagement_of(history, purchased) -> tuple[int, ...]:
+    """The engagement of a history kept without it: bought items a purchase's, the others a page view's."""
+    return tuple(2 if row in purchased else 0 for row in history)
 
 
 def _pack_users(users: dict[str, _User], maxlen: int) -> dict | None:
@@ -162,6 +180,7 @@ def _pack_users(users: dict[str, _User], maxlen: int) -> dict | None:
             "weights": concat("weights", hist_lens, np.float64),  # one weight per history item
             "counts": concat("counts", hist_lens, np.int64),
             "times": concat("times", hist_lens, np.float64),
+            "engagement": concat("engagement", hist_lens, np.int8),
             "session_start": np.fromiter(map(operator.attrgetter("session_start"), values), dtype=np.float64, count=n),
             "versions": np.fromiter(map(operator.attrgetter("n"), values), dtype=np.int64, count=n),
             "interacted": (inter_lens, concat("interacted", inter_lens, np.int64)),
@@ -188,13 +207,15 @@ def _unpack_users(packed: dict) -> dict[str, _User]:
         times = [[0.0] * len(h) for h in histories]
         starts = [0.0] * len(histories)
     versions = packed["versions"].tolist() if "versions" in packed else [0] * len(histories)
+    levels = split(hist_lens, packed["engagement"]) if "engagement" in packed else [None] * len(histories)
     users: dict[str, _User] = {}
     new = _User.__new__
-    for user_id, h, w, c, t, s, i, p, v in zip(packed["ids"], histories, weights, counts, times, starts,
-                                               interacted, purchased, versions):
+    for user_id, h, w, c, t, s, i, p, v, e in zip(packed["ids"], histories, weights, counts, times, starts,
+                                                  interacted, purchased, versions, levels):
         u = new(_User)
         u.maxlen, u.history, u.weights, u.counts, u.times, u.session_start = maxlen, tuple(h), tuple(w), tuple(c), tuple(t), s
         u.interacted, u.purchased, u.n, u._excl = dict.fromkeys(i), dict.fromkeys(p), v, {}
+        u.engagement = tuple(e) if e is not None else _engagement_of(u.history, u.purchased)
         users[user_id] = u
     return users
 
@@ -220,6 +241,7 @@ class UserRecord(msgspec.Struct, array_like=True, gc=False):
     factors: bytes = b""  # the customer's latent factors (float32; float64 in older records), when the ranker has them ...
     steps: list[tuple[str, float]] = []  # ... and the factor steps queued for them: (item id, target)
     history_at: list[int] = []  # the history as positions in ``interacted``, its ids written once
+    engagement: list[int] | None = None  # per history item (``None`` in older records: from ``purchased``)
 
     @property
     def history_ids(self) -> list[str]:
@@ -254,7 +276,7 @@ def encode_user(user: _User, item_ids, factors: bytes = b"", steps: list[tuple[s
     weights = [int(w) if w % 1 == 0 else w for w in user.weights]
     return _RECORD_ENCODER.encode(UserRecord(
         user.n, history, weights, user.counts, user.times, user.session_start,
-        list(map(name, interacted)), purchased, factors, steps, [] if history else history_at))
+        list(map(name, interacted)), purchased, factors, steps, [] if history else history_at, user.engagement))
 
 
 def decode_user(record: bytes, row_of, maxlen: int) -> tuple[_User, UserRecord]:
@@ -270,4 +292,5 @@ def decode_user(record: bytes, row_of, maxlen: int) -> tuple[_User, UserRecord]:
     u.weights, u.counts, u.times = tuple(r.weights[keep]), tuple(r.counts[keep]), tuple(r.times[keep])
     u.interacted = dict.fromkeys(interacted)
     u.purchased = dict.fromkeys(interacted[i] for i in r.purchased)
+    u.engagement = tuple(r.engagement[keep]) if r.engagement is not None else _engagement_of(u.history, u.purchased)
     return u, r

@@ -49,7 +49,7 @@ def _copy(profiles: dict) -> dict:
 def _personal(profile) -> tuple:
     """The record's history and sets (factors depend on the item side, which differs between workers)."""
     r = msgspec.msgpack.decode(profile.model, type=UserRecord)
-    return r.n, r.history_ids, r.weights, r.counts, r.times, r.interacted, r.purchased
+    return r.n, r.history_ids, r.weights, r.counts, r.times, r.interacted, r.purchased, r.engagement
 
 
 def test_the_profile_carries_the_customers_own_state():
@@ -147,3 +147,22 @@ def test_customers_beyond_the_warm_bound_are_held_in_their_profiles_and_served_t
     assert served == expected
     assert everyone.ranker.n_users == 50
     assert few.ranker.n_users < everyone.ranker.n_users  # the last batch's customers and those with steps queued
+
+
+def test_how_far_a_customer_engaged_with_each_recent_item_travels_with_their_record():
+    import pickle
+
+    from models.ranking.users import _pack_users, _unpack_users, _User, decode_user, encode_user
+
+    user = _User(3)
+    for row, level in ((4, 1), (7, 0), (4, 0), (9, 2), (7, 1)):  # a revisit keeps the highest
+        user.push(row, 1.0, purchase=level == 2, engagement=level)
+    assert (user.history, user.engagement) == ((4, 9, 7), (1, 2, 1))
+    ids = [f"i{row}" for row in range(10)]
+    back, _ = decode_user(encode_user(user, ids), {item: row for row, item in enumerate(ids)}.__getitem__, 3)
+    assert back.engagement == pickle.loads(pickle.dumps(user)).engagement == user.engagement
+    assert _unpack_users(_pack_users({"a": user}, 3))["a"].engagement == user.engagement
+    # A record written before engagement was kept: bought items count as bought, the rest as viewed.
+    old = msgspec.msgpack.decode(encode_user(user, ids), type=UserRecord)
+    older = msgspec.msgpack.encode(msgspec.structs.replace(old, engagement=None))
+    assert decode_user(older, {item: row for row, item in enumerate(ids)}.__getitem__, 3)[0].engagement == (0, 2, 0)

@@ -297,3 +297,17 @@ def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
             room = max(r.n_candidates - len(ctx.base["top"]), 0)
             assert np.array_equal(ctx.top, np.concatenate((ctx.base["top"], new[:room])))
     assert checked == 1500 // _POOLS_EVERY
+
+
+def test_an_item_the_customer_went_further_with_scores_its_engagement_weight_more():
+    """Two customers with the same history, but one clicked (carted) an item the other only viewed:
+    at the second stage's prior, that item scores the ``own_engaged`` weight more for the first."""
+    from models.ranking.features import FEATURES, PRIOR
+
+    r = HybridRanker(w_mf=0.0, train_every=0)  # no factors, weights at their prior
+    for user, first in (("viewer", "browse"), ("clicker", "click")):
+        for k, (item, kind) in enumerate((("y", first), ("x", "browse"), ("z", "browse"))):
+            r.learn_one(user, item, kind, 1_700_000_000.0 + k)
+    gap = r.predict_one("clicker", "y") - r.predict_one("viewer", "y")
+    assert gap == pytest.approx(PRIOR[FEATURES.index("own_engaged")])
+    assert r.predict_one("clicker", "x") == pytest.approx(r.predict_one("viewer", "x"))
