@@ -5,6 +5,9 @@ Formats (``--format``):
 * ``movielens``: MovieLens ``ratings.csv`` (``userId,movieId,rating,timestamp``,
   epoch seconds): rating >= 4 is a purchase, 3 a click, below 3 a browse; ids
   prefixed ``u``/``i``; timestamps RFC 3339 UTC.
+* ``movielens-dat``: the older MovieLens releases, mapped the same way: 100K
+  ``u.data`` (tab-separated) and 1M / 10M ``ratings.dat`` (``::``-separated),
+  ``user, item, rating, timestamp`` without a header.
 * ``taobao``: Taobao UserBehavior (Alibaba Tianchi dataset 649; no header:
   ``user,item,category,behavior,timestamp`` in epoch seconds): ``pv`` browse,
   ``cart`` and ``fav`` click, ``buy`` purchase; timestamps epoch milliseconds.
@@ -51,6 +54,12 @@ def _movielens(fields: list[str]) -> Row | None:
     return parse_timestamp(fields[3], csv=True, epoch_unit="s"), "u" + fields[0], "i" + fields[1], etype
 
 
+def _movielens_dat(fields: list[str]) -> Row | None:
+    line = ",".join(fields)  # (the csv reader splits nothing here but a stray comma)
+    user, item, rating, ts = (line.split("::") if "::" in line else line.split())[:4]
+    return _movielens([user, item, rating, ts])
+
+
 _TAOBAO = {"pv": "browse", "cart": "click", "fav": "click", "buy": "purchase"}
 
 
@@ -74,6 +83,7 @@ def _yoochoose(fields: list[str]) -> Row | None:
 FORMATS: dict[str, tuple[Callable[[list[str]], Row | None], str]] = {
     # parser, timestamp style of the output
     "movielens": (_movielens, "iso"),
+    "movielens-dat": (_movielens_dat, "iso"),
     "taobao": (_taobao, "ms"),
     "retailrocket": (_retailrocket, "ms"),
     "yoochoose": (_yoochoose, "ms"),

@@ -26,6 +26,16 @@ def test_movielens_ratings(tmp_path):
     assert summary["events"] == 3 and summary["customers_dropped"] == 1  # u2 has one event
 
 
+def test_the_older_movielens_releases(tmp_path):
+    tab = "1\t31\t2\t1260759144\n1\t1029\t3\t1260759179\n1\t1061\t4\t1260759100\nbroken\n"
+    summary, lines = _run(tmp_path, "movielens-dat", tab)  # 100K u.data
+    assert lines == ["timestamp,user_id,item_id,event_type", "2009-12-14T02:51:40Z,u1,i1061,purchase",
+                     "2009-12-14T02:52:24Z,u1,i31,browse", "2009-12-14T02:52:59Z,u1,i1029,click"]
+    assert summary["rows_unparsed"] == 1
+    _, colons = _run(tmp_path, "movielens-dat", tab.replace("\t", "::").replace("broken\n", ""))  # 1M ratings.dat
+    assert colons == lines
+
+
 def test_taobao_user_behavior_and_bad_rows(tmp_path):
     summary, lines = _run(tmp_path, "taobao", "1,2268318,2520377,pv,1511544070\n1,2333346,2520771,cart,1511561733\n"
                           "1,2576651,149192,buy,1511572885\n1,1,1,wishlist,1511572886\nbroken\n")
