@@ -8,6 +8,8 @@ import operator
 import msgspec
 import numpy as np
 
+from models.events import BROWSE, ENGAGEMENT, PURCHASE
+
 #: A gap longer than this (seconds) between two events of a customer starts a new session.
 SESSION_GAP_S = 1800.0
 
@@ -22,9 +24,10 @@ class _User:
     Each history item also keeps how often the customer came back to it while
     it stayed in the history (``counts``), when it was last seen (``times``)
     and how far the customer engaged with it there (``engagement``: the
-    highest :data:`~models.events.ENGAGEMENT` of its events); ``session_start`` is when the customer's current session
-    began (events further apart than :data:`SESSION_GAP_S` are in different
-    sessions). They are what the ranker's re-consumption features read.
+    highest :data:`~models.events.ENGAGEMENT` of its events);
+    ``session_start`` is when the customer's current session began (events
+    further apart than :data:`SESSION_GAP_S` are in different sessions).
+    They are what the ranker's re-consumption features read.
 
     The history is kept in tuples (rebuilt on each push, at most
     ``maxlen`` long): tuples of numbers, like the dicts of int keys here,
@@ -57,7 +60,7 @@ class _User:
         """
         history, weights, counts, times = self.history, self.weights, self.counts, self.times
         levels = self.engagement
-        level = (2 if purchase else 0) if engagement is None else engagement
+        level = _default_engagement(purchase) if engagement is None else engagement
         last = times[-1] if times else None
         if ts is None:
             ts = self.session_start if last is None else last
@@ -141,9 +144,14 @@ class _User:
         self.engagement = last(state[9]) if len(state) > 9 else _engagement_of(self.history, self.purchased)
 
 
+def _default_engagement(purchase: bool) -> int:
+    """What an event known only as a purchase or not says: a purchase's engagement or a page view's."""
+    return ENGAGEMENT[PURCHASE] if purchase else ENGAGEMENT[BROWSE]
+
+
 def _engagement_of(history, purchased) -> tuple[int, ...]:
     """The engagement of a history kept without it: bought items a purchase's, the others a page view's."""
-    return tuple(2 if row in purchased else 0 for row in history)
+    return tuple(_default_engagement(row in purchased) for row in history)
 
 
 def _pack_users(users: dict[str, _User], maxlen: int) -> dict | None:
