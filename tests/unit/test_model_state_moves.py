@@ -166,3 +166,21 @@ def test_how_far_a_customer_engaged_with_each_recent_item_travels_with_their_rec
     old = msgspec.msgpack.decode(encode_user(user, ids), type=UserRecord)
     older = msgspec.msgpack.encode(msgspec.structs.replace(old, engagement=None))
     assert decode_user(older, {item: row for row, item in enumerate(ids)}.__getitem__, 3)[0].engagement == (0, 2, 0)
+
+
+def test_a_record_with_engagement_is_read_by_a_worker_that_does_not_know_it():
+    """In a rolling upgrade a customer can move back to a worker of the previous release: its
+    record type ends before ``engagement`` and must read the rest of a newer record unchanged."""
+    from models.ranking.users import _User, encode_user
+
+    known = [f for f in msgspec.structs.fields(UserRecord) if f.name != "engagement"]
+    Previous = msgspec.defstruct("Previous", [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default if f.default is not msgspec.NODEFAULT
+                                              else msgspec.field(default_factory=f.default_factory))
+        for f in known], array_like=True)
+    user = _User(3)
+    for row, level in ((1, 1), (2, 0)):
+        user.push(row, 1.0, purchase=False, ts=float(row), engagement=level)
+    new = msgspec.msgpack.decode(encode_user(user, ["a", "b", "c"]), type=UserRecord)
+    old = msgspec.msgpack.decode(encode_user(user, ["a", "b", "c"]), type=Previous)
+    assert [getattr(old, f.name) for f in known] == [getattr(new, f.name) for f in known]
