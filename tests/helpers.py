@@ -84,17 +84,32 @@ class WorkerHandle:
         return stop_process(self.proc)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2,
-               worker: WorkerHandle | None = None):
-    """Poll ``predicate`` until truthy; fail with ``what`` (and the worker log) on timeout."""
+def poll_until(predicate: Callable[[], object], timeout: float, interval: float = 0.2,
+               between: Callable[[], None] | None = None):
+    """Poll ``predicate`` until truthy and return its value; ``None`` on timeout (``between`` runs
+    after each falsy poll)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
+        if between is not None:
+            between()
+        time.sleep(interval)
+    return None
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2,
+               worker: WorkerHandle | None = None):
+    """Poll ``predicate`` until truthy; fail with ``what`` (and the worker log) on timeout."""
+
+    def alive() -> None:
         if worker is not None and not worker.alive():
             pytest.fail(f"worker died while waiting for {what}:\n{worker.log()[-4000:]}")
-        time.sleep(interval)
+
+    value = poll_until(predicate, timeout, interval, alive)
+    if value:
+        return value
     tail = f"\nworker log:\n{worker.log()[-4000:]}" if worker is not None else ""
     pytest.fail(f"timed out after {timeout}s waiting for {what}{tail}")
 

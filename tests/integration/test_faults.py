@@ -34,7 +34,15 @@ from streams.tools.embedded import free_port, start_broker, start_redis
 from streams.tools.experiment import read_counts
 from streams.tools.generator import ShopperSimulator
 from streams.tools.scrape import scrape
-from tests.helpers import StreamProducer, own_topics, profile_totals, read_topic, scrape_metric, wait_until
+from tests.helpers import (
+    StreamProducer,
+    own_topics,
+    poll_until,
+    profile_totals,
+    read_topic,
+    scrape_metric,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -358,9 +366,7 @@ def test_oversized_and_malformed_messages_during_a_rebalance(settings, start_wor
 
     # As long as the counts may take (settle_and_report): a worker busy with its models on a loaded
     # machine fetches the 5 MB message late, but must fetch it. The counts are reported either way.
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not dead_lettered():
-        time.sleep(0.2)
+    poll_until(dead_lettered, 120)
     report = settle_and_report("oversized and malformed during a rebalance", s, stream, redis_client, live)
     by_digest = {dl.value_sha256: dl for dl in report["letters"]}
     missing = [f"{reason} message of {len(value)} bytes on {topic}" for topic, _, value, reason in bad
