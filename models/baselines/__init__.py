@@ -7,9 +7,8 @@ Each baseline defines its scores once, densely (``_scores``: one score per
 catalogue row, which :meth:`~models.ranking.base.StreamingRecommender.predict_one`
 reads), and ranks a batch of users in ``recommend`` without scoring the whole
 catalogue per user: popularity is ordered once per call, a repeat list comes
-from the user's history, and co-occurrence is summed over the strongest
-neighbours of the user's items, with bounds that prove that no other item can
-enter the list (:mod:`models.baselines.heads`, :mod:`models.baselines.block_ranking`).
+from the user's history, and co-occurrence is summed over every neighbour of
+the user's items in one compiled loop per call (:mod:`models.baselines.kernels`).
 Lists and scores are those of the dense definition, ties to the lower
 catalogue row, float for float.
 
@@ -22,7 +21,7 @@ catalogue row, float for float.
 | ``selection`` | exact per-user selection kernels over flat arrays |
 | ``paths`` | the thresholds between the ranking paths |
 | ``pair_updates``, ``pair_index`` | co-occurrence learned many events at a time; where each entry sits |
-| ``heads``, ``block_ranking``, ``cooccurrence_lists`` | co-occurrence lists from the rows' heads and bounds |
+| ``cooccurrence_lists``, ``kernels`` | co-occurrence lists of a call; the compiled loop that sums them |
 """
 
 from models.baselines.cooccurrence import CooccurrenceBaseline, DecayedCooccurrenceBaseline

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from models.baselines.cooccurrence_lists import CooccurrenceLists, cold_lists
-from models.baselines.heads import Heads
 from models.baselines.pair_index import PairIndex
 from models.baselines.pair_updates import add_pairs, pair_updates, step_weights
 from models.baselines.request import BatchedRecommender, Request
@@ -18,9 +17,9 @@ __all__ = ["CooccurrenceBaseline", "DecayedCooccurrenceBaseline"]
 # the queue is emptied once it holds _QUEUE_MAX events even if nothing reads the counts.
 _ONE_BY_ONE = 32
 _QUEUE_MAX = 8192
-_SCRATCH_TYPES = {"acc": np.float64, "flag": bool, "mark": np.int64}
+_SCRATCH_TYPES = {"acc": np.float64, "flag": bool, "seen": bool, "mark": np.int64}
 # Caches rebuilt on demand, never checkpointed (the queue is emptied before a checkpoint).
-_DERIVED = ("_queue", "_heads", "_index", "_weights", "_step_weights", "_scratch_arrays")
+_DERIVED = ("_queue", "_index", "_weights", "_step_weights", "_scratch_arrays")
 
 
 class CooccurrenceBaseline(BatchedRecommender):
@@ -38,8 +37,9 @@ class CooccurrenceBaseline(BatchedRecommender):
     Events are queued and their pairs added together when the counts are next
     read (:mod:`models.baselines.pair_updates`: the same counts to the bit).
     ``recommend`` ranks a batch of users without scoring every item for each
-    (:class:`~models.baselines.cooccurrence_lists.CooccurrenceLists`); its
-    lists are those of the dense scores, ties to the lower catalogue row.
+    (:class:`~models.baselines.cooccurrence_lists.CooccurrenceLists`: every
+    neighbour of the user's items, in a compiled loop); its lists are those
+    of the dense scores, ties to the lower catalogue row.
 
     Parameters
     ----------
@@ -60,9 +60,6 @@ class CooccurrenceBaseline(BatchedRecommender):
     (['y', 'z'], [2.0, 1.0])
 
     """
-
-    #: Depths of the rows' heads (:class:`~models.baselines.heads.Heads`); ``None``: :meth:`_head_sizes`.
-    head_sizes: tuple[int, ...] | None = None
 
     def __init__(self, window: int = 20, decay: float | None = None, seed: int = 0):
         self.window = window
@@ -93,25 +90,19 @@ class CooccurrenceBaseline(BatchedRecommender):
                 self._add_queued()
 
     def _add_queued(self) -> None:
-        """Add the pairs of every queued event to the counts (and keep the heads' bounds)."""
+        """Add the pairs of every queued event to the counts."""
         queue = self.__dict__.get("_queue")
         if not queue:
             return
         self.__dict__["_queue"] = []
-        cooc, index, heads = self.__dict__["cooc"], self.__dict__.get("_index"), self.__dict__.get("_heads")
-        if len(queue) < _ONE_BY_ONE and heads is None:
+        cooc, index = self.__dict__["cooc"], self.__dict__.get("_index")
+        if len(queue) < _ONE_BY_ONE:
             added = [] if index is not None else None
             self._add_one_by_one(queue, cooc, added)
             if added:
                 index.insert(*(np.array(a, dtype=np.int64) for a in zip(*added)))
             return
-        rows, cols, weights = pair_updates(queue, self._steps())
-        pop = self.popularity.scores(len(self.catalog))
-
-        def norm(cols: np.ndarray) -> np.ndarray:  # the heads' key divisor, as the ranking has it
-            return np.sqrt(np.maximum(pop[cols], 1.0))
-
-        add_pairs(cooc, self._pair_index(), rows, cols, weights, heads, None if self.decay is None else norm)
+        add_pairs(cooc, self._pair_index(), *pair_updates(queue, self._steps()))
 
     def _add_one_by_one(self, queue, cooc: SparseRows, added: list | None) -> None:
         """The queued events' pairs through :meth:`SparseRows.add`, the order of :func:`pair_updates`
@@ -189,23 +180,6 @@ class CooccurrenceBaseline(BatchedRecommender):
         return out
 
     # -- ranking ------------------------------------------------------------------
-
-    def _heads_for_ranking(self, exclude: str) -> Heads | None:
-        """The heads of the rows (created on first use, sized for the rule then served);
-        ``None`` when histories are too long for them."""
-        if self.window > 52:  # a user's rows are tracked in the bits of a float's mantissa
-            return None
-        heads = self.__dict__.get("_heads")
-        if heads is None:
-            self._add_queued()
-            heads = self.__dict__["_heads"] = Heads(self.head_sizes or self._head_sizes(exclude))
-        return heads
-
-    def _head_sizes(self, exclude: str) -> tuple[int, ...]:
-        """Depths of the heads, tried in turn. Decayed, normalised scores are flat (an item seen
-        once is as strong as a best seller): only deep heads prove their lists, and a shallower
-        try first costs more than it saves."""
-        return (32, 128) if self.decay is None else (240,)
 
     def _rank(self, request: Request) -> None:
         """``_scores``' lists, without scoring every item per user."""

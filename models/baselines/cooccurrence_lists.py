@@ -1,4 +1,4 @@
-"""The co-occurrence lists of one ``recommend`` call: block by block, from the cheapest proof that holds."""
+"""The co-occurrence lists of one ``recommend`` call: every user summed over all its rows' entries at once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from itertools import chain
 import numpy as np
 
 from models.baselines import paths
-from models.baselines.block_ranking import TIE, BlockRanking
+from models.baselines.kernels import TIE, rank_from_rows
 from models.baselines.request import Request
 from models.baselines.selection import NO_ROWS, Order, best_of, first_allowed
 from models.covisit import concat_ranges
@@ -15,11 +15,6 @@ from models.ranking.topk import top_n
 from models.sets import isin, member, union_sorted
 
 __all__ = ["CooccurrenceLists", "cold_lists"]
-
-# Entries ranked together in one block (users per block: this over their entries): enough to
-# amortise numpy's per-call cost, few enough for a block's arrays to stay in cache.
-_BLOCK_ENTRIES = 1 << 17
-_MAX_BLOCK = 256  # users per block, at most (one-byte radix sorts)
 
 
 class CooccurrenceLists:
@@ -35,13 +30,12 @@ class CooccurrenceLists:
 
     def __init__(self, model, request: Request):
         self.model, self.request = model, request
-        self.cooc, self.index = model.cooc, model._pair_index()
+        self.cooc = model.cooc
         self.n_items = request.n_items
         self.pop = model.popularity.scores(self.n_items)
         top = self.pop.max()
         self.scale = 1e-9 / top if top > 0 else 0.0  # the tiebreak is pop * scale, as in _scores
         self.decay = model.decay
-        self.head_norm = self.norm if self.decay is not None else None
         self._orders: dict[bool, Order] = {}
         self.users, self.ranks, self.rows, self.scores = [], [], [], []
 
@@ -72,38 +66,36 @@ class CooccurrenceLists:
     # -- ranking --------------------------------------------------------------
 
     def rank(self, ks: list[int], need: np.ndarray, extra: list[np.ndarray], want_max: np.ndarray) -> None:
-        """Rank users ``ks`` (see the class) block by block: users with few neighbour entries from all of
-        them, the others from their rows' heads, deeper for those that shallow heads do not prove; the
-        few left over one by one."""
+        """Rank users ``ks`` (see the class) from every entry of their history rows, in one compiled
+        pass (:func:`~models.baselines.kernels.rank_from_rows`); the few whose list needs items
+        without co-occurrence, or whose best score may be one, one by one (:meth:`full`)."""
         self.best = np.full(len(ks), np.nan)
-        entries = self.entries(ks)
-        todo = np.arange(len(ks))
-        # The heads have a fixed cost per call that a few users do not repay.
-        heads = self.model._heads_for_ranking(self.request.exclude) if len(ks) >= paths.MIN_BLOCK else None
-        small = entries <= (paths.FULL_BELOW if heads is not None else paths.DENSE_ABOVE * self.n_items)
-        left = [self._blocks(None, 0, todo[small], entries[small], ks, need, extra, want_max)]
-        big = todo[~small]
-        for level in range(len(heads.sizes) if heads is not None else 0):
-            big = self._blocks(heads, level, big, entries[big], ks, need, extra, want_max)
-        for j in np.concatenate(left + [big]).tolist():
+        if not ks:
+            return
+        hist = [self.request.users[k].history for k in ks]
+        m = np.fromiter(map(len, hist), dtype=np.int64, count=len(hist))
+        rows = np.fromiter(chain.from_iterable(h[::-1] for h in hist), dtype=np.int64, count=int(m.sum()))
+        recency = np.arange(len(rows)) - np.repeat(np.cumsum(m) - m, m)
+        starts, lens = self.cooc.regions(rows)
+        skips = [np.concatenate((self.request.excluded(k), x)) for k, x in zip(ks, extra)]
+        skip_lens = np.fromiter(map(len, skips), dtype=np.int64, count=len(skips))
+        width = max(int(need.max(initial=0)), 1)
+        out_rows = np.full((len(ks), width), -1, dtype=np.int64)
+        out_scores = np.full((len(ks), width), -np.inf)
+        count, best, left = np.zeros(len(ks), dtype=np.int64), np.zeros(len(ks)), np.zeros(len(ks), dtype=bool)
+        acc, seen, flag = self.model._scratch(self.n_items, ("acc", "seen", "flag"))
+        rank_from_rows(_firsts(m), starts, lens, self.weights(np.repeat(m, m), recency), self.cooc.columns,
+                       self.cooc.values, self.pop, float(self.scale), self.decay is not None, self.request.blocked,
+                       _firsts(skip_lens), np.concatenate(skips).astype(np.int64, copy=False),
+                       need.astype(np.int64, copy=False), want_max.astype(bool, copy=False), acc, seen, flag,
+                       out_rows, out_scores, count, best, left)
+        self.best = np.where(want_max, best, np.nan)
+        listed = np.where(left, 0, count)
+        users = np.repeat(np.arange(len(ks)), listed)
+        ranks = np.arange(len(users)) - np.repeat(np.cumsum(listed) - listed, listed)
+        self.add(users, ranks, out_rows[users, ranks], out_scores[users, ranks])
+        for j in np.flatnonzero(left).tolist():
             self.full(j, ks[j], int(need[j]), extra[j], bool(want_max[j]))
-
-    def _blocks(self, heads, level: int, js: np.ndarray, entries: np.ndarray, ks, need, extra,
-                want_max) -> np.ndarray:
-        """Rank users ``js`` (positions in ``ks``) by :class:`BlockRanking`, a block at a time; those left."""
-        if not len(js):
-            return js
-        per_user = entries if heads is None else np.full(len(js), heads.sizes[level] * self.model.window)
-        done = np.zeros(len(js), dtype=bool)
-        a = 0
-        while a < len(js):
-            b = a + max(1, int(np.searchsorted(np.cumsum(per_user[a:a + _MAX_BLOCK]), _BLOCK_ENTRIES, side="right")))
-            at = js[a:b]
-            block = BlockRanking(self, heads, level, [ks[j] for j in at], need[at], [extra[j] for j in at],
-                                 want_max[at])
-            done[a:b] = block.run(at)
-            a = b
-        return js[~done]
 
     def entries(self, ks: list[int]) -> np.ndarray:
         """Neighbour entries of each user's history rows (what the full path gathers)."""
@@ -199,6 +191,11 @@ class CooccurrenceLists:
         scores[extra] = -np.inf
         rows = top_n(scores, need)
         self.add(np.full(len(rows), at), np.arange(len(rows)), rows, scores[rows])
+
+
+def _firsts(lengths: np.ndarray) -> np.ndarray:
+    """Where each of consecutive runs of ``lengths`` starts, and where the last ends."""
+    return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
 
 
 def cold_lists(request: Request, lists: CooccurrenceLists, ks: list[int]) -> None:

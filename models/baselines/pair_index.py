@@ -6,20 +6,16 @@ import numpy as np
 
 from models.covisit import SparseRows, concat_ranges
 
-__all__ = ["OUTSIDE", "PairIndex"]
+__all__ = ["PairIndex"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
 _EMPTY = np.uint64(2**64 - 1)
-#: :attr:`PairIndex.head_pos` of an entry in no head.
-OUTSIDE = 255
 
 
 class PairIndex:
     """``(row, column) -> slot`` of every entry of a :class:`SparseRows`, as an open-addressing hash table
     looked up in vectorised passes (the rows' own dicts cost an interpreter step per look-up).
 
-    Each cell also holds :attr:`head_pos`: the entry's position in its row's
-    head (:class:`~models.baselines.heads.Heads`), :data:`OUTSIDE` if none.
     These rows are never pruned and an entry keeps its slot when its row
     moves, so the table only grows (:meth:`insert`, twice the room when half full).
 
@@ -37,8 +33,7 @@ class PairIndex:
         rows = np.repeat(np.arange(n_rows), lens)
         cols = cooc.columns[concat_ranges(starts, lens)]
         self._alloc(len(rows))
-        self._place(self._key(rows, cols), concat_ranges(np.zeros(n_rows, dtype=np.int64), lens),
-                    np.full(len(rows), OUTSIDE, dtype=np.uint8))
+        self._place(self._key(rows, cols), concat_ranges(np.zeros(n_rows, dtype=np.int64), lens))
 
     @staticmethod
     def _key(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -51,13 +46,12 @@ class PairIndex:
         self.shift, self.mask, self.size = np.uint64(64 - bits), (1 << bits) - 1, 0
         self.keys = np.full(1 << bits, _EMPTY, dtype=np.uint64)
         self.slots = np.zeros(1 << bits, dtype=np.int32)
-        self.head_pos = np.full(1 << bits, OUTSIDE, dtype=np.uint8)
 
-    def _place(self, keys: np.ndarray, slots: np.ndarray, head_pos: np.ndarray) -> None:
+    def _place(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Insert new, distinct keys by linear probing from their hash (rebuilt twice as large when half full)."""
         if 2 * (self.size + len(keys)) > len(self.keys):
             held = self.keys != _EMPTY
-            old = self.keys[held], self.slots[held], self.head_pos[held]
+            old = self.keys[held], self.slots[held]
             self._alloc(self.size + len(keys))
             self._place(*old)
         at = ((keys * _GOLDEN) >> self.shift).astype(np.int64)
@@ -69,16 +63,13 @@ class PairIndex:
             self.keys[pos_free] = keys[mine]  # of entries racing for a cell, the last one wins it
             won = self.keys[pos_free] == keys[mine]
             self.slots[pos_free[won]] = slots[mine[won]]
-            self.head_pos[pos_free[won]] = head_pos[mine[won]]
             todo = np.concatenate((mine[~won], todo[~free]))
             at[todo] = (at[todo] + 1) & self.mask
         self.size += len(keys)
 
-    def insert(self, rows: np.ndarray, cols: np.ndarray, slots: np.ndarray, head_pos: np.ndarray | None = None) -> None:
-        """New entries (distinct, not in the table yet), at ``head_pos`` in their heads (``None``: in none)."""
-        if head_pos is None:
-            head_pos = np.full(len(rows), OUTSIDE, dtype=np.uint8)
-        self._place(self._key(rows, cols), slots, head_pos)
+    def insert(self, rows: np.ndarray, cols: np.ndarray, slots: np.ndarray) -> None:
+        """New entries (distinct, not in the table yet) at their slots."""
+        self._place(self._key(rows, cols), slots)
 
     def cells(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The cell of each ``(rows[k], cols[k])`` (-1 where there is no such entry)."""

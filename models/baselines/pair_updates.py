@@ -14,8 +14,7 @@ from itertools import chain
 
 import numpy as np
 
-from models.baselines.heads import Heads
-from models.baselines.pair_index import OUTSIDE, PairIndex
+from models.baselines.pair_index import PairIndex
 from models.covisit import SparseRows
 from models.sets import unique_sorted
 
@@ -61,10 +60,8 @@ def pair_updates(pending: list[tuple[tuple[int, ...], int]],
     return rows, cols, np.repeat(w, 2)
 
 
-def add_pairs(cooc: SparseRows, index: PairIndex, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray,
-              heads: Heads | None = None, norm=None) -> None:
-    """``cooc.add(rows[k], cols[k], weights[k])`` for every ``k`` in order, keeping ``index`` and the
-    bounds of ``heads`` (``norm(columns)``: the key's divisor, ``None``: 1) up to date."""
+def add_pairs(cooc: SparseRows, index: PairIndex, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> None:
+    """``cooc.add(rows[k], cols[k], weights[k])`` for every ``k`` in order, keeping ``index`` up to date."""
     if not len(rows):
         return
     top = int(max(rows.max(), cols.max()))
@@ -74,7 +71,7 @@ def add_pairs(cooc: SparseRows, index: PairIndex, rows: np.ndarray, cols: np.nda
     new = cell < 0
     if new.any():
         size = len(index.keys)
-        _insert(cooc, index, rows[new], cols[new], heads)
+        _insert(cooc, index, rows[new], cols[new])
         if len(index.keys) != size:  # the table was rebuilt larger: every entry has a new cell
             cell = index.cells(rows, cols)
         else:
@@ -84,19 +81,11 @@ def add_pairs(cooc: SparseRows, index: PairIndex, rows: np.ndarray, cols: np.nda
     np.add.at(cooc._V, at, weights)  # in order: each entry gets its additions as add() makes them
     if cooc._log is not None:  # someone reads SparseRows.strongest: it must know which rows changed
         cooc._log.extend(unique_sorted(rows).tolist())
-    if heads is not None:
-        heads.ensure(len(cooc))
-        key = cooc._V[at] if norm is None else cooc._V[at] / norm(cols)
-        pos = index.head_pos[cell]
-        for k, size in enumerate(heads.sizes):
-            past = pos >= size  # (OUTSIDE is past every depth)
-            np.maximum.at(heads.bounds[k], rows[past], key[past])
 
 
-def _insert(cooc: SparseRows, index: PairIndex, rows: np.ndarray, cols: np.ndarray, heads: Heads | None) -> None:
+def _insert(cooc: SparseRows, index: PairIndex, rows: np.ndarray, cols: np.ndarray) -> None:
     """Create the entries ``(rows[k], cols[k])`` (repeats allowed) with value 0, each row's new entries
-    taking the next slots in order of first appearance, as :meth:`SparseRows.add` would give them
-    (and the next places of their row's head while it holds the whole row and has room)."""
+    taking the next slots in order of first appearance, as :meth:`SparseRows.add` would give them."""
     keys = (rows << 32) | cols
     _, first = np.unique(keys, return_index=True)
     first.sort()
@@ -120,20 +109,5 @@ def _insert(cooc: SparseRows, index: PairIndex, rows: np.ndarray, cols: np.ndarr
     cooc._V[at] = 0.0
     for r, c, s in zip(rows.tolist(), cols.tolist(), slot.tolist()):
         slots[r][c] = s
-    index.insert(rows, cols, slot, _take_into_heads(heads, rows, cols, slot, rank) if heads is not None else None)
+    index.insert(rows, cols, slot)
 
-
-def _take_into_heads(heads: Heads, rows: np.ndarray, cols: np.ndarray, slots: np.ndarray,
-                     rank: np.ndarray) -> np.ndarray:
-    """A row's head that holds the whole row (fewer entries than its size) takes the row's new entries
-    while it has room; their positions in the heads (:data:`OUTSIDE` for the others)."""
-    heads.ensure(int(rows.max()) + 1)
-    line = heads.line[rows]
-    count = np.full(len(rows), heads.size)  # (a row without a head takes nothing)
-    count[line >= 0] = heads.count[line[line >= 0]]
-    pos = count + rank
-    taken = pos < heads.size
-    heads.slots[line[taken], pos[taken]] = slots[taken]
-    heads.cols[line[taken], pos[taken]] = cols[taken]
-    np.maximum.at(heads.count, line[taken], pos[taken] + 1)
-    return np.where(taken, pos, OUTSIDE).astype(np.uint8)

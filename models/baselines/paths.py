@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["DENSE_ABOVE", "DENSE_ITEMS", "FULL_BELOW", "MIN_BLOCK", "dense_is_cheaper"]
+__all__ = ["DENSE_ABOVE", "DENSE_ITEMS", "MIN_BLOCK", "dense_is_cheaper"]
 
-#: A call of fewer users than this is not ranked from the co-occurrence heads (their fixed cost per
-#: call is not repaid), and, over at most DENSE_ITEMS items, every baseline ranks it from the dense scores.
+#: A call of fewer users than this, over at most DENSE_ITEMS items, every baseline ranks from the
+#: dense scores (a batched call's fixed cost is not repaid).
 MIN_BLOCK = 16
 DENSE_ITEMS = 16384
-#: A user with at most this many neighbour entries is scored from all of them rather than from heads.
-FULL_BELOW = 1000
-#: ... and from the dense scores once those entries outnumber the catalogue this many times.
+#: A co-occurrence user ranked one by one is scored from the dense scores once its rows' entries
+#: outnumber the catalogue this many times.
 DENSE_ABOVE = 1.0
 
 

@@ -82,11 +82,6 @@ class RepeatCooccurrenceBaseline(DecayedCooccurrenceBaseline):
     ['y', 'x', 'z']
     """
 
-    def _head_sizes(self, exclude: str) -> tuple[int, ...]:
-        # Unless interacted items are excluded, a list is mostly the user's own items, and what
-        # it needs from co-occurrence is mostly the best score: shallow heads often prove that.
-        return (240,) if exclude == "interacted" else (32, 240)
-
     def _scores(self, user_id, user, n_items):
         scores = super()._scores(user_id, user, n_items)
         if user is None or not user.history:

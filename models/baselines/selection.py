@@ -10,16 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from models.covisit import concat_ranges
-from models.ranking.topk import _best_k, top_n
+from models.ranking.topk import top_n
 from models.sets import member
 
-__all__ = ["NO_ROWS", "SLACK", "Order", "best_of", "best_per_user", "first_allowed", "group_max", "kth_floor",
-           "popcount", "position_in_group", "recent_first"]
+__all__ = ["NO_ROWS", "Order", "best_of", "first_allowed", "position_in_group", "recent_first"]
 
 NO_ROWS = np.zeros(0, dtype=np.int64)
-# Relative slack on bounds: they are summed in another order than the scores.
-SLACK = 1e-9
-_RUNGS = 48  # thresholds of kth_floor, a quarter of an octave apart (the last: zero)
 
 
 class Order:
@@ -81,82 +77,6 @@ def first_allowed(order: np.ndarray, need: np.ndarray, skip_user: np.ndarray, sk
     return user[sel], rank[sel], rows[sel]
 
 
-def group_max(user: np.ndarray, values: np.ndarray, n_users: int) -> np.ndarray:
-    """Largest value per user (``user`` non-decreasing; ``-inf`` for users without values).
-
-    >>> group_max(np.array([0, 0, 2]), np.array([1.0, 3.0, 2.0]), 3).tolist()
-    [3.0, -inf, 2.0]
-    """
-    counts = np.bincount(user, minlength=n_users)
-    out = np.full(n_users, -np.inf)
-    has = counts > 0
-    if has.any():
-        out[has] = np.maximum.reduceat(values, (np.cumsum(counts) - counts)[has])
-    return out
-
-
-def kth_floor(user: np.ndarray, values: np.ndarray, n_users: int, k: np.ndarray) -> np.ndarray:
-    """Per user, a lower bound of its ``k[u]``-th largest value, within a quarter of an octave of it.
-
-    Values are non-negative (or ``-inf``: ignored) and ``user`` non-decreasing;
-    ``-inf`` for a user with fewer than ``k[u]`` values. Counting values per
-    rung of a ladder of thresholds below the user's largest value costs a few
-    passes over them, where an exact order statistic needs a partition.
-
-    >>> kth_floor(np.array([0, 0, 0, 1]), np.array([8.0, 1.0, 6.0, 3.0]), 2, np.array([2, 2])).round(3).tolist()
-    [5.657, -inf]
-    """
-    out = np.full(n_users, -np.inf)
-    real = values > -np.inf
-    user, values = user[real], values[real]
-    if not len(user):
-        return out
-    top = group_max(user, values, n_users)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rung = -4 * np.log2(values / top[user])
-    rung[~(rung < _RUNGS - 1)] = _RUNGS - 1  # zeros (inf) and 0 / 0 (nan): the last rung
-    rung = np.maximum(rung, 0).astype(np.int64)
-    counts = np.bincount(user * _RUNGS + rung, minlength=n_users * _RUNGS).reshape(n_users, _RUNGS).cumsum(axis=1)
-    enough = counts[:, -1] >= k
-    at = np.argmax(counts >= k[:, None], axis=1)
-    # Every value on rungs 0 .. at is above top * 2 ** (-(at + 1) / 4) (up to rounding: the slack).
-    floor = top * np.exp2(-(at + 1) / 4) * (1 - SLACK)
-    floor[at == _RUNGS - 1] = 0.0
-    out[enough] = floor[enough]
-    return out
-
-
-def best_per_user(user: np.ndarray, cols: np.ndarray, scores: np.ndarray, n_users: int,
-                  k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per user, its ``k[u]`` best entries, best first, ties to the lower column: ``(user, rank, entry)``.
-
-    ``user`` must be non-decreasing; entries with a score of ``-inf`` are never chosen.
-
-    >>> u, r, e = best_per_user(np.array([0, 0, 0, 1]), np.array([9, 4, 6, 2]),
-    ...                         np.array([1.0, 2.0, 1.0, 3.0]), 2, np.array([2, 5]))
-    >>> u.tolist(), r.tolist(), e.tolist()
-    ([0, 0, 1], [0, 1, 0], [1, 2, 3])
-    """
-    pos, width = position_in_group(user, n_users)
-    kk = min(int(k.max(initial=0)), width)
-    if not kk:
-        return NO_ROWS, NO_ROWS, NO_ROWS
-    table = np.full((n_users, width), -np.inf)
-    table[user, pos] = scores
-    col = np.zeros((n_users, width), dtype=np.int64)
-    col[user, pos] = cols
-    entry = np.zeros((n_users, width), dtype=np.int64)
-    entry[user, pos] = np.arange(len(user))
-    best = _best_k(table, kk, lambda i, j: col[i, j])
-    best_scores = np.take_along_axis(table, best, axis=1)
-    order = np.lexsort((np.take_along_axis(col, best, axis=1), -best_scores), axis=-1)
-    best = np.take_along_axis(best, order, axis=1)
-    best_scores = np.take_along_axis(best_scores, order, axis=1)
-    keep = (best_scores > -np.inf) & (np.arange(kk)[None, :] < k[:, None])
-    users, ranks = np.nonzero(keep)
-    return users, ranks, entry[users, best[users, ranks]]
-
-
 def best_of(cols: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` best of one user's entries, best first, ties to the lower column.
 
@@ -173,16 +93,6 @@ def best_of(cols: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         tied = tied[np.argsort(cols[tied], kind="stable")][: k - len(above)]
         idx = np.concatenate((above, tied))
     return idx[np.lexsort((cols[idx], -scores[idx]))]
-
-
-def popcount(bits: np.ndarray) -> np.ndarray:
-    """Set bits of each (non-negative) int64.
-
-    >>> popcount(np.array([0, 5, 2**40 + 3])).tolist()
-    [0, 2, 3]
-    """
-    b = bits.view(np.uint64) if bits.dtype == np.int64 else bits.astype(np.uint64)
-    return np.unpackbits(b.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1, dtype=np.int64)
 
 
 def recent_first(history) -> list[int]:

@@ -38,9 +38,9 @@ REQUIRED_COLUMNS = ("timestamp", "user_id", "item_id", "event_type")
 MODEL_NAME = "model"
 BASELINE_NAMES = ("popularity", "cooccurrence", "cooccurrence_decayed")
 #: What each model of :func:`build_models` costs in a replay (learning and ranking, CPU µs per event of
-#: 200,000 generated events at ``--batch 1000``), so that ``--jobs`` balances its worker processes.
-COSTS = {MODEL_NAME: 194.0, "popularity": 14.0, "cooccurrence": 94.0, "cooccurrence_decayed": 116.0, "repeat": 17.0,
-         "repeat_cooccurrence": 124.0}
+#: a million generated events at ``--batch 1000``), so that ``--jobs`` balances its worker processes.
+COSTS = {MODEL_NAME: 451.0, "popularity": 11.0, "cooccurrence": 100.0, "cooccurrence_decayed": 111.0, "repeat": 18.0,
+         "repeat_cooccurrence": 121.0}
 
 
 def read_events(path: str, on_bad_row=None, with_price: bool = False):

@@ -2,10 +2,9 @@
 and their queued co-occurrence learning against adding each pair as it comes.
 
 Streams are small and tie-heavy (few items, a skewed pick, equal counts
-everywhere), some items are made unavailable and available again, the
-co-occurrence heads are made tiny and the thresholds between the ranking
-paths are drawn, so that the bounds, the exact look-ups, every depth of the
-heads, the full path and the dense path are all exercised.
+everywhere), some items are made unavailable and available again, and the
+thresholds between the ranking paths are drawn, so that the compiled loop,
+the one-by-one path it leaves users to and the dense path all serve.
 """
 
 from __future__ import annotations
@@ -42,8 +41,8 @@ MAKERS = {
     "cooccurrence_short_window": lambda: CooccurrenceBaseline(window=4, decay=0.7),
 }
 TYPES = ("browse", "click", "purchase")
-# Every path serves: blocks for everybody, heads for everybody, no dense shortcut.
-EVERY_PATH = {"FULL_BELOW": 0, "MIN_BLOCK": 1, "DENSE_ITEMS": 0, "DENSE_ABOVE": np.inf}
+# Batched calls for everybody, no dense shortcut.
+EVERY_PATH = {"MIN_BLOCK": 1, "DENSE_ITEMS": 0, "DENSE_ABOVE": np.inf}
 
 
 def dense_lists(model, user_ids, n, exclude):
@@ -108,30 +107,25 @@ def streams(draw):
             asked = [f"u{k}" for k in rng.integers(n_users + 1, size=int(rng.integers(1, 6)))]  # u{n_users}: unknown
             steps.append(("check", asked, int(rng.choice([1, 3, 10, 40]))))
     steps.append(("check", [f"u{k}" for k in range(n_users + 1)], 10))
-    # Heads far shorter than the rows exercise the bounds and look-ups; the thresholds between
-    # the ranking paths and between the two ways of learning are drawn too, so that every one serves.
-    path = {"FULL_BELOW": draw(st.sampled_from([0, paths.FULL_BELOW])),
-            "MIN_BLOCK": draw(st.sampled_from([1, paths.MIN_BLOCK])),
-            "DENSE_ABOVE": draw(st.sampled_from([paths.DENSE_ABOVE, np.inf])),
+    # The thresholds between the ranking paths and between the two ways of learning are drawn,
+    # so that every one serves.
+    path = {"MIN_BLOCK": draw(st.sampled_from([1, paths.MIN_BLOCK])),
+            "DENSE_ABOVE": draw(st.sampled_from([0.0, paths.DENSE_ABOVE, np.inf])),
             "DENSE_ITEMS": draw(st.sampled_from([0, paths.DENSE_ITEMS]))}
     one_by_one = draw(st.sampled_from([0, cooccurrence._ONE_BY_ONE, 10**9]))
-    head_sizes = draw(st.sampled_from([(1,), (1, 2), (2, 8), (1, 3, 9), None]))
-    return steps, head_sizes, path, one_by_one
+    return steps, path, one_by_one
 
 
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams())
 def test_recommend_equals_the_dense_definition(case):
-    steps, head_sizes, path, one_by_one = case
+    steps, path, one_by_one = case
     with mock.patch.multiple(paths, **path), mock.patch.object(cooccurrence, "_ONE_BY_ONE", one_by_one):
-        replay_and_compare(steps, head_sizes)
+        replay_and_compare(steps)
 
 
-def replay_and_compare(steps, head_sizes):
+def replay_and_compare(steps):
     models = [make() for make in MAKERS.values()]
-    for model in models:
-        if head_sizes is not None and hasattr(model, "head_sizes"):
-            model.head_sizes = head_sizes
     for step in steps:
         if step[0] == "learn":
             for model in models:
@@ -146,14 +140,12 @@ def replay_and_compare(steps, head_sizes):
 
 
 @pytest.mark.parametrize("name", sorted(MAKERS))
-def test_heads_and_full_paths_both_serve_and_agree(name, monkeypatch):
-    """A longer stream with heads far shorter than the rows: most users are proved from their heads,
-    the others are scored from every neighbour of their items."""
+def test_compiled_and_one_by_one_paths_both_serve_and_agree(name, monkeypatch):
+    """A longer stream: most users are ranked by the compiled loop, those whose list needs items
+    nobody co-visited with theirs (new customers of rare items) one by one; both as the dense definition."""
     for key, value in EVERY_PATH.items():
         monkeypatch.setattr(paths, key, value)
     model = MAKERS[name]()
-    if hasattr(model, "head_sizes"):
-        model.head_sizes = (4, 16)
     full_calls = []
     original = CooccurrenceLists.full
     monkeypatch.setattr(CooccurrenceLists, "full", lambda self, *a: full_calls.append(a) or original(self, *a))
@@ -164,10 +156,11 @@ def test_heads_and_full_paths_both_serve_and_agree(name, monkeypatch):
         if t % 500 == 499:
             for exclude in EXCLUDE_RULES:
                 assert_same_lists(model, users + ["nobody", "u3"], 10, exclude)
+        if t == 2000:
+            users.append("late")  # one item nobody else has: the compiled loop cannot fill a list
+            model.learn_one("late", "new", "click", float(t))
     if isinstance(model, CooccurrenceBaseline):
-        heads = model._heads_for_ranking("purchased")
-        assert heads.chosen > 0
-        assert 0 < len(full_calls) < 6 * 3 * 30  # neither path has all the (checks x rules x) users
+        assert 0 < len(full_calls) < 6 * 3 * 31  # neither path has all the (checks x rules x) users
 
 
 @pytest.mark.parametrize("window, decay", [(20, None), (20, 0.9), (3, 0.7)])
@@ -181,10 +174,9 @@ def test_queued_learning_adds_what_each_pair_would(window, decay, one_by_one, mo
     rng = np.random.default_rng(11)
     events = [(f"u{rng.integers(40)}", int(min(rng.zipf(1.3), 300))) for _ in range(4000)]
     model = CooccurrenceBaseline(window=window, decay=decay)
-    model.head_sizes = (2, 8)
     for t, (user, row) in enumerate(events):
         model.learn_one(user, f"i{row}", "click", float(t))
-        if rng.random() < 0.01:  # a read empties the queue (and, once heads exist, keeps their bounds)
+        if rng.random() < 0.01:  # a read empties the queue
             model.recommend([f"u{k}" for k in rng.integers(40, size=20)], n=5)
     want = sequential_counts([(u, model.catalog.row(f"i{r}")) for u, r in events], window, decay)
     assert pickle.dumps(model.cooc.__getstate__()) == pickle.dumps(want.__getstate__())
@@ -194,18 +186,16 @@ def test_checkpoint_drops_the_caches_and_lists_stay_the_same(monkeypatch):
     for key, value in EVERY_PATH.items():
         monkeypatch.setattr(paths, key, value)
     model = DecayedCooccurrenceBaseline()
-    model.head_sizes = (2,)
     rng = np.random.default_rng(1)
     for t in range(800):
         model.learn_one(f"u{rng.integers(10)}", f"i{rng.integers(30)}", "click", float(t))
     before = model.dumps()
     lists = model.recommend([f"u{k}" for k in range(10)], n=5)
-    assert model.dumps() == before  # heads, index, queue and scratch arrays are not state
+    assert model.dumps() == before  # index, queue and scratch arrays are not state
     clone = DecayedCooccurrenceBaseline.loads(before)
-    clone.head_sizes = (2,)
     for a, b in zip(clone.recommend([f"u{k}" for k in range(10)], n=5), lists):
         assert a.tolist() == b.tolist()
-    for t in range(200):  # learning after reads keeps the bounds; the lists still match
+    for t in range(200):  # learning after reads keeps the index; the lists still match
         for m in (model, clone):
             m.learn_one(f"u{t % 10}", f"i{(7 * t) % 30}", "browse", 900.0 + t)
     for exclude in EXCLUDE_RULES:
@@ -217,7 +207,6 @@ def test_batched_lists_do_not_depend_on_the_batch(monkeypatch):
     for key, value in EVERY_PATH.items():
         monkeypatch.setattr(paths, key, value)
     model = CooccurrenceBaseline()
-    model.head_sizes = (2, 4)
     rng = np.random.default_rng(3)
     for t in range(1500):
         model.learn_one(f"u{rng.integers(200)}", f"i{min(int(rng.zipf(1.3)), 40)}", "click", float(t))
