@@ -14,7 +14,16 @@ import numpy as np
 from models.covisit import concat_ranges
 from models.sets import unique_sorted
 
-__all__ = ["run_starts", "strongest_in_groups"]
+__all__ = ["firsts", "run_starts", "strongest_in_groups"]
+
+
+def firsts(lengths: np.ndarray) -> np.ndarray:
+    """Where each of consecutive groups of ``lengths`` starts, and where the last one ends.
+
+    >>> firsts(np.array([2, 0, 3])).tolist()
+    [0, 2, 2, 5]
+    """
+    return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
 
 
 def run_starts(sorted_keys: np.ndarray) -> np.ndarray:

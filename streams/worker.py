@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import threading
+import time
 from typing import Callable
 
 from faust.worker import Worker
 
 import agents
 from models.engine import PersonalisationEngine
+from models.ranking.kernels import compile_now
 from streams.app import create_app
 from streams.kafka.topics import check_copartitioned, check_kafka, ensure_topics
 from streams.metrics import Metrics
@@ -85,6 +87,9 @@ def run_worker(settings: Settings, loglevel: str = "info", engine: Personalisati
 
     def prepare() -> None:  # once logging is set up, so restoring the models is logged
         log.info("settings: %s", json.dumps(settings.redacted(), sort_keys=True))
+        started = time.perf_counter()
+        compile_now()
+        log.info("ranking loops compiled or loaded in %.1f s", time.perf_counter() - started)
         app.runtime = build_runtime(settings, metrics, engine)
         tune_gc()
 

@@ -11,6 +11,7 @@ from models.baselines.kernels import TIE, rank_from_rows
 from models.baselines.request import Request
 from models.baselines.selection import NO_ROWS, Order, best_of, first_allowed
 from models.covisit import concat_ranges
+from models.groups import firsts
 from models.ranking.topk import top_n
 from models.sets import isin, member, union_sorted
 
@@ -84,9 +85,9 @@ class CooccurrenceLists:
         out_scores = np.full((len(ks), width), -np.inf)
         count, best, left = np.zeros(len(ks), dtype=np.int64), np.zeros(len(ks)), np.zeros(len(ks), dtype=bool)
         acc, seen, flag = self.model._scratch(self.n_items, ("acc", "seen", "flag"))
-        rank_from_rows(_firsts(m), starts, lens, self.weights(np.repeat(m, m), recency), self.cooc.columns,
+        rank_from_rows(firsts(m), starts, lens, self.weights(np.repeat(m, m), recency), self.cooc.columns,
                        self.cooc.values, self.pop, float(self.scale), self.decay is not None, self.request.blocked,
-                       _firsts(skip_lens), np.concatenate(skips).astype(np.int64, copy=False),
+                       firsts(skip_lens), np.concatenate(skips).astype(np.int64, copy=False),
                        need.astype(np.int64, copy=False), want_max.astype(bool, copy=False), acc, seen, flag,
                        out_rows, out_scores, count, best, left)
         self.best = np.where(want_max, best, np.nan)
@@ -191,11 +192,6 @@ class CooccurrenceLists:
         scores[extra] = -np.inf
         rows = top_n(scores, need)
         self.add(np.full(len(rows), at), np.arange(len(rows)), rows, scores[rows])
-
-
-def _firsts(lengths: np.ndarray) -> np.ndarray:
-    """Where each of consecutive runs of ``lengths`` starts, and where the last ends."""
-    return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
 
 
 def cold_lists(request: Request, lists: CooccurrenceLists, ks: list[int]) -> None:

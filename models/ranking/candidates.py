@@ -12,6 +12,7 @@ import numpy as np
 
 from models.catalog import grow_to
 from models.ranking.factors import _QuantisedFactors
+from models.ranking.kernels import Scratch
 from models.ranking.topk import _run_starts
 from models.sets import union_sorted, unique_sorted
 
@@ -73,6 +74,7 @@ class _Context:
         self.norm = None
         self.norm_entries = 0
         self._norm_all = None  # (covisit, alpha, mass as of the last computation, mass ** -alpha)
+        self.covisit_scratch = Scratch()  # (work arrays of the co-visitation loop)
         self.keep: dict = {}  # derived arrays kept across calls: key -> (token, value)
         # history_decay ** position as running products: the weights enter the
         # scores, whose last bits depend on how they are computed.

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.groups import strongest_in_groups
+from models.groups import firsts, strongest_in_groups
 from models.ranking.candidates import _Context
-from models.ranking.topk import _best_k, _run_starts, _stable_order
+from models.ranking.kernels import covisit_neighbourhoods
+from models.ranking.topk import _best_k, _run_starts
 from models.sets import member
 
 _GEMM_ROWS = 128  # rows per matrix product (larger ones make OpenBLAS start threads that then spin)
+_NO_SCALE = np.zeros(0)
 
 
 def _histories(ctx: _Context, users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,30 +89,25 @@ class _Terms:
             return
         # The strongest `score_neighbors` neighbours of each history item.
         idx, per = sparse.strongest(H, ctx.r.score_neighbors, regions)
-        cols = sparse.columns[idx]
         alpha = covisit.alpha
         norm = ctx.covisit_norm(mass, len(idx))
         norm_h = (norm[H] if norm is not None else np.power(np.maximum(mass[H], 1e-300), -alpha)) if alpha else np.ones(len(H))
-        # Each neighbour value times its history item's weight, summed per
-        # (user, row) in history order (as CoVisitation.score_sparse does).
-        vals = sparse.values[idx] * np.repeat(W * norm_h, per)
-        order = _stable_order(cols, ctx.n_items)
-        us = np.repeat(uh, per)
-        if B > 1:
-            order = order[_stable_order(us[order], B)]
-        us = us[order]
-        cols = cols[order]
-        starts = np.flatnonzero(np.concatenate(([True], (cols[1:] != cols[:-1]) | (us[1:] != us[:-1]))))
-        self.cv_u = us[starts]
-        self.cv_r = rows = cols[starts].astype(np.int64)
-        v = np.add.reduceat(vals[order], starts)
-        if alpha:
-            v *= norm[rows] if norm is not None else np.power(np.maximum(mass[rows], 1e-300), -alpha)
-        self.cv_v = v
+        # Each neighbour value times its history item's weight, summed per (user, row) in history
+        # order as CoVisitation.score_sparse sums them, scaled, and cut to each user's strongest.
         cap = ctx.r.neighbor_candidates
-        if cap is not None and len(v) > cap:
+        later = alpha and norm is None  # (a few entries: the few scales needed, computed below)
+        self.cv_u, self.cv_r, v = covisit_neighbourhoods(
+            ctx.covisit_scratch, ctx.n_items, firsts(np.bincount(uh, minlength=B)), firsts(per),
+            idx.astype(np.int64, copy=False), W * norm_h, sparse.columns, sparse.values,
+            norm if alpha and not later else _NO_SCALE, -1 if cap is None or later else cap)
+        if later:
+            v *= np.power(np.maximum(mass[self.cv_r], 1e-300), -alpha)
+        self.cv_v = v
+        if later and cap is not None and len(v) > cap:
             self._keep_strongest(cap)
             v = self.cv_v
+        if not len(v):
+            return
         ustarts = _run_starts(self.cv_u)
         top = np.maximum.reduceat(v, ustarts)
         ok = top > 0
