@@ -206,23 +206,12 @@ def _sum_long_groups(lo, hi, entry_first, entries, hist_weight, columns, values,
 
 @numba.njit(cache=True, nogil=True)
 def _bit_index(low):  # pragma: no cover - (compiled)
-    """Position of the one set bit of ``low``."""
+    """Position of the one set bit of ``low`` (a binary search over halves)."""
     i = 0
-    if low >> np.uint64(32):
-        i += 32
-        low >>= np.uint64(32)
-    if low >> np.uint64(16):
-        i += 16
-        low >>= np.uint64(16)
-    if low >> np.uint64(8):
-        i += 8
-        low >>= np.uint64(8)
-    if low >> np.uint64(4):
-        i += 4
-        low >>= np.uint64(4)
-    if low >> np.uint64(2):
-        i += 2
-        low >>= np.uint64(2)
-    if low >> np.uint64(1):
-        i += 1
+    half = 32
+    while half:
+        if low >> np.uint64(half):
+            i += half
+            low >>= np.uint64(half)
+        half >>= 1
     return i
