@@ -39,7 +39,7 @@ MODEL_NAME = "model"
 BASELINE_NAMES = ("popularity", "cooccurrence", "cooccurrence_decayed")
 #: What each model of :func:`build_models` costs in a replay (learning and ranking, CPU µs per event of
 #: a million generated events at ``--batch 1000``), so that ``--jobs`` balances its worker processes.
-COSTS = {MODEL_NAME: 451.0, "popularity": 11.0, "cooccurrence": 100.0, "cooccurrence_decayed": 111.0, "repeat": 18.0,
+COSTS = {MODEL_NAME: 284.0, "popularity": 11.0, "cooccurrence": 100.0, "cooccurrence_decayed": 111.0, "repeat": 18.0,
          "repeat_cooccurrence": 121.0}
 
 
