@@ -76,7 +76,7 @@ class CooccurrenceLists:
         hist = [self.request.users[k].history for k in ks]
         m = np.fromiter(map(len, hist), dtype=np.int64, count=len(hist))
         rows = np.fromiter(chain.from_iterable(h[::-1] for h in hist), dtype=np.int64, count=int(m.sum()))
-        recency = np.arange(len(rows)) - np.repeat(np.cumsum(m) - m, m)
+        recency = concat_ranges(np.zeros(len(m), dtype=np.int64), m)  # (0 for each user's latest item)
         starts, lens = self.cooc.regions(rows)
         skips = [np.concatenate((self.request.excluded(k), x)) for k, x in zip(ks, extra)]
         skip_lens = np.fromiter(map(len, skips), dtype=np.int64, count=len(skips))
@@ -93,7 +93,7 @@ class CooccurrenceLists:
         self.best = np.where(want_max, best, np.nan)
         listed = np.where(left, 0, count)
         users = np.repeat(np.arange(len(ks)), listed)
-        ranks = np.arange(len(users)) - np.repeat(np.cumsum(listed) - listed, listed)
+        ranks = concat_ranges(np.zeros(len(ks), dtype=np.int64), listed)
         self.add(users, ranks, out_rows[users, ranks], out_scores[users, ranks])
         for j in np.flatnonzero(left).tolist():
             self.full(j, ks[j], int(need[j]), extra[j], bool(want_max[j]))

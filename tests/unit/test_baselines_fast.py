@@ -42,7 +42,7 @@ MAKERS = {
 }
 TYPES = ("browse", "click", "purchase")
 # Batched calls for everybody, no dense shortcut.
-EVERY_PATH = {"MIN_BLOCK": 1, "DENSE_ITEMS": 0, "DENSE_ABOVE": np.inf}
+EVERY_PATH = {"DENSE_USERS": 1, "DENSE_ITEMS": 0, "DENSE_ABOVE": np.inf}
 
 
 def dense_lists(model, user_ids, n, exclude):
@@ -109,7 +109,7 @@ def streams(draw):
     steps.append(("check", [f"u{k}" for k in range(n_users + 1)], 10))
     # The thresholds between the ranking paths and between the two ways of learning are drawn,
     # so that every one serves.
-    path = {"MIN_BLOCK": draw(st.sampled_from([1, paths.MIN_BLOCK])),
+    path = {"DENSE_USERS": draw(st.sampled_from([1, paths.DENSE_USERS])),
             "DENSE_ABOVE": draw(st.sampled_from([0.0, paths.DENSE_ABOVE, np.inf])),
             "DENSE_ITEMS": draw(st.sampled_from([0, paths.DENSE_ITEMS]))}
     one_by_one = draw(st.sampled_from([0, cooccurrence._ONE_BY_ONE, 10**9]))
