@@ -15,10 +15,47 @@ import numpy as np
 
 from models.ranking.base import valid_counts, valid_part
 
-__all__ = ["Event", "ModelScore", "Evaluation", "available_cpus", "model_groups", "prequential", "served_lists"]
+__all__ = ["Event", "ModelScore", "Evaluation", "Rankings", "available_cpus", "model_groups", "prequential",
+           "served_lists"]
 
 #: ``(ts_seconds, user_id, item_id, event_type)``
 Event = tuple[float, str, str, str]
+
+
+class Rankings:
+    """Several lists ranked from one learner's state, each scored by a replay as a model of its own.
+
+    Two baselines that learn the same state and differ only in how they rank
+    it need not learn it twice: ``learner`` learns each event once, and
+    ``recommend(user_ids, n, exclude)`` returns one ``(ids, scores)`` per name
+    of ``names``, each what that baseline alone would have returned.
+
+    >>> from models.baselines import RepeatCooccurrenceBaseline
+    >>> learner = RepeatCooccurrenceBaseline()
+    >>> both = Rankings(learner, ("repeat_cooccurrence", "cooccurrence_decayed"), learner.recommend_with_decayed)
+    >>> for user, items in {"a": "xy", "b": "xz"}.items():
+    ...     for item in items:
+    ...         both.learn_one(user, item)
+    >>> [ids[0].tolist() for ids, _ in both.recommend(["a"], 3, "purchased")]
+    [['y', 'x', 'z'], ['y', 'z', 'x']]
+    """
+
+    def __init__(self, learner, names: Sequence[str], recommend: Callable):
+        self.learner, self.names, self._recommend = learner, tuple(names), recommend
+
+    def learn_one(self, user_id: str, item_id: str, event_type: str = "click", ts: float | None = None) -> None:
+        self.learner.learn_one(user_id, item_id, event_type, ts)
+
+    def end_batch(self) -> None:
+        _end_batch(self.learner)
+
+    def recommend(self, user_ids: Sequence[str], n: int, exclude: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        return tuple(self._recommend(user_ids, n, exclude))
+
+
+def list_names(key: str, model) -> tuple[str, ...]:
+    """The names the lists of ``models[key]`` are scored under: its :attr:`Rankings.names`, or ``key``."""
+    return model.names if isinstance(model, Rankings) else (key,)
 
 
 @dataclass
@@ -83,22 +120,32 @@ class Evaluation:
 
 
 class _Tally:
-    """What a prequential run accumulates per model: reciprocal ranks, items shown, time spent."""
+    """What a prequential run accumulates per list: reciprocal ranks, items shown; per learner: time spent.
 
-    def __init__(self, names: list[str]) -> None:
-        self.names = names
-        self.rr: dict[str, list[float]] = {name: [] for name in names}
+    ``learners`` are the keys of the models; ``names`` the lists scored (:func:`list_names`).
+    """
+
+    def __init__(self, models: Mapping[str, object]) -> None:
+        self.learners = list(models)
+        self.lists = {key: list_names(key, model) for key, model in models.items()}
+        self.learner_of = {name: key for key, names in self.lists.items() for name in names}
+        self.names = list(self.learner_of)
+        self.rr: dict[str, list[float]] = {name: [] for name in self.names}
         self.positions: list[int] = []
-        self.recommended: dict[str, set[str]] = {name: set() for name in names}
-        self.t_learn = dict.fromkeys(names, 0.0)
-        self.t_rec = dict.fromkeys(names, 0.0)
+        self.recommended: dict[str, set[str]] = {name: set() for name in self.names}
+        self.t_learn = dict.fromkeys(self.learners, 0.0)
+        self.t_rec = dict.fromkeys(self.learners, 0.0)
         self.items: set[str] = set()
 
-    def recommend(self, model, name: str, users: list[str], k: int, exclude: str):
+    def recommend(self, model, key: str, users: list[str], k: int, exclude: str):
+        """``(name, ids, scores)`` of each list of learner ``key``."""
         t0 = time.perf_counter()
-        ids, scores = model.recommend(users, n=k, exclude=exclude)
-        self.t_rec[name] += time.perf_counter() - t0
-        return ids, scores
+        ranked = model.recommend(users, n=k, exclude=exclude)
+        self.t_rec[key] += time.perf_counter() - t0
+        names = self.lists[key]
+        if not isinstance(model, Rankings):
+            ranked = (ranked,)
+        return [(name, ids, scores) for name, (ids, scores) in zip(names, ranked)]
 
     def score(self, name: str, shown: list[str], item: str) -> None:
         """One evaluated event: ``item`` against the list ``shown`` at the time."""
@@ -108,27 +155,27 @@ class _Tally:
     def learn(self, models: Mapping[str, object], event: Event) -> None:
         ts, user, item, event_type = event
         self.items.add(item)
-        for name in self.names:
+        for key in self.learners:
             t0 = time.perf_counter()
-            models[name].learn_one(user, item, event_type, ts)
-            self.t_learn[name] += time.perf_counter() - t0
+            models[key].learn_one(user, item, event_type, ts)
+            self.t_learn[key] += time.perf_counter() - t0
 
     def learn_batch(self, models: Mapping[str, object], chunk: list[Event]) -> None:
         """:meth:`learn` for each event of ``chunk``, model by model (they are independent)."""
         self.items.update(e[2] for e in chunk)
-        for name in self.names:
-            learn_one = models[name].learn_one
+        for key in self.learners:
+            learn_one = models[key].learn_one
             t0 = time.perf_counter()
             for ts, user, item, event_type in chunk:
                 learn_one(user, item, event_type, ts)
-            self.t_learn[name] += time.perf_counter() - t0
+            self.t_learn[key] += time.perf_counter() - t0
 
     def end_batch(self, models: Mapping[str, object]) -> None:
         """:func:`_end_batch` of every model."""
-        for name in self.names:
+        for key in self.learners:
             t0 = time.perf_counter()
-            _end_batch(models[name])
-            self.t_learn[name] += time.perf_counter() - t0
+            _end_batch(models[key])
+            self.t_learn[key] += time.perf_counter() - t0
 
     def result(self, k: int, exclude: str, events: int, seconds: float) -> Evaluation:
         ev = Evaluation(k=k, exclude=exclude, events=events, seconds=seconds)
@@ -139,8 +186,8 @@ class _Tally:
                 rr=np.asarray(self.rr[name], dtype=np.float64),
                 positions=pos,
                 coverage=len(self.recommended[name]) / max(len(self.items), 1),
-                learn_seconds=self.t_learn[name],
-                recommend_seconds=self.t_rec[name],
+                learn_seconds=self.t_learn[self.learner_of[name]],
+                recommend_seconds=self.t_rec[self.learner_of[name]],
             )
         return ev
 
@@ -185,7 +232,9 @@ def prequential(
     events
         Iterable of ``(ts, user_id, item_id, event_type)`` in time order.
     models
-        Name -> model exposing ``learn_one`` and ``recommend``.
+        Name -> model exposing ``learn_one`` and ``recommend``, or several lists of one
+        learner (:class:`Rankings`, scored under its names; the time spent per model
+        is then its learner's, under each of them).
     k
         Size of the recommendation list.
     exclude
@@ -226,7 +275,7 @@ def prequential(
         events = events if isinstance(events, list) else list(events)  # (the workers read it as forked)
         scores, count = _in_workers(events, models, groups, k, exclude, progress, batch)
         ev = Evaluation(k=k, exclude=exclude, events=count, seconds=time.perf_counter() - start)
-        ev.models = {name: scores[name] for name in models}
+        ev.models = {name: scores[name] for key, model in models.items() for name in list_names(key, model)}
         return ev
     tally, count = _replay(events, models, k, exclude, progress, batch)
     return tally.result(k, exclude, count, time.perf_counter() - start)
@@ -268,7 +317,7 @@ def model_groups(names: Iterable[str], jobs: int, costs: Mapping[str, float] | N
 
 def _replay(events, models, k: int, exclude: str, progress, batch) -> tuple[_Tally, int]:
     """One prequential run of ``models`` in this process: what it tallied, and the events replayed."""
-    tally = _Tally(list(models))
+    tally = _Tally(models)
     if batch is None:
         return tally, _per_event(events, models, tally, k, exclude, progress)
     return tally, _per_batch(events, models, tally, k, exclude, progress, batch)
@@ -347,9 +396,9 @@ def _per_event(events, models, tally: _Tally, k: int, exclude: str, progress) ->
         user, item = event[1], event[2]
         if user in seen_users:
             tally.positions.append(count - 1)
-            for name in tally.names:
-                ids, scores = tally.recommend(models[name], name, [user], k, exclude)
-                tally.score(name, valid_part(ids, scores, 0)[0].tolist(), item)
+            for key in tally.learners:
+                for name, ids, scores in tally.recommend(models[key], key, [user], k, exclude):
+                    tally.score(name, valid_part(ids, scores, 0)[0].tolist(), item)
         else:
             seen_users.add(user)
         tally.learn(models, event)
@@ -381,13 +430,13 @@ def _per_batch(events, models, tally: _Tally, k: int, exclude: str, progress, ba
         tally.learn_batch(models, chunk)
         tally.end_batch(models)
         users = list(dict.fromkeys(e[1] for e in chunk))
-        for name in tally.names:
-            ids, scores = tally.recommend(models[name], name, users, k, exclude)
-            lengths = valid_counts(scores).tolist()
-            lists = served[name]
-            for user, row, m in zip(users, ids.tolist(), lengths):
-                lists[user] = row[:m]
-            unseen[name].update(users)
+        for key in tally.learners:
+            for name, ids, scores in tally.recommend(models[key], key, users, k, exclude):
+                lengths = valid_counts(scores).tolist()
+                lists = served[name]
+                for user, row, m in zip(users, ids.tolist(), lengths):
+                    lists[user] = row[:m]
+                unseen[name].update(users)
         count = first + len(chunk)
         if progress is not None:
             progress(len(chunk))

@@ -16,7 +16,7 @@ catalogue row, float for float.
 |---|---|
 | ``popularity`` | :class:`PopularityBaseline` |
 | ``cooccurrence`` | :class:`CooccurrenceBaseline`, :class:`DecayedCooccurrenceBaseline` |
-| ``repeat`` | :class:`RepeatBaseline`, :class:`RepeatCooccurrenceBaseline` |
+| ``repeat`` | :class:`RepeatBaseline`, :class:`RepeatCooccurrenceBaseline` (which also ranks the decayed lists of its counts in the same pass) |
 | ``request`` | one ``recommend`` call: its users, exclusions and lists; :class:`BatchedRecommender`, the baselines' ``recommend`` |
 | ``selection`` | exact per-user selection kernels over flat arrays |
 | ``paths`` | the thresholds between the ranking paths |

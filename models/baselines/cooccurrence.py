@@ -185,8 +185,7 @@ class CooccurrenceBaseline(BatchedRecommender):
         """``_scores``' lists, without scoring every item per user."""
         lists = CooccurrenceLists(self, request)
         ks = request.with_history()
-        lists.rank(ks, np.full(len(ks), request.n), [np.zeros(0, dtype=np.int64)] * len(ks),
-                   np.zeros(len(ks), dtype=bool))
+        lists.rank(ks, np.full(len(ks), request.n), np.zeros(len(ks), dtype=bool))
         users, ranks, rows, scores = lists.collected()
         request.put(np.asarray(ks, dtype=np.int64)[users], ranks, rows, scores)
         cold_lists(request, lists, request.without_history())

@@ -13,7 +13,7 @@ from models.baselines.selection import NO_ROWS, Order, best_of, first_allowed
 from models.covisit import concat_ranges
 from models.groups import firsts
 from models.ranking.topk import top_n
-from models.sets import isin, member, union_sorted
+from models.sets import isin, member
 
 __all__ = ["CooccurrenceLists", "cold_lists"]
 
@@ -22,9 +22,9 @@ class CooccurrenceLists:
     """The co-occurrence lists of the users of one call (see :class:`~models.baselines.CooccurrenceBaseline`).
 
     For users ``ks`` (indices into the call's users, each with a history):
-    the ``need`` best items they may be shown, further skipping ``extra``
-    rows, and, where ``want_max``, their best score over the whole catalogue
-    (no row skipped: ``RepeatCooccurrenceBaseline`` puts its repeat items above it).
+    the ``need`` best items they may be shown and, where ``want_max``, their
+    best score over the whole catalogue (no row skipped:
+    ``RepeatCooccurrenceBaseline`` puts its repeat items above it).
     Results accumulate in :attr:`users`, :attr:`ranks`, :attr:`rows`, :attr:`scores`
     (positions in ``ks``) and :attr:`best` (per user, ``nan`` where not asked).
     """
@@ -66,7 +66,7 @@ class CooccurrenceLists:
 
     # -- ranking --------------------------------------------------------------
 
-    def rank(self, ks: list[int], need: np.ndarray, extra: list[np.ndarray], want_max: np.ndarray) -> None:
+    def rank(self, ks: list[int], need: np.ndarray, want_max: np.ndarray) -> None:
         """Rank users ``ks`` (see the class) from every entry of their history rows, in one compiled
         pass (:func:`~models.baselines.kernels.rank_from_rows`); the few whose list needs items
         without co-occurrence, or whose best score may be one, one by one (:meth:`full`)."""
@@ -78,7 +78,7 @@ class CooccurrenceLists:
         rows = np.fromiter(chain.from_iterable(h[::-1] for h in hist), dtype=np.int64, count=int(m.sum()))
         recency = concat_ranges(np.zeros(len(m), dtype=np.int64), m)  # (0 for each user's latest item)
         starts, lens = self.cooc.regions(rows)
-        skips = [np.concatenate((self.request.excluded(k), x)) for k, x in zip(ks, extra)]
+        skips = [self.request.excluded(k) for k in ks]
         skip_lens = np.fromiter(map(len, skips), dtype=np.int64, count=len(skips))
         width = max(int(need.max(initial=0)), 1)
         out_rows = np.full((len(ks), width), -1, dtype=np.int64)
@@ -96,7 +96,7 @@ class CooccurrenceLists:
         ranks = concat_ranges(np.zeros(len(ks), dtype=np.int64), listed)
         self.add(users, ranks, out_rows[users, ranks], out_scores[users, ranks])
         for j in np.flatnonzero(left).tolist():
-            self.full(j, ks[j], int(need[j]), extra[j], bool(want_max[j]))
+            self.full(j, ks[j], int(need[j]), bool(want_max[j]))
 
     def entries(self, ks: list[int]) -> np.ndarray:
         """Neighbour entries of each user's history rows (what the full path gathers)."""
@@ -145,12 +145,12 @@ class CooccurrenceLists:
         acc[cols] = 0.0
         return cols, self.score(cols, sums)
 
-    def full(self, at: int, k: int, need: int, extra: np.ndarray, want_max: bool) -> None:
+    def full(self, at: int, k: int, need: int, want_max: bool) -> None:
         """The list (and best score) of one user from every neighbour of its items (or, when they
         outnumber the catalogue, from ``_scores``' dense array: the same scores, cheaper then)."""
         request = self.request
         if self.entries([k])[0] > paths.DENSE_ABOVE * self.n_items:
-            self.dense(at, k, need, extra, want_max)
+            self.dense(at, k, need, want_max)
             return
         cols, scores = self.support(request.users[k])
         if want_max:
@@ -163,7 +163,7 @@ class CooccurrenceLists:
             self.best[at] = best
         if need <= 0:
             return
-        skip = union_sorted(request.excluded(k), extra)
+        skip = request.excluded(k)
         ok = ~request.blocked[cols] & ~member(cols, skip)
         cols, scores = cols[ok], scores[ok]
         mine = best_of(cols, scores, need)
@@ -179,7 +179,7 @@ class CooccurrenceLists:
             rows, scores = rows[best], scores[best]
         self.add(np.full(len(rows), at), np.arange(len(rows)), rows, scores)
 
-    def dense(self, at: int, k: int, need: int, extra: np.ndarray, want_max: bool) -> None:
+    def dense(self, at: int, k: int, need: int, want_max: bool) -> None:
         """:meth:`full` from the dense definition (the model's co-occurrence scores of every item)."""
         request = self.request
         scores = self.model._cooccurrence_scores(request.users[k], self.n_items)
@@ -189,7 +189,6 @@ class CooccurrenceLists:
             return
         scores[request.blocked] = -np.inf
         scores[request.excluded(k)] = -np.inf
-        scores[extra] = -np.inf
         rows = top_n(scores, need)
         self.add(np.full(len(rows), at), np.arange(len(rows)), rows, scores[rows])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -238,6 +238,11 @@ class StreamingRecommender(abc.ABC):
         returned; ``exclude`` additionally removes the user's ``"purchased"``
         items (default), all ``"interacted"`` items, or nothing (``"none"``).
         """
+        return self._dense_lists(user_ids, n, exclude, self._scores)
+
+    def _dense_lists(self, user_ids: Sequence[str], n: int, exclude: str,
+                     score: Callable[[str, _User | None, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`recommend` from ``score(user_id, user, n_items)``: every item's score, per user."""
         check_request(user_ids, exclude)
         ids, scores = padded(len(user_ids), n)
         n_items = len(self.catalog)
@@ -247,7 +252,7 @@ class StreamingRecommender(abc.ABC):
         item_ids = self.catalog.ids
         for i, user_id in enumerate(user_ids):
             user = self._users.get(user_id)
-            s = self._scores(user_id, user, n_items)
+            s = score(user_id, user, n_items)
             s[blocked] = -np.inf
             if user is not None:
                 excl = user.excluded(exclude)

@@ -124,19 +124,30 @@ def test_recommend_equals_the_dense_definition(case):
         replay_and_compare(steps)
 
 
+def assert_both_lists(both: RepeatCooccurrenceBaseline, models: dict, user_ids, n, exclude):
+    """One pass of ``recommend_with_decayed`` gives what each of the two models' ``recommend`` gives."""
+    for got, name in zip(both.recommend_with_decayed(user_ids, n, exclude), ("repeat_cooccurrence",
+                                                                             "cooccurrence_decayed")):
+        want = models[name].recommend(user_ids, n, exclude)
+        assert got[0].tolist() == want[0].tolist(), (name, exclude)
+        assert got[1].tolist() == want[1].tolist()  # float for float
+
+
 def replay_and_compare(steps):
-    models = [make() for make in MAKERS.values()]
+    models = {name: make() for name, make in MAKERS.items()}
+    both = RepeatCooccurrenceBaseline()
     for step in steps:
         if step[0] == "learn":
-            for model in models:
+            for model in (*models.values(), both):
                 model.learn_one(*step[1:])
         elif step[0] == "avail":
-            for model in models:
+            for model in (*models.values(), both):
                 model.upsert_item(step[1], available=step[2])
         else:
-            for model in models:
-                for exclude in EXCLUDE_RULES:
+            for exclude in EXCLUDE_RULES:
+                for model in models.values():
                     assert_same_lists(model, step[1], step[2], exclude)
+                assert_both_lists(both, models, step[1], step[2], exclude)
 
 
 @pytest.mark.parametrize("name", sorted(MAKERS))
@@ -145,20 +156,29 @@ def test_compiled_and_one_by_one_paths_both_serve_and_agree(name, monkeypatch):
     nobody co-visited with theirs (new customers of rare items) one by one; both as the dense definition."""
     for key, value in EVERY_PATH.items():
         monkeypatch.setattr(paths, key, value)
-    model = MAKERS[name]()
+    model, twin = MAKERS[name](), MAKERS[name]()  # (twin: the other list of the same counts)
+    other = DecayedCooccurrenceBaseline() if name == "repeat_cooccurrence" else None
     full_calls = []
     original = CooccurrenceLists.full
     monkeypatch.setattr(CooccurrenceLists, "full", lambda self, *a: full_calls.append(a) or original(self, *a))
     rng = np.random.default_rng(5)
     users = [f"u{k}" for k in range(30)]
     for t in range(3000):
-        model.learn_one(users[rng.integers(30)], f"i{min(int(rng.zipf(1.4)), 60)}", TYPES[rng.integers(3)], float(t))
+        event = users[rng.integers(30)], f"i{min(int(rng.zipf(1.4)), 60)}", TYPES[rng.integers(3)], float(t)
+        for m in (model, twin, other):
+            if m is not None:
+                m.learn_one(*event)
         if t % 500 == 499:
             for exclude in EXCLUDE_RULES:
                 assert_same_lists(model, users + ["nobody", "u3"], 10, exclude)
+                if other is not None:
+                    assert_both_lists(twin, {name: model, "cooccurrence_decayed": other}, users + ["nobody", "u3"],
+                                      10, exclude)
         if t == 2000:
             users.append("late")  # one item nobody else has: the compiled loop cannot fill a list
-            model.learn_one("late", "new", "click", float(t))
+            for m in (model, twin, other):
+                if m is not None:
+                    m.learn_one("late", "new", "click", float(t))
     if isinstance(model, CooccurrenceBaseline):
         assert 0 < len(full_calls) < 6 * 3 * 31  # neither path has all the (checks x rules x) users
 

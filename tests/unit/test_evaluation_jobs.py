@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from models.baselines import PopularityBaseline
+from models.baselines import DecayedCooccurrenceBaseline, PopularityBaseline, RepeatCooccurrenceBaseline
 from models.evaluation import model_groups, prequential
-from streams.tools.replay import COSTS, MODEL_NAME, build_models, replay
+from streams.tools.replay import COSTS, DECAYED, MODEL_NAME, build_models, replay
 from tests.unit.test_replay import _stream
 
 
@@ -33,6 +33,18 @@ def test_workers_give_the_results_of_one_process(batch):
                            costs=COSTS)
         assert_same(one, many)
         assert all(score.learn_seconds > 0 for score in many.models.values())
+
+
+@pytest.mark.parametrize("batch", [None, 60])
+def test_one_learner_ranking_two_lists_scores_each_as_its_model_alone(batch):
+    """The replay's decayed learner (:class:`Rankings`) scores each of its lists as that baseline alone does."""
+    stream = _stream(1500)
+    shared = {name: m for name, m in build_models(seed=4).items() if name == DECAYED}
+    alone = {"repeat_cooccurrence": RepeatCooccurrenceBaseline(), "cooccurrence_decayed": DecayedCooccurrenceBaseline()}
+    for jobs in (1, 2):
+        ev = prequential(stream, shared, k=10, exclude="purchased", batch=batch, jobs=jobs)
+        assert_same(prequential(stream, alone, k=10, exclude="purchased", batch=batch), ev)
+        assert not np.array_equal(ev.models["repeat_cooccurrence"].rr, ev.models["cooccurrence_decayed"].rr)
 
 
 def test_progress_reaches_every_event_once_and_an_iterator_is_read_once():
