@@ -15,6 +15,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from models.groups import strongest_in_groups
+
 __all__ = ["Scratch", "compile_now", "covisit_neighbourhoods", "reduceat_sum"]
 
 _BLOCK = 128  # numpy's PW_BLOCKSIZE
@@ -105,10 +107,11 @@ def covisit_neighbourhoods(scratch: Scratch, n_items: int, hist_first, entry_fir
 
 
 def compile_now() -> None:
-    """Compile the loop for the argument types the ranker passes (or load it from numba's cache), so
+    """Compile the loops for the argument types the ranker passes (or load them from numba's cache), so
     that a worker pays for it as it starts, not in its first batch (several seconds uncached)."""
     covisit_neighbourhoods(Scratch(), 2, np.array([0, 1]), np.array([0, 1]), np.array([0]), np.ones(1),
                            np.zeros(1, dtype=np.int32), np.ones(1), np.ones(2), 1)
+    strongest_in_groups(np.zeros(2, dtype=np.int64), np.ones(2), 1)
 
 
 @numba.njit(cache=True, nogil=True)

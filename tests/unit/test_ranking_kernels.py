@@ -1,4 +1,4 @@
-"""The ranker's compiled co-visitation loop against numpy's sorts, segmented sums and per-customer cut."""
+"""The ranker's compiled loops against numpy: the co-visitation sums and cut, and the per-group selection."""
 
 from __future__ import annotations
 
@@ -78,3 +78,18 @@ def test_compiled_neighbourhoods_are_numpys_bit_for_bit(case):
 def test_reduceat_sum_is_numpys(values):
     a = np.array(values)
     assert reduceat_sum(a, 0, len(a)) == np.add.reduceat(a, [0])[0]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from([0.0, 1.0, 2.0, 2.5, -np.inf])), max_size=80),
+       st.integers(-1, 12))
+def test_strongest_in_groups_is_a_stable_sort_per_group(entries, k):
+    """The reference: per group, a stable sort by value (best first, the earliest of equal ones first)."""
+    entries.sort(key=lambda e: e[0])  # (stable: positions within a group keep their draw order)
+    groups = np.array([g for g, _ in entries], dtype=np.int64)
+    values = np.array([v for _, v in entries])
+    want = []
+    for g in np.unique(groups).tolist():
+        at = np.flatnonzero(groups == g)
+        want += at[np.argsort(-values[at], kind="stable")[:max(k, 0)]].tolist()
+    assert strongest_in_groups(groups, values, k).tolist() == sorted(want)
