@@ -8,6 +8,7 @@ from itertools import chain
 import numpy as np
 
 from models.catalog import grow_to
+from models.groups import within
 from models.popularity import DecayClock
 from models.sets import unique_inverse, unique_sorted
 
@@ -292,7 +293,7 @@ class SparseRows:
         m = len(rl)
         pos = concat_ranges(starts, lens)
         line = np.repeat(np.arange(m), lens)
-        j = np.arange(len(pos)) - np.repeat(np.cumsum(lens) - lens, lens)
+        j = within(lens)
         P = np.full((m, w), np.inf)  # minus the values; padding never selected (every row has > k)
         P[line, j] = -self._V[pos]
         best = np.argpartition(P, k - 1, axis=1)[:, :k]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["firsts", "run_starts", "strongest_in_groups"]
+__all__ = ["firsts", "run_starts", "strongest_in_groups", "within"]
 
 
 def firsts(lengths: np.ndarray) -> np.ndarray:
@@ -22,6 +22,16 @@ def firsts(lengths: np.ndarray) -> np.ndarray:
     [0, 2, 2, 5]
     """
     return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+
+
+def within(lengths: np.ndarray) -> np.ndarray:
+    """Each element's position within its group, for consecutive groups of ``lengths``.
+
+    >>> within(np.array([2, 0, 3])).tolist()
+    [0, 1, 0, 1, 2]
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
 def run_starts(sorted_keys: np.ndarray) -> np.ndarray:

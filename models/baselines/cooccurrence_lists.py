@@ -11,7 +11,7 @@ from models.baselines.kernels import TIE, rank_from_rows
 from models.baselines.request import Request
 from models.baselines.selection import NO_ROWS, Order, best_of, first_allowed
 from models.covisit import concat_ranges
-from models.groups import firsts
+from models.groups import firsts, within
 from models.ranking.topk import top_n
 from models.sets import isin, member
 
@@ -76,7 +76,7 @@ class CooccurrenceLists:
         hist = [self.request.users[k].history for k in ks]
         m = np.fromiter(map(len, hist), dtype=np.int64, count=len(hist))
         rows = np.fromiter(chain.from_iterable(h[::-1] for h in hist), dtype=np.int64, count=int(m.sum()))
-        recency = concat_ranges(np.zeros(len(m), dtype=np.int64), m)  # (0 for each user's latest item)
+        recency = within(m)  # (0 for each user's latest item)
         starts, lens = self.cooc.regions(rows)
         skips = [self.request.excluded(k) for k in ks]
         skip_lens = np.fromiter(map(len, skips), dtype=np.int64, count=len(skips))
@@ -93,7 +93,7 @@ class CooccurrenceLists:
         self.best = np.where(want_max, best, np.nan)
         listed = np.where(left, 0, count)
         users = np.repeat(np.arange(len(ks)), listed)
-        ranks = concat_ranges(np.zeros(len(ks), dtype=np.int64), listed)
+        ranks = within(listed)
         self.add(users, ranks, out_rows[users, ranks], out_scores[users, ranks])
         for j in np.flatnonzero(left).tolist():
             self.full(j, ks[j], int(need[j]), bool(want_max[j]))

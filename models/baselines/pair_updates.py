@@ -16,6 +16,7 @@ import numpy as np
 
 from models.baselines.pair_index import PairIndex
 from models.covisit import SparseRows
+from models.groups import within
 from models.sets import unique_sorted
 
 __all__ = ["add_pairs", "pair_updates", "step_weights"]
@@ -51,7 +52,7 @@ def pair_updates(pending: list[tuple[tuple[int, ...], int]],
     lens = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
     hist = np.fromiter(chain.from_iterable(h[::-1] for h in histories), dtype=np.int64, count=int(lens.sum()))
     item = np.repeat(np.fromiter((r for _, r in pending), dtype=np.int64, count=len(pending)), lens)
-    w = weights[np.arange(len(hist)) - np.repeat(np.cumsum(lens) - lens, lens)]
+    w = weights[within(lens)]
     keep = hist != item
     hist, item, w = hist[keep], item[keep], w[keep]
     rows, cols = np.empty(2 * len(hist), dtype=np.int64), np.empty(2 * len(hist), dtype=np.int64)
@@ -101,7 +102,7 @@ def _insert(cooc: SparseRows, index: PairIndex, rows: np.ndarray, cols: np.ndarr
         if n0 + k > caps[r]:  # the row moves to the end of the slab with room to spare, as add() moves it
             cooc._relocate(r, max(n0 + k, 2 * n0, 16))
     rank, slot = np.empty(len(rows), dtype=np.int64), np.empty(len(rows), dtype=np.int64)
-    rank[by_row] = np.arange(len(rows)) - np.repeat(starts_of_runs, counts)  # among the row's new entries
+    rank[by_row] = within(counts)  # among the row's new entries
     slot[by_row] = np.repeat(base, counts) + rank[by_row]
     starts = np.fromiter(cooc._start, dtype=np.int64, count=len(cooc))
     at = starts[rows] + slot

@@ -12,6 +12,7 @@ from models.baselines.cooccurrence import DecayedCooccurrenceBaseline
 from models.baselines.cooccurrence_lists import CooccurrenceLists, cold_lists
 from models.baselines.request import BatchedRecommender, Request
 from models.baselines.selection import position_in_group, recent_first
+from models.groups import within
 from models.sets import member, unique_sorted
 
 __all__ = ["RepeatBaseline", "RepeatCooccurrenceBaseline"]
@@ -24,7 +25,7 @@ def repeat_entries(request: Request, ks: list[int]) -> tuple[np.ndarray, np.ndar
     lens = np.fromiter(map(len, hist), dtype=np.int64, count=len(hist))
     user = np.repeat(np.arange(len(ks)), lens)
     rows = np.fromiter(chain.from_iterable(hist), dtype=np.int64, count=int(lens.sum()))
-    pos = np.arange(len(rows)) - np.repeat(np.cumsum(lens) - lens, lens)
+    pos = within(lens)
     skip_user, skip_rows = request.exclusions(ks)
     n_items = request.n_items
     ok = ~request.blocked[rows] & ~member(user * n_items + rows, skip_user * n_items + skip_rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.covisit import concat_ranges
+from models.groups import within
 from models.ranking.topk import top_n
 from models.sets import member
 
@@ -52,7 +53,7 @@ def position_in_group(user: np.ndarray, n_users: int) -> tuple[np.ndarray, np.nd
     [[0, 1, 0, 1, 2]]
     """
     counts = np.bincount(user, minlength=n_users)
-    return np.arange(len(user)) - np.repeat(np.cumsum(counts) - counts, counts), int(counts.max(initial=0))
+    return within(counts), int(counts.max(initial=0))
 
 
 def first_allowed(order: np.ndarray, need: np.ndarray, skip_user: np.ndarray, skip_rows: np.ndarray,

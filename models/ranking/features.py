@@ -36,7 +36,7 @@ import numpy as np
 
 from models.covisit import concat_ranges
 from models.events import CLICK, ENGAGEMENT
-from models.groups import strongest_in_groups
+from models.groups import strongest_in_groups, within
 
 __all__ = ["FEATURES", "PRIOR", "Sequels", "pair_features"]
 
@@ -74,7 +74,7 @@ class _Own:
         starts = np.array([u.session_start for u in users], dtype=np.float64)
         uh = np.repeat(np.arange(len(users)), lens)
         self.lens, self.uh, self.rows = lens, uh, rows
-        self.rank = (np.arange(len(rows)) - np.repeat(np.cumsum(lens) - lens, lens)).astype(np.float64)
+        self.rank = within(lens).astype(np.float64)
         self.count = counts
         self.session = times >= starts[uh]
         self.engaged = engaged >= ENGAGEMENT[CLICK]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.groups import firsts, strongest_in_groups
+from models.groups import firsts, strongest_in_groups, within
 from models.ranking.candidates import _Context
 from models.ranking.kernels import covisit_neighbourhoods
 from models.ranking.topk import _best_k, _run_starts
@@ -30,7 +30,7 @@ def _histories(ctx: _Context, users) -> tuple[np.ndarray, np.ndarray, np.ndarray
         wraw.extend(reversed(user.weights))
     lens = np.array(lens, dtype=np.int64)
     H = np.array(hist, dtype=np.int64)
-    pos = np.arange(len(H)) - np.repeat(np.cumsum(lens) - lens, lens)
+    pos = within(lens)
     return H, np.array(wraw, dtype=np.float64) * ctx.decay_pows[pos], lens
 
 
@@ -303,7 +303,7 @@ class _Batch:
         cu, cr = t.cv_u, t.cv_r
         starts = _run_starts(cu)
         counts = np.diff(np.append(starts, len(cu)))
-        rank = np.arange(len(cu)) - np.repeat(starts, counts)
+        rank = within(counts)
         # Users with at most k neighbours go straight in, the others
         # through a padded matrix (chunks group users of similar sizes).
         small = np.repeat(counts <= k, counts)
