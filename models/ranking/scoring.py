@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.groups import firsts, strongest_in_groups, within
+from models.groups import firsts, within
 from models.ranking.candidates import _Context
 from models.ranking.kernels import covisit_neighbourhoods
 from models.ranking.topk import _best_k, _run_starts
@@ -61,7 +61,7 @@ class _Terms:
         self.cv_v = np.zeros(0)
         self.cvs = np.zeros(B)
         if r.w_covisit:
-            self._covisit(ctx, H, W, uh, B, regions)
+            self._covisit(ctx, H, W, lens, regions)
         # Category affinity: share of the (decayed) history per category.
         self.aff = None
         nc = ctx.n_cats
@@ -80,7 +80,7 @@ class _Terms:
         if ctx.mf is not None:
             self.Uq, self.shift = ctx.user_factors(user_ids)
 
-    def _covisit(self, ctx, H, W, uh, B, regions=None):
+    def _covisit(self, ctx, H, W, lens, regions=None):
         covisit = ctx.r.items.covisit
         sparse = covisit.rows
         mass = covisit.mass(ctx.n_items)
@@ -91,32 +91,24 @@ class _Terms:
         idx, per = sparse.strongest(H, ctx.r.score_neighbors, regions)
         alpha = covisit.alpha
         norm = ctx.covisit_norm(mass, len(idx))
-        norm_h = (norm[H] if norm is not None else np.power(np.maximum(mass[H], 1e-300), -alpha)) if alpha else np.ones(len(H))
+        if alpha and norm is None:  # few entries: the scales of the rows they read only (elementwise: the same values)
+            norm = np.empty(ctx.n_items)  # (other rows are never read)
+            read = np.concatenate((H, sparse.columns[idx]))
+            norm[read] = np.power(np.maximum(mass[read], 1e-300), -alpha)
+        norm_h = norm[H] if alpha else np.ones(len(H))
         # Each neighbour value times its history item's weight, summed per (user, row) in history
         # order as CoVisitation.score_sparse sums them, scaled, and cut to each user's strongest.
         cap = ctx.r.neighbor_candidates
-        later = alpha and norm is None  # (a few entries: the few scales needed, computed below)
         self.cv_u, self.cv_r, v = covisit_neighbourhoods(
-            ctx.covisit_scratch, ctx.n_items, firsts(np.bincount(uh, minlength=B)), firsts(per),
-            idx.astype(np.int64, copy=False), W * norm_h, sparse.columns, sparse.values,
-            norm if alpha and not later else _NO_SCALE, -1 if cap is None or later else cap)
-        if later:
-            v *= np.power(np.maximum(mass[self.cv_r], 1e-300), -alpha)
+            ctx.covisit_scratch, ctx.n_items, firsts(lens), firsts(per), idx.astype(np.int64, copy=False),
+            W * norm_h, sparse.columns, sparse.values, norm if alpha else _NO_SCALE, -1 if cap is None else cap)
         self.cv_v = v
-        if later and cap is not None and len(v) > cap:
-            self._keep_strongest(cap)
-            v = self.cv_v
         if not len(v):
             return
         ustarts = _run_starts(self.cv_u)
         top = np.maximum.reduceat(v, ustarts)
         ok = top > 0
         self.cvs[self.cv_u[ustarts[ok]]] = ctx.r.w_covisit / top[ok]
-
-    def _keep_strongest(self, cap: int) -> None:
-        """Keep each user's ``cap`` best co-visitation scores (ties to the lower row), in order."""
-        at = strongest_in_groups(self.cv_u, self.cv_v, cap)
-        self.cv_u, self.cv_r, self.cv_v = self.cv_u[at], self.cv_r[at], self.cv_v[at]
 
 
 class _Batch:
