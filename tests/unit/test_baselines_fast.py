@@ -158,6 +158,7 @@ def test_compiled_and_one_by_one_paths_both_serve_and_agree(name, monkeypatch):
         monkeypatch.setattr(paths, key, value)
     model, twin = MAKERS[name](), MAKERS[name]()  # (twin: the other list of the same counts)
     other = DecayedCooccurrenceBaseline() if name == "repeat_cooccurrence" else None
+    learners = [m for m in (model, twin, other) if m is not None]
     full_calls = []
     original = CooccurrenceLists.full
     monkeypatch.setattr(CooccurrenceLists, "full", lambda self, *a: full_calls.append(a) or original(self, *a))
@@ -165,9 +166,8 @@ def test_compiled_and_one_by_one_paths_both_serve_and_agree(name, monkeypatch):
     users = [f"u{k}" for k in range(30)]
     for t in range(3000):
         event = users[rng.integers(30)], f"i{min(int(rng.zipf(1.4)), 60)}", TYPES[rng.integers(3)], float(t)
-        for m in (model, twin, other):
-            if m is not None:
-                m.learn_one(*event)
+        for m in learners:
+            m.learn_one(*event)
         if t % 500 == 499:
             for exclude in EXCLUDE_RULES:
                 assert_same_lists(model, users + ["nobody", "u3"], 10, exclude)
@@ -176,9 +176,8 @@ def test_compiled_and_one_by_one_paths_both_serve_and_agree(name, monkeypatch):
                                       10, exclude)
         if t == 2000:
             users.append("late")  # one item nobody else has: the compiled loop cannot fill a list
-            for m in (model, twin, other):
-                if m is not None:
-                    m.learn_one("late", "new", "click", float(t))
+            for m in learners:
+                m.learn_one("late", "new", "click", float(t))
     if isinstance(model, CooccurrenceBaseline):
         assert 0 < len(full_calls) < 6 * 3 * 31  # neither path has all the (checks x rules x) users
 
