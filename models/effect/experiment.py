@@ -242,8 +242,11 @@ class Experiment:
         >>> [exp.assign(u) for u in ("u1", "u2", "u3", "u4")] == [exp.assign(u) for u in ("u1", "u2", "u3", "u4")]
         True
         """
+        bounds = self._bounds
+        if len(bounds) == 1:  # one arm (the default experiment): every point falls in it, no hash needed
+            return bounds[0][1]
         point = assignment_point(self.salt, user_id)
-        for upper, name in self._bounds:
+        for upper, name in bounds:
             if point < upper:
                 return name
         return self._bounds[-1][1]  # unreachable: the last bound is 1.0 and the point is below 1

@@ -7,11 +7,13 @@ import base64
 import json
 import math
 import pickle
+import re
 import time
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streams.contract import (
     DEFAULT_LIMITS,
@@ -32,6 +34,7 @@ from streams.contract import (
     encode,
     event_payload,
 )
+from streams.contract.fields import field_key_patterns
 from tests.strategies import NOW, messages
 
 TS_MS = 1_714_564_800_000  # 2024-05-01T12:00:00Z
@@ -131,6 +134,18 @@ def test_a_contract_field_given_twice_is_refused(field, first, second):
 def test_a_field_name_inside_a_string_value_is_not_a_duplicate():
     raw = payload(category='"price": 3', note='say \"price\": 1', price=2.0)
     assert decode_event(raw, "purchase", now=NOW).price == 2.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["price", "item_id", "items", "user_id", "note"]), max_size=6),
+       st.sampled_from(["", " ", '"', "\t"]))
+def test_one_scan_finds_the_repeated_keys_that_a_scan_per_field_finds(keys, gap):
+    """A message goes to the exact check exactly when some field's own pattern matches twice."""
+    names = ["price", "item_id", "user_id"]
+    raw = ("{" + ", ".join(f'"{k}"{gap}: 1' for k in keys) + "}").encode()
+    one_scan = field_key_patterns(names).findall(raw)
+    per_field = [len(re.findall(rb'"' + n.encode() + rb'"\s*:', raw)) for n in names]
+    assert sorted(one_scan) == sorted(n.encode() for n, c in zip(names, per_field) for _ in range(c))
 
 
 def test_unknown_fields_are_ignored_at_any_depth_below_the_nesting_limit():
