@@ -29,6 +29,10 @@ class SoftmaxChoice:
         features that are rarely non-zero keep learning at their own pace).
     l2
         Pull of the weights towards ``prior`` per update.
+    g0
+        AdaGrad's starting sum of squared gradients, per feature. A feature's first step is
+        ``lr * g / sqrt(g0 + g**2)``: near ``g0 = 0`` it is ``lr`` in the gradient's direction
+        whatever the gradient's size; a larger ``g0`` damps the first steps by their size.
 
     Examples
     --------
@@ -42,12 +46,20 @@ class SoftmaxChoice:
     >>> m.learn_one(X, None)  # a choice outside the candidates teaches nothing
     >>> m.n_updates
     20
+    >>> a, b = SoftmaxChoice([0.0, 0.0], lr=0.5), SoftmaxChoice([0.0, 0.0], lr=0.5, g0=1.0)
+    >>> a.learn_one(X, 1); b.learn_one(X, 1)
+    >>> a.weights.round(3).tolist(), b.weights.round(3).tolist()  # g0 = 1: a first step by its size
+    ([-0.5, 0.5], [-0.186, 0.224])
     """
 
-    def __init__(self, prior, lr: float = 0.1, l2: float = 0.0):
+    g0 = 1e-8  # (what models pickled before ``g0`` was a parameter started from)
+
+    def __init__(self, prior, lr: float = 0.1, l2: float = 0.0, g0: float = 1e-8):
         self.prior = tuple(float(v) for v in prior)
         self.lr = lr
         self.l2 = l2
+        self.g0 = g0
+
 
     @property
     def weights(self) -> np.ndarray:
@@ -65,12 +77,12 @@ class SoftmaxChoice:
         prior = tuple(float(v) for v in prior)
         if len(prior) == len(self.prior):
             return self
-        wide = SoftmaxChoice(prior, lr=self.lr, l2=self.l2)
+        wide = SoftmaxChoice(prior, lr=self.lr, l2=self.l2, g0=self.g0)
         if "_w" in self.__dict__:
             k = len(self._w)
             wide._w = np.array(prior)
             wide._w[:k] = self._w
-            wide._g2 = np.full(len(prior), 1e-8)
+            wide._g2 = np.full(len(prior), self.g0)
             wide._g2[:k] = self._g2
             wide._n = self._n
         return wide
@@ -105,7 +117,7 @@ class SoftmaxChoice:
         """Take one AdaGrad step along ``grad`` (:meth:`gradient`'s)."""
         if "_w" not in self.__dict__:
             self._w = np.array(self.prior)
-            self._g2 = np.full(len(self.prior), 1e-8)
+            self._g2 = np.full(len(self.prior), self.g0)
             self._n = 0
         self._g2 += grad * grad
         self._w += self.lr * grad / np.sqrt(self._g2)

@@ -181,8 +181,9 @@ class HybridRanker(StreamingRecommender):
         stage's candidates: they are ranked by learned weights over
         :data:`~models.ranking.features.FEATURES` (:class:`~models.ranking.choice.SoftmaxChoice`,
         starting from the blend above).
-    choice_lr, choice_l2
-        Step size and pull towards the prior of the second stage's learning.
+    choice_lr, choice_l2, choice_g0
+        Step size, pull towards the prior and AdaGrad's starting sum of squared
+        gradients (larger damps the first steps) of the second stage's learning.
     train_every
         The second stage learns from every ``train_every``-th learned event
         (a function of the event sequence, so replays and workers learn alike):
@@ -260,6 +261,7 @@ class HybridRanker(StreamingRecommender):
         rerank_candidates: int = 50,
         choice_lr: float = 0.15,
         choice_l2: float = 0.0,
+        choice_g0: float = 1e-8,
         train_every: int = 32,
         exclude: str = "purchased",
         session_neighbours: bool = False,
@@ -293,11 +295,14 @@ class HybridRanker(StreamingRecommender):
         self.neighbor_candidates = neighbor_candidates
         if rerank_candidates < 1 or train_every < 0:
             raise ValueError("rerank_candidates must be positive and train_every non-negative")
+        if not choice_g0 > 0:
+            raise ValueError("choice_g0 must be positive")
         if exclude not in EXCLUDE_RULES:
             raise ValueError(f"exclude must be one of {EXCLUDE_RULES}, got {exclude!r}")
         self.rerank_candidates = rerank_candidates
         self.choice_lr = choice_lr
         self.choice_l2 = choice_l2
+        self.choice_g0 = choice_g0
         self.train_every = train_every
         self.exclude = exclude
         self.session_neighbours = session_neighbours
@@ -326,7 +331,7 @@ class HybridRanker(StreamingRecommender):
             if self.w_mf
             else None
         )
-        self.choice = SoftmaxChoice(PRIOR, lr=self.choice_lr, l2=self.choice_l2)
+        self.choice = SoftmaxChoice(PRIOR, lr=self.choice_lr, l2=self.choice_l2, g0=self.choice_g0)
         self.sessions = SessionNeighbours(sessions_per_item=50) if self.session_neighbours else None
         self._outbox = _Outbox() if self.share_items else None
         self._mf_pending: dict[int, str] = {}  # user key -> id, of this learner's users in updates not applied yet
@@ -514,12 +519,13 @@ class HybridRanker(StreamingRecommender):
         state.setdefault("score_neighbors", None)
         state.setdefault("neighbor_candidates", 200)
         # ... and from before the learned second stage: it starts from its prior.
-        for key, value in (("rerank_candidates", 50), ("choice_lr", 0.15), ("choice_l2", 0.0),
+        for key, value in (("rerank_candidates", 50), ("choice_lr", 0.15), ("choice_l2", 0.0), ("choice_g0", 1e-8),
                            ("train_every", 32), ("exclude", "purchased")):
             state.setdefault(key, value)
         # Interned like the literal a fresh model holds, so that a re-dump pickles it the same way.
         state["exclude"] = sys.intern(state["exclude"])
-        state.setdefault("choice", SoftmaxChoice(PRIOR, lr=state["choice_lr"], l2=state["choice_l2"]))
+        state.setdefault("choice", SoftmaxChoice(PRIOR, lr=state["choice_lr"], l2=state["choice_l2"],
+                                                 g0=state["choice_g0"]))
         # ... and from before session neighbours and the features added with them: those start empty
         # and from their prior, the weights already learned are kept.
         state["choice"] = state["choice"].widened(PRIOR)
