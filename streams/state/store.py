@@ -109,6 +109,11 @@ class ProfileStore(Mapping[str, Profile]):
             raise KeyError(user)
         return decode_profile(raw)
 
+    def get(self, user: str, default: Profile | None = None) -> Profile | None:
+        # (Mapping.get would go through __getitem__ and a KeyError for every new customer)
+        raw = self.raw(user)
+        return default if raw is None else decode_profile(raw)
+
     def __iter__(self) -> Iterator[str]:
         for state in list(self.partitions.values()):
             yield from list(state.profiles)
