@@ -14,6 +14,11 @@ Formats (``--format``):
 * ``retailrocket``: RetailRocket ``events.csv``
   (``timestamp,visitorid,event,itemid,transactionid``, epoch ms): ``view``
   browse, ``addtocart`` click, ``transaction`` purchase.
+* ``rees46``: REES46's multi-category store logs (``2019-Oct.csv`` and the
+  other months: ``event_time,event_type,product_id,category_id,category_code,
+  brand,price,user_id,user_session``, times ``2019-10-01 00:00:00 UTC``):
+  ``view`` browse, ``cart`` click, ``purchase`` purchase; ``remove_from_cart``
+  rows are skipped (not counted as unparsed).
 * ``yoochoose``: RecSys Challenge 2015 ``yoochoose-clicks.dat``
   (``session,timestamp,item,category``, RFC 3339): every click a browse, a
   session is a customer.
@@ -76,6 +81,16 @@ def _retailrocket(fields: list[str]) -> Row | None:
     return parse_timestamp(fields[0], csv=True), fields[1], fields[3], _RETAILROCKET[fields[2]]
 
 
+_REES46 = {"view": "browse", "cart": "click", "purchase": "purchase"}
+
+
+def _rees46(fields: list[str]) -> Row | None:
+    if fields[0] == "event_time" or fields[1] == "remove_from_cart":
+        return None
+    when = fields[0].removesuffix(" UTC").replace(" ", "T", 1)  # (UTC: no offset)
+    return parse_timestamp(when, csv=True), fields[7], fields[2], _REES46[fields[1]]
+
+
 def _yoochoose(fields: list[str]) -> Row | None:
     return parse_timestamp(fields[1]), fields[0], fields[2], "browse"
 
@@ -85,6 +100,7 @@ FORMATS: dict[str, tuple[Callable[[list[str]], Row | None], str]] = {
     "movielens": (_movielens, "iso"),
     "movielens-dat": (_movielens_dat, "iso"),
     "taobao": (_taobao, "ms"),
+    "rees46": (_rees46, "ms"),
     "retailrocket": (_retailrocket, "ms"),
     "yoochoose": (_yoochoose, "ms"),
 }
@@ -146,7 +162,7 @@ def write_rows(rows: list[Row], out, style: str) -> Iterator[int]:
 @click.option("--min-events", default=2, show_default=True, help="Drop customers with fewer events.")
 @click.option("--max-rows", type=int, default=None, help="Read only the first N rows of the source.")
 def convert_command(source: Path, target: Path, fmt: str, min_events: int, max_rows: int | None) -> None:
-    """Convert a public interaction log (MovieLens, Taobao, RetailRocket, YooChoose) to the replay CSV.
+    """Convert a public interaction log (MovieLens, Taobao, REES46, RetailRocket, YooChoose) to the replay CSV.
 
     The result feeds `recostream replay --events TARGET` and `recostream
     produce --csv TARGET`. Prints one JSON summary on stdout.

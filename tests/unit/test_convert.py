@@ -54,3 +54,16 @@ def test_retailrocket_and_yoochoose_read_back_by_replay(tmp_path):
     assert yc[1:] == ["1396867869277,1,214536502,browse", "1396868049868,1,214536500,browse"]
     events, bad = read_events(str(tmp_path / "out-yoochoose.csv"))
     assert bad == 0 and len(events) == 2
+
+
+def test_rees46_store_logs(tmp_path):
+    header = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+    summary, lines = _run(tmp_path, "rees46", header
+                          + "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,s1\n"
+                          + "2019-10-01 00:00:05 UTC,cart,3900821,2053013552326770905,,aqua,33.20,541312140,s1\n"
+                          + "2019-10-01 00:00:06 UTC,remove_from_cart,3900821,2053013552326770905,,aqua,33.20,541312140,s1\n"
+                          + "2019-10-01 00:01:00 UTC,purchase,3900821,2053013552326770905,,aqua,33.20,541312140,s1\n"
+                          + "2019-10-01 00:02:00 UTC,refund,1,1,,,1.0,541312140,s1\n")
+    assert lines[1:] == ["1569888000000,541312140,44600062,browse", "1569888005000,541312140,3900821,click",
+                         "1569888060000,541312140,3900821,purchase"]
+    assert summary["rows_unparsed"] == 1  # the unknown event type; remove_from_cart is skipped, not bad
