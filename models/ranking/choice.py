@@ -60,7 +60,6 @@ class SoftmaxChoice:
         self.l2 = l2
         self.g0 = g0
 
-
     @property
     def weights(self) -> np.ndarray:
         """The current weights (``prior`` until the first update)."""
