@@ -8,25 +8,11 @@ from itertools import chain
 import numpy as np
 
 from models.catalog import grow_to
-from models.groups import within
+from models.groups import concat_ranges, within
 from models.popularity import DecayClock
 from models.sets import unique_inverse, unique_sorted
 
-__all__ = ["SparseRows", "CoVisitation", "concat_ranges"]
-
-
-def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The concatenation of ``arange(s, s + l)`` over ``zip(starts, lengths)``, without a Python loop.
-
-    >>> concat_ranges(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist()
-    [5, 6, 9, 10, 11]
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.cumsum(lengths) - lengths
-    return np.repeat(np.asarray(starts, dtype=np.int64) - offsets, lengths) + np.arange(total)
+__all__ = ["SparseRows", "CoVisitation"]
 
 
 class SparseRows:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from models.catalog import grow_to
-from models.covisit import SparseRows, concat_ranges
-from models.groups import run_starts
+from models.covisit import SparseRows
+from models.groups import concat_ranges, run_starts
 
 __all__ = ["SessionNeighbours"]
 

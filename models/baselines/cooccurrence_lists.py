@@ -10,8 +10,7 @@ from models.baselines import paths
 from models.baselines.kernels import TIE, rank_from_rows
 from models.baselines.request import Request
 from models.baselines.selection import NO_ROWS, Order, best_of, first_allowed
-from models.covisit import concat_ranges
-from models.groups import firsts, within
+from models.groups import concat_ranges, firsts, within
 from models.ranking.topk import top_n
 from models.sets import isin, member
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.covisit import SparseRows, concat_ranges
+from models.covisit import SparseRows
+from models.groups import concat_ranges
 
 __all__ = ["PairIndex"]
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.covisit import concat_ranges
-from models.groups import within
+from models.groups import concat_ranges, within
 from models.ranking.topk import top_n
 from models.sets import member
 

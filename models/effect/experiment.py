@@ -249,7 +249,7 @@ class Experiment:
         for upper, name in bounds:
             if point < upper:
                 return name
-        return self._bounds[-1][1]  # unreachable: the last bound is 1.0 and the point is below 1
+        return bounds[-1][1]  # unreachable: the last bound is 1.0 and the point is below 1
 
     def to_mapping(self) -> dict[str, Any]:
         """The settings as plain data, accepted back by :meth:`from_mapping`.

@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.covisit import concat_ranges
 from models.events import CLICK, ENGAGEMENT
-from models.groups import strongest_in_groups, within
+from models.groups import concat_ranges, strongest_in_groups, within
 
 __all__ = ["FEATURES", "PRIOR", "Sequels", "pair_features"]
 

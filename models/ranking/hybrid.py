@@ -30,8 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.catalog import Catalog
-from models.covisit import CoVisitation, concat_ranges
-from models.groups import strongest_in_groups
+from models.covisit import CoVisitation
+from models.groups import concat_ranges, strongest_in_groups
 from models.mf import ImplicitMF
 from models.popularity import TrendingPopularity
 from models.ranking.base import EXCLUDE_RULES, PAD_ID, PAD_SCORE, StreamingRecommender, check_request, padded
@@ -524,8 +524,8 @@ class HybridRanker(StreamingRecommender):
             state.setdefault(key, value)
         # Interned like the literal a fresh model holds, so that a re-dump pickles it the same way.
         state["exclude"] = sys.intern(state["exclude"])
-        state.setdefault("choice", SoftmaxChoice(PRIOR, lr=state["choice_lr"], l2=state["choice_l2"],
-                                                 g0=state["choice_g0"]))
+        if "choice" not in state:
+            state["choice"] = SoftmaxChoice(PRIOR, lr=state["choice_lr"], l2=state["choice_l2"], g0=state["choice_g0"])
         # ... and from before session neighbours and the features added with them: those start empty
         # and from their prior, the weights already learned are kept.
         state["choice"] = state["choice"].widened(PRIOR)
