@@ -19,6 +19,12 @@ Formats (``--format``):
   brand,price,user_id,user_session``, times ``2019-10-01 00:00:00 UTC``):
   ``view`` browse, ``cart`` click, ``purchase`` purchase; ``remove_from_cart``
   rows are skipped (not counted as unparsed).
+* ``diginetica``: CIKM Cup 2016 (DIGINETICA) ``train-item-views.csv``
+  (``sessionId;userId;itemId;timeframe;eventdate``, ``;``-separated): every
+  view a browse, a session is a customer (most have no user id). The log
+  gives a session's date and each view's offset in ms from the session's
+  start, not a time of day: a view is at midnight UTC of its date plus its
+  offset, so the sessions of a day interleave by offset.
 * ``yoochoose``: RecSys Challenge 2015 ``yoochoose-clicks.dat``
   (``session,timestamp,item,category``, RFC 3339): every click a browse, a
   session is a customer.
@@ -91,6 +97,14 @@ def _rees46(fields: list[str]) -> Row | None:
     return parse_timestamp(when, csv=True), fields[7], fields[2], _REES46[fields[1]]
 
 
+def _diginetica(fields: list[str]) -> Row | None:
+    session, _user, item, offset_ms, day = ",".join(fields).split(";")[:5]
+    if session in ("sessionId", "session_id"):
+        return None
+    when = parse_timestamp(day + "T00:00:00", csv=True) + int(offset_ms) / 1000.0
+    return when, session, item, "browse"
+
+
 def _yoochoose(fields: list[str]) -> Row | None:
     return parse_timestamp(fields[1]), fields[0], fields[2], "browse"
 
@@ -103,6 +117,7 @@ FORMATS: dict[str, tuple[Callable[[list[str]], Row | None], str]] = {
     "rees46": (_rees46, "ms"),
     "retailrocket": (_retailrocket, "ms"),
     "yoochoose": (_yoochoose, "ms"),
+    "diginetica": (_diginetica, "ms"),
 }
 
 
@@ -162,7 +177,7 @@ def write_rows(rows: list[Row], out, style: str) -> Iterator[int]:
 @click.option("--min-events", default=2, show_default=True, help="Drop customers with fewer events.")
 @click.option("--max-rows", type=int, default=None, help="Read only the first N rows of the source.")
 def convert_command(source: Path, target: Path, fmt: str, min_events: int, max_rows: int | None) -> None:
-    """Convert a public interaction log (MovieLens, Taobao, REES46, RetailRocket, YooChoose) to the replay CSV.
+    """Convert a public interaction log (MovieLens, Taobao, REES46, RetailRocket, YooChoose, DIGINETICA) to the replay CSV.
 
     The result feeds `recostream replay --events TARGET` and `recostream
     produce --csv TARGET`. Prints one JSON summary on stdout.

@@ -67,3 +67,13 @@ def test_rees46_store_logs(tmp_path):
     assert lines[1:] == ["1569888000000,541312140,44600062,browse", "1569888005000,541312140,3900821,click",
                          "1569888060000,541312140,3900821,purchase"]
     assert summary["rows_unparsed"] == 1  # the unknown event type; remove_from_cart is skipped, not bad
+
+
+def test_diginetica_item_views(tmp_path):
+    summary, lines = _run(tmp_path, "diginetica", "sessionId;userId;itemId;timeframe;eventdate\n"
+                          "1;NA;81766;526309;2016-05-09\n1;NA;31331;1031018;2016-05-09\n"
+                          "2;5;32118;1500;2016-05-09\n2;5;32119;2500;2016-05-09\n2;5;x;not-a-number;2016-05-09\n3;NA;7;0;2016-05-10\n")
+    # A view is at midnight UTC of its session's date plus its offset; a session is a customer.
+    assert lines[1:] == ["1462752001500,2,32118,browse", "1462752002500,2,32119,browse",
+                         "1462752526309,1,81766,browse", "1462753031018,1,31331,browse"]
+    assert summary["rows_unparsed"] == 1 and summary["customers_dropped"] == 1  # session 3 has one view
