@@ -374,8 +374,15 @@ class CoVisitation:
     neighbourhoods follow the assortment.
 
     Scores are cosine-like: ``C[h, j] / (n_h ** alpha * n_j ** alpha)`` with
-    ``n`` the (decayed) number of co-visit participations of an item, so that
-    blockbuster items do not become everybody's neighbour.
+    ``n`` the (decayed) co-visit mass of an item plus ``prior_mass``, so that
+    blockbuster items do not become everybody's neighbour. The prior keeps
+    that division from favouring what little is known: without it, an item
+    met once with one neighbour gets the largest normalised score there is,
+    and on a young or sparse log that is most items (plain counts beat the
+    normalised ones on such logs). It is a pseudo-mass in the units of the
+    decayed mass (it is forgotten with nothing: an item's mass and the prior
+    are compared at the latest time), so an item's own co-visits outweigh it
+    once it has a few, and the scores of well-known items barely move.
 
     Parameters
     ----------
@@ -389,6 +396,9 @@ class CoVisitation:
         Half-life of a co-visit (timestamp units), ``None`` for no forgetting.
     alpha
         Popularity normalisation exponent (0.5 = cosine).
+    prior_mass
+        Pseudo co-visit mass added to every item's before normalising (one
+        event after a history of 20 items adds about 8.8 to its item's mass).
 
     Examples
     --------
@@ -402,7 +412,25 @@ class CoVisitation:
     >>> float(s[0])                # an item is never its own neighbour
     0.0
 
+    With a prior, an item met once no longer outscores a popular one met
+    three times:
+
+    >>> cv = CoVisitation(half_life=None, alpha=0.5)
+    >>> for _ in range(3):
+    ...     cv.update([0], 1)      # 0 then 1, three times
+    >>> for _ in range(10):
+    ...     cv.update([3], 1)      # 1 is popular elsewhere too
+    >>> cv.update([0], 2)          # 0 then 2, once
+    >>> for prior in (0.0, 10.0):
+    ...     cv.prior_mass = prior
+    ...     s = cv.score([0], [1.0], n_items=3)
+    ...     print(prior, int(s.argmax()))
+    0.0 2
+    10.0 1
+
     """
+
+    prior_mass = 0.0  # (checkpoints from before the prior: HybridRanker's restore sets its own)
 
     def __init__(
         self,
@@ -412,13 +440,17 @@ class CoVisitation:
         backward: float = 0.5,
         half_life: float | None = 30 * 24 * 3600.0,
         alpha: float = 0.5,
+        prior_mass: float = 0.0,
     ):
+        if prior_mass < 0:
+            raise ValueError("prior_mass must be non-negative")
         self.max_neighbors = max_neighbors
         self.distance_decay = distance_decay
         self.forward = forward
         self.backward = backward
         self.half_life = half_life
         self.alpha = alpha
+        self.prior_mass = prior_mass
         self.rows = SparseRows(max_neighbors)
         self.clock = DecayClock(half_life)
         self._mass = np.zeros(0, dtype=np.float64)  # decayed participations per item
@@ -489,12 +521,26 @@ class CoVisitation:
         self._mass = grow_to(self._mass, n_items)
         return self._mass[:n_items]
 
+    def prior_now(self) -> float:
+        """``prior_mass`` in the units the mass is stored in at the latest time (they grow as the
+        clock forgets: :meth:`~models.popularity.DecayClock.units`, which moves in steps, so that
+        cached normalisations stay valid between them)."""
+        return self.prior_mass * self.clock.units() if self.prior_mass else 0.0
+
+    def norm(self, mass: np.ndarray, prior: float | None = None) -> np.ndarray:
+        """Each item's normalisation, ``(mass + prior) ** -alpha``, of the items whose :meth:`mass`
+        is ``mass`` (``prior``: :meth:`prior_now`, if known). Elementwise: a subset's values are
+        those of the whole."""
+        if prior is None:
+            prior = self.prior_now()
+        return np.power(np.maximum(mass + prior, 1e-300), -self.alpha)
+
     def score(self, history: Sequence[int], weights: Sequence[float], n_items: int) -> np.ndarray:
         """Cosine-like neighbourhood score of every item for a weighted history."""
         mass = self.mass(n_items)
         if not len(history):
             return np.zeros(n_items)
-        norm = np.power(np.maximum(mass, 1e-300), -self.alpha) if self.alpha else np.ones(n_items)
+        norm = self.norm(mass) if self.alpha else np.ones(n_items)
         w = [wh * norm[h] for h, wh in zip(history, weights)]
         scores = self.rows.gather(history, w, n_items)
         scores *= norm
@@ -513,7 +559,7 @@ class CoVisitation:
             return np.empty(0, dtype=np.int64), np.empty(0)
         alpha = self.alpha
         hist = np.asarray(history, dtype=np.int64)
-        norm_h = np.power(np.maximum(mass[hist], 1e-300), -alpha) if alpha else np.ones(len(hist))
+        norm_h = self.norm(mass[hist]) if alpha else np.ones(len(hist))
         regions = self.rows.regions(hist)
         if not regions[1].sum():
             return np.empty(0, dtype=np.int64), np.empty(0)
@@ -529,7 +575,7 @@ class CoVisitation:
         rows = cols[starts]
         scores = np.add.reduceat(vals[order], starts)
         if alpha:
-            scores *= np.power(np.maximum(mass[rows], 1e-300), -alpha)
+            scores *= self.norm(mass[rows])
         return rows.astype(np.int64), scores
 
     def __getstate__(self):

@@ -69,6 +69,20 @@ class DecayClock:
             log_gain = 0.0
         return math.exp(log_gain)
 
+    def units(self, steps: int = 256) -> float:
+        """Stored units per unit of decayed count at the latest time (``1 / decay_to()``), rounded
+        down to a power of ``2 ** (1 / steps)``: a constant kept in today's units changes once in
+        ``half_life / steps``, not with every update.
+
+        >>> clock = DecayClock(half_life=256.0)
+        >>> _ = clock.increment(0.0); _ = clock.increment(256.5)
+        >>> clock.units(), 1 / clock.decay_to() > 2.0
+        (2.0, True)
+        """
+        if self.half_life is None or self.t_ref is None:
+            return 1.0
+        return 2.0 ** (math.floor(steps * (self.t_last - self.t_ref) / self.half_life) / steps)
+
     def decay_to(self, t: float | None = None) -> float:
         """Factor turning stored values into counts decayed to time ``t``."""
         if self.half_life is None or self.t_ref is None:

@@ -73,7 +73,7 @@ class _Context:
         self.blocks_version = 0  # bumped whenever a block changes
         self.norm = None
         self.norm_entries = 0
-        self._norm_all = None  # (covisit, alpha, mass as of the last computation, mass ** -alpha)
+        self._norm_all = None  # (covisit, (alpha, prior), mass as of the last computation, its norm)
         self.covisit_scratch = Scratch()  # (work arrays of the co-visitation loop)
         self.keep: dict = {}  # derived arrays kept across calls: key -> (token, value)
         # history_decay ** position as running products: the weights enter the
@@ -561,24 +561,25 @@ class _Context:
         return c
 
     def covisit_norm(self, mass: np.ndarray, entries: int) -> np.ndarray | None:
-        """``mass ** -alpha`` of every row, computed once per call when the call needs more
+        """:meth:`~models.covisit.CoVisitation.norm` of every row, computed once per call when the call needs more
         of them than there are rows (else ``None``: compute the few needed)."""
         if self.norm is None and (self.norm_entries + entries) > self.n_items:
             covisit = self.r.items.covisit
-            alpha = covisit.alpha
+            alpha, prior = covisit.alpha, covisit.prior_now()
             kept = self._norm_all
-            if kept is not None and kept[0] is covisit and kept[1] == alpha and len(kept[2]) == len(mass):
+            if (kept is not None and kept[0] is covisit and kept[1] == (alpha, prior)
+                    and len(kept[2]) == len(mass)):
                 # Kept from an earlier call: recompute the rows whose mass moved (elementwise, so
                 # the same values as computing them all).
                 prev, norm = kept[2], kept[3]
                 moved = np.flatnonzero(mass != prev)
                 if len(moved):
                     m = mass[moved]
-                    norm[moved] = np.power(np.maximum(m, 1e-300), -alpha)
+                    norm[moved] = covisit.norm(m, prior)
                     prev[moved] = m
             else:
-                norm = np.power(np.maximum(mass, 1e-300), -alpha)
-                self._norm_all = (covisit, alpha, mass.copy(), norm)
+                norm = covisit.norm(mass, prior)
+                self._norm_all = (covisit, (alpha, prior), mass.copy(), norm)
             self.norm = norm
         self.norm_entries += entries
         return self.norm

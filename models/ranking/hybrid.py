@@ -53,6 +53,7 @@ _SEQUEL_CANDIDATES = 20  # strongest rows of each sequel signal added to a custo
 # in between, new items join them where there is room (_Context.refresh). Most of the cost of a
 # refresh was the pools', paid on every learning step.
 _POOLS_EVERY = 256
+_COVISIT_PRIOR = 30.0  # HybridRanker's covisit_prior (docs/QUALITY.md "A prior for co-visit normalisation")
 _CHUNK_USERS = 256  # users scored together by recommend, at most ...
 _CHUNK_ENTRIES = 65_536  # ... and about this many neighbourhood entries (keeps temporaries cache-sized)
 
@@ -147,6 +148,11 @@ class HybridRanker(StreamingRecommender):
         half-lives in seconds of the events' ``ts``.
     alpha
         Popularity normalisation of co-visits (0.5: cosine).
+    covisit_prior
+        Pseudo co-visit mass added to every item's before that normalisation
+        (:class:`~models.covisit.CoVisitation` ``prior_mass``): on a young or
+        sparse log an item met once would otherwise get the largest
+        normalised score there is.
     n_factors, mf_lr, mf_l2, n_negatives
         Matrix factorisation hyperparameters.
     event_weights
@@ -248,6 +254,7 @@ class HybridRanker(StreamingRecommender):
         popularity_half_life: float | None = 2_000,
         decay_clock: str = "events",
         alpha: float = 0.4,
+        covisit_prior: float = _COVISIT_PRIOR,
         n_factors: int = 16,
         mf_lr: float = 0.05,
         mf_l2: float = 0.01,
@@ -281,6 +288,9 @@ class HybridRanker(StreamingRecommender):
             raise ValueError("decay_clock must be 'time' or 'events'")
         self.decay_clock = decay_clock
         self.alpha = alpha
+        if covisit_prior < 0:
+            raise ValueError("covisit_prior must be non-negative")
+        self.covisit_prior = covisit_prior
         self.n_factors = n_factors
         self.mf_lr = mf_lr
         self.mf_l2 = mf_l2
@@ -321,6 +331,7 @@ class HybridRanker(StreamingRecommender):
                 backward=self.covisit_backward,
                 half_life=self.covisit_half_life,
                 alpha=self.alpha,
+                prior_mass=self.covisit_prior,
             ),
         )
         self.mf = (
@@ -535,6 +546,11 @@ class HybridRanker(StreamingRecommender):
         state.setdefault("_outbox", None)
         state.setdefault("_mf_pending", {})
         pools = state.pop("_pools", None)
+        # ... and from before the co-visits' prior: they normalise with the current default.
+        state.setdefault("covisit_prior", _COVISIT_PRIOR)
+        items = state.get("items")
+        if items is not None and "prior_mass" not in items.covisit.__dict__:
+            items.covisit.prior_mass = state["covisit_prior"]
         super().__setstate__(state)
         if pools is not None:
             self._ctx = _Context(self)

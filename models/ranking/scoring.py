@@ -94,7 +94,7 @@ class _Terms:
         if alpha and norm is None:  # few entries: the scales of the rows they read only (elementwise: the same values)
             norm = np.empty(ctx.n_items)  # (other rows are never read)
             read = np.concatenate((H, sparse.columns[idx]))
-            norm[read] = np.power(np.maximum(mass[read], 1e-300), -alpha)
+            norm[read] = covisit.norm(mass[read])
         norm_h = norm[H] if alpha else np.ones(len(H))
         # Each neighbour value times its history item's weight, summed per (user, row) in history
         # order as CoVisitation.score_sparse sums them, scaled, and cut to each user's strongest.

@@ -212,7 +212,7 @@ def test_a_checkpoint_written_before_packed_state_still_loads():
     """Checkpoints in Redis outlive upgrades: tests/data holds one written by the code before users and
     MF latents were packed into arrays (commit 349931c, tests/data/engine-checkpoint-v1.json has its
     recommendations). Its state loads intact: the ranker's first stage (the fixed blend that code ranked
-    with) picks the same items; the learned second stage starts from its prior and re-ranks them with the
+    with, co-visits normalised without a prior) picks the same items; the learned second stage starts from its prior and re-ranks them with the
     customers' recent items. It re-dumps in the packed form stably."""
     import json
     from pathlib import Path
@@ -224,6 +224,9 @@ def test_a_checkpoint_written_before_packed_state_still_loads():
     expected = json.loads((data / "engine-checkpoint-v1.json").read_text())
     engine = PersonalisationEngine.loads(old)
     r = engine.ranker
+    # It normalises co-visits with today's prior; that code ranked with none.
+    assert r.items.covisit.prior_mass == r.covisit_prior == HybridRanker().covisit_prior > 0
+    r.items.covisit.prior_mass = 0.0
     ctx = r._context(len(r.catalog))
     for user, recs in zip(expected["users"], expected["recommendations"]):
         first, _ = r._first_one(ctx, user, r._users[user], 10, "purchased")

@@ -84,6 +84,24 @@ def test_covisitation_popularity_normalisation_demotes_hubs():
     assert scores[1] > scores[0]  # raw counts tie (2 vs 1+... ) but the niche item wins
 
 
+def test_covisitation_prior_means_the_same_however_long_the_clock_has_run():
+    """The prior is a mass in decayed units: co-visits learned ten half-lives into a clock's life
+    score as they do on a new clock (the stored masses and the prior grow alike)."""
+    def learn(cv, t0):
+        for t, (history, row) in enumerate([([0], 1), ([0], 1), ([0], 2), ([3], 1), ([2, 0], 1)]):
+            cv.update(history, row, t=t0 + t)
+        return cv.score([0], [1.0], n_items=12)
+
+    young, old = (CoVisitation(max_neighbors=None, half_life=100.0, alpha=0.5, prior_mass=2.0) for _ in range(2))
+    old.update([10], 11, t=0.0)  # the clock starts ten half-lives before the same co-visits
+    assert old.prior_now() == 2.0
+    young_scores = learn(young, 0.0)
+    assert np.allclose(learn(old, 1000.0), young_scores, rtol=1e-12)
+    assert old.prior_now() == 1024 * young.prior_now() > 2.0 * 1024
+    unprior = learn(CoVisitation(max_neighbors=None, half_life=100.0, alpha=0.5), 0.0)
+    assert not np.allclose(unprior, young_scores)  # (the prior moves the scores compared)
+
+
 def test_covisitation_memory_is_bounded_for_a_large_catalogue():
     rng = np.random.default_rng(1)
     cv = CoVisitation(max_neighbors=10, half_life=None)

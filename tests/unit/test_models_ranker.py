@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models.baselines import DecayedCooccurrenceBaseline, PopularityBaseline
+from models.covisit import CoVisitation
 from models.evaluation import prequential
 from models.ranking import HybridRanker, valid_counts, valid_part
 
@@ -311,3 +312,11 @@ def test_an_item_the_customer_went_further_with_scores_its_engagement_weight_mor
     gap = r.predict_one("clicker", "y") - r.predict_one("viewer", "y")
     assert gap == pytest.approx(PRIOR[FEATURES.index("own_engaged")])
     assert r.predict_one("clicker", "x") == pytest.approx(r.predict_one("viewer", "x"))
+
+
+def test_settings_out_of_their_range_are_refused():
+    for bad in ({"covisit_prior": -1.0}, {"choice_g0": 0.0}, {"rerank_candidates": 0}, {"exclude": "viewed"}):
+        with pytest.raises(ValueError):
+            HybridRanker(**bad)
+    with pytest.raises(ValueError):
+        CoVisitation(prior_mass=-1.0)
