@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.catalog import grow_to
+from models.groups import run_starts
 from models.ranking.factors import _QuantisedFactors
 from models.ranking.kernels import Scratch
-from models.ranking.topk import _run_starts
 from models.sets import union_sorted, unique_sorted
 
 if TYPE_CHECKING:
@@ -327,7 +327,7 @@ class _Context:
         rows, rc = rows[keep], rc[keep]
         order = np.argsort(rc, kind="stable")  # rows ascending within each category
         rows, rc = rows[order], rc[order]
-        starts = _run_starts(rc)
+        starts = run_starts(rc)
         cats = rc[starts]
         nx = np.diff(np.append(starts, len(rc)))
         # One line per category: its top list (padded to p), then its new rows.

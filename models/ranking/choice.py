@@ -52,9 +52,9 @@ class SoftmaxChoice:
     ([-0.5, 0.5], [-0.186, 0.224])
     """
 
-    g0 = 1e-8  # (what models pickled before ``g0`` was a parameter started from)
+    g0 = 1e-8  # the default; also what models pickled before ``g0`` was a parameter started from
 
-    def __init__(self, prior, lr: float = 0.1, l2: float = 0.0, g0: float = 1e-8):
+    def __init__(self, prior, lr: float = 0.1, l2: float = 0.0, g0: float = g0):
         self.prior = tuple(float(v) for v in prior)
         self.lr = lr
         self.l2 = l2

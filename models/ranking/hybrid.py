@@ -268,7 +268,7 @@ class HybridRanker(StreamingRecommender):
         rerank_candidates: int = 50,
         choice_lr: float = 0.15,
         choice_l2: float = 0.0,
-        choice_g0: float = 1e-8,
+        choice_g0: float = SoftmaxChoice.g0,
         train_every: int = 32,
         exclude: str = "purchased",
         session_neighbours: bool = False,
@@ -530,7 +530,7 @@ class HybridRanker(StreamingRecommender):
         state.setdefault("score_neighbors", None)
         state.setdefault("neighbor_candidates", 200)
         # ... and from before the learned second stage: it starts from its prior.
-        for key, value in (("rerank_candidates", 50), ("choice_lr", 0.15), ("choice_l2", 0.0), ("choice_g0", 1e-8),
+        for key, value in (("rerank_candidates", 50), ("choice_lr", 0.15), ("choice_l2", 0.0), ("choice_g0", SoftmaxChoice.g0),
                            ("train_every", 32), ("exclude", "purchased")):
             state.setdefault(key, value)
         # Interned like the literal a fresh model holds, so that a re-dump pickles it the same way.

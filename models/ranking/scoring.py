@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.groups import firsts, within
+from models.groups import firsts, run_starts, within
 from models.ranking.candidates import _Context
 from models.ranking.kernels import covisit_neighbourhoods
-from models.ranking.topk import _best_k, _run_starts
+from models.ranking.topk import _best_k
 from models.sets import member
 
 _GEMM_ROWS = 128  # rows per matrix product (larger ones make OpenBLAS start threads that then spin)
@@ -105,7 +105,7 @@ class _Terms:
         self.cv_v = v
         if not len(v):
             return
-        ustarts = _run_starts(self.cv_u)
+        ustarts = run_starts(self.cv_u)
         top = np.maximum.reduceat(v, ustarts)
         ok = top > 0
         self.cvs[self.cv_u[ustarts[ok]]] = ctx.r.w_covisit / top[ok]
@@ -198,13 +198,13 @@ class _Batch:
                 # so the same values as any other summation order).
                 F = ctx.factor_rows(cr[out])
                 uo = cu[out]
-                bounds = np.append(_run_starts(uo), len(uo)).tolist()
+                bounds = np.append(run_starts(uo), len(uo)).tolist()
                 vals = np.empty(len(out))
                 Uq = t.Uq
                 for a, b, u in zip(bounds[:-1], bounds[1:], uo[bounds[:-1]].tolist()):
                     np.dot(F[a:b], Uq[u], out=vals[a:b])
                 raw[out] = vals
-            starts = _run_starts(cu)
+            starts = run_starts(cu)
             users = cu[starts]
             top[users] = np.maximum(top[users], np.maximum.reduceat(np.abs(raw), starts))
             self.cv_raw = raw
@@ -293,7 +293,7 @@ class _Batch:
         if cs is None:
             return t_cv
         cu, cr = t.cv_u, t.cv_r
-        starts = _run_starts(cu)
+        starts = run_starts(cu)
         counts = np.diff(np.append(starts, len(cu)))
         rank = within(counts)
         # Users with at most k neighbours go straight in, the others

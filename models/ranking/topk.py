@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.groups import run_starts
-
 _RADIX_BOUND = 1 << 16  # keys below this are sorted by numpy's O(n) radix sort (kind="stable" on uint16)
-_run_starts = run_starts  # (the name the ranking modules import it by)
 
 
 def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
