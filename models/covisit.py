@@ -380,9 +380,10 @@ class CoVisitation:
     met once with one neighbour gets the largest normalised score there is,
     and on a young or sparse log that is most items (plain counts beat the
     normalised ones on such logs). It is a pseudo-mass in the units of the
-    decayed mass (it is forgotten with nothing: an item's mass and the prior
-    are compared at the latest time), so an item's own co-visits outweigh it
-    once it has a few, and the scores of well-known items barely move.
+    decayed mass, set against an item's mass as both stand at the latest
+    time (the prior itself is never forgotten), so an item's own co-visits
+    outweigh it once it has a few, and the scores of well-known items barely
+    move.
 
     Parameters
     ----------

@@ -53,7 +53,7 @@ _SEQUEL_CANDIDATES = 20  # strongest rows of each sequel signal added to a custo
 # in between, new items join them where there is room (_Context.refresh). Most of the cost of a
 # refresh was the pools', paid on every learning step.
 _POOLS_EVERY = 256
-_COVISIT_PRIOR = 30.0  # HybridRanker's covisit_prior (docs/QUALITY.md "A prior for co-visit normalisation")
+_COVISIT_PRIOR = 30.0  # HybridRanker's covisit_prior (chosen in docs/QUALITY.md, "A prior in the co-visits' normalisation")
 _CHUNK_USERS = 256  # users scored together by recommend, at most ...
 _CHUNK_ENTRIES = 65_536  # ... and about this many neighbourhood entries (keeps temporaries cache-sized)
 
