@@ -561,8 +561,8 @@ class _Context:
         return c
 
     def covisit_norm(self, mass: np.ndarray, entries: int) -> np.ndarray | None:
-        """:meth:`~models.covisit.CoVisitation.norm` of every row, computed once per call when the call needs more
-        of them than there are rows (else ``None``: compute the few needed)."""
+        """:meth:`~models.covisit.CoVisitation.norm` of every row, computed once per call when the
+        call needs more of them than there are rows (else ``None``: compute the few needed)."""
         if self.norm is None and (self.norm_entries + entries) > self.n_items:
             covisit = self.r.items.covisit
             alpha, prior = covisit.alpha, covisit.prior_now()

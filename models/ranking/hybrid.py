@@ -53,7 +53,8 @@ _SEQUEL_CANDIDATES = 20  # strongest rows of each sequel signal added to a custo
 # in between, new items join them where there is room (_Context.refresh). Most of the cost of a
 # refresh was the pools', paid on every learning step.
 _POOLS_EVERY = 256
-_COVISIT_PRIOR = 30.0  # HybridRanker's covisit_prior (chosen in docs/QUALITY.md, "A prior in the co-visits' normalisation")
+# HybridRanker's covisit_prior (chosen in docs/QUALITY.md, "A prior in the co-visits' normalisation").
+_COVISIT_PRIOR = 30.0
 _CHUNK_USERS = 256  # users scored together by recommend, at most ...
 _CHUNK_ENTRIES = 65_536  # ... and about this many neighbourhood entries (keeps temporaries cache-sized)
 
@@ -530,8 +531,8 @@ class HybridRanker(StreamingRecommender):
         state.setdefault("score_neighbors", None)
         state.setdefault("neighbor_candidates", 200)
         # ... and from before the learned second stage: it starts from its prior.
-        for key, value in (("rerank_candidates", 50), ("choice_lr", 0.15), ("choice_l2", 0.0), ("choice_g0", SoftmaxChoice.g0),
-                           ("train_every", 32), ("exclude", "purchased")):
+        for key, value in (("rerank_candidates", 50), ("choice_lr", 0.15), ("choice_l2", 0.0),
+                           ("choice_g0", SoftmaxChoice.g0), ("train_every", 32), ("exclude", "purchased")):
             state.setdefault(key, value)
         # Interned like the literal a fresh model holds, so that a re-dump pickles it the same way.
         state["exclude"] = sys.intern(state["exclude"])

@@ -76,4 +76,4 @@ def test_diginetica_item_views(tmp_path):
     # A view is at midnight UTC of its session's date plus its offset; a session is a customer.
     assert lines[1:] == ["1462752001500,2,32118,browse", "1462752002500,2,32119,browse",
                          "1462752526309,1,81766,browse", "1462753031018,1,31331,browse"]
-    assert summary["rows_unparsed"] == 1 and summary["customers_dropped"] == 1  # session 3 has one view
+    assert summary["rows_unparsed"] == 1 and summary["customers_dropped"] == 1  # customer "3" has one view
