@@ -21,9 +21,7 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
-from models.comparison import paired_difference
+from models.comparison import customer_clusters, finite_or_none, paired_difference
 from models.evaluation import available_cpus, prequential
 from streams.tools.replay import MODEL_NAME, build_models, read_events
 
@@ -40,18 +38,17 @@ def cell(path: str, rule: str, batch: int, jobs: int) -> dict:
               for name, (w, share) in RANKERS.items()}
     ev = prequential(events, models, k=10, exclude=rule, batch=batch, jobs=jobs)
     one = ev.models["1 worker"]
-    customers: dict[str, int] = {}
-    clusters = np.array([customers.setdefault(events[p][1], len(customers)) for p in one.positions])
+    clusters = customer_clusters(events, one.positions)
     out = {}
     for name, score in ev.models.items():
-        d, lo, hi = paired_difference(score.rr > 0, one.rr > 0, clusters)
-        out[name] = {"hr": score.hr, "mrr": score.mrr, "n": score.n, "hr_vs_one": [d, lo, hi]}
+        diff = paired_difference(score.rr > 0, one.rr > 0, clusters)
+        out[name] = {"hr": score.hr, "mrr": score.mrr, "n": score.n, "hr_vs_one": [finite_or_none(x) for x in diff]}
     return out
 
 
 def markdown(results: dict) -> str:
     def rel(r, base):
-        d, lo, hi = (100 * x / base["hr"] for x in r["hr_vs_one"])
+        d, lo, hi = (float("nan") if x is None else 100 * x / base["hr"] for x in r["hr_vs_one"])
         return f"{d:+.1f} % [{lo:+.1f}, {hi:+.1f}]"
 
     lines = ["| log | rule | " + " | ".join(RANKERS) + " | HR, 4 against 1 [95 %] | HR, 4 not sharing against 1 [95 %] |",

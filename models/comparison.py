@@ -28,7 +28,8 @@ from models.effect.statistics import Z95
 from models.evaluation import Evaluation, Event
 from models.sets import unique_inverse
 
-__all__ = ["LIFT", "SMALL_HR", "best_baseline", "margins", "paired_difference", "compare"]
+__all__ = ["LIFT", "SMALL_HR", "best_baseline", "margins", "paired_difference", "customer_clusters", "compare",
+           "finite_or_none"]
 
 LIFT = 1.05  # HR@K the rule asks of the model, relative to the best baseline's
 SMALL_HR = 0.02  # below this best-baseline HR@K the rule asks only "not below"
@@ -86,6 +87,19 @@ def paired_difference(x: np.ndarray, y: np.ndarray, clusters: np.ndarray, z: flo
     return mean, mean - z * se, mean + z * se
 
 
+def customer_clusters(events: Sequence[Event], positions: np.ndarray) -> np.ndarray:
+    """The customer of each judged event (``positions`` into ``events``) as an int label, for
+    :func:`paired_difference`.
+
+    >>> customer_clusters([(0, "a", "x", "click"), (1, "b", "x", "click"), (2, "a", "y", "click")],
+    ...                   np.array([1, 2])).tolist()
+    [0, 1]
+    """
+    index: dict[str, int] = {}
+    return np.fromiter((index.setdefault(events[p][1], len(index)) for p in positions.tolist()),
+                       dtype=np.int64, count=len(positions))
+
+
 def compare(ev: Evaluation, model: str, events: Sequence[Event]) -> dict:
     """``model`` of the replay ``ev`` of ``events`` against every other model of it (the baselines),
     paired on the events all of them were judged on, clustered by customer.
@@ -95,9 +109,7 @@ def compare(ev: Evaluation, model: str, events: Sequence[Event]) -> dict:
     ``*_ci95`` intervals ``[low, high]`` (``None`` where undefined: JSON has no NaN).
     """
     mine = ev.models[model]
-    index: dict[str, int] = {}
-    clusters = np.fromiter((index.setdefault(events[p][1], len(index)) for p in mine.positions.tolist()),
-                           dtype=np.int64, count=mine.n)
+    clusters = customer_clusters(events, mine.positions)
     others = {name: score for name, score in ev.models.items() if name != model}
     best, numbers = best_baseline({name: score.summary() for name, score in others.items()})
     hr_ratio, mrr_ratio, met = margins(mine.summary(), numbers)
@@ -105,11 +117,12 @@ def compare(ev: Evaluation, model: str, events: Sequence[Event]) -> dict:
     for name, score in others.items():
         hr, hr_lo, hr_hi = paired_difference(mine.rr > 0, score.rr > 0, clusters)
         mrr, mrr_lo, mrr_hi = paired_difference(mine.rr, score.rr, clusters)
-        vs[name] = {"hr_diff": _finite(hr), "hr_diff_ci95": [_finite(hr_lo), _finite(hr_hi)],
-                    "mrr_diff": _finite(mrr), "mrr_diff_ci95": [_finite(mrr_lo), _finite(mrr_hi)]}
-    return {"best_baseline": best, "rule_met": met, "hr_ratio": _finite(hr_ratio), "mrr_ratio": _finite(mrr_ratio),
+        vs[name] = {"hr_diff": finite_or_none(hr), "hr_diff_ci95": [finite_or_none(hr_lo), finite_or_none(hr_hi)],
+                    "mrr_diff": finite_or_none(mrr), "mrr_diff_ci95": [finite_or_none(mrr_lo), finite_or_none(mrr_hi)]}
+    return {"best_baseline": best, "rule_met": met, "hr_ratio": finite_or_none(hr_ratio), "mrr_ratio": finite_or_none(mrr_ratio),
             "vs": vs}
 
 
-def _finite(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
+    """``x``, or ``None`` where it is not finite (JSON has no NaN)."""
     return x if math.isfinite(x) else None
