@@ -15,6 +15,12 @@ same history, the same tastes), the cluster-robust sandwich estimate with
 the ``G / (G - 1)`` small-sample factor. An interval above 0 means the model
 measurably beats that baseline on this log; one that contains 0 means the
 log cannot tell them apart.
+
+Where lists may show a customer's own items again, most hits can be returns
+(events of an item the customer had met before), which a list hits by
+listing the customer's recent items. :func:`discovery_needed` gives the
+least discovery HR@K any list needs to meet the rule even if it hits every
+return: a floor that holds for every model, not only the one compared.
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.effect.statistics import Z95
-from models.evaluation import Evaluation, Event
+from models.evaluation import Evaluation, Event, returning
 from models.sets import unique_inverse
 
-__all__ = ["LIFT", "SMALL_HR", "best_baseline", "margins", "paired_difference", "customer_clusters", "compare",
-           "finite_or_none"]
+__all__ = ["LIFT", "SMALL_HR", "best_baseline", "margins", "paired_difference", "customer_clusters",
+           "discovery_needed", "compare", "finite_or_none"]
 
 LIFT = 1.05  # HR@K the rule asks of the model, relative to the best baseline's
 SMALL_HR = 0.02  # below this best-baseline HR@K the rule asks only "not below"
@@ -100,16 +106,37 @@ def customer_clusters(events: Sequence[Event], positions: np.ndarray) -> np.ndar
                        dtype=np.int64, count=len(positions))
 
 
-def compare(ev: Evaluation, model: str, events: Sequence[Event]) -> dict:
+def discovery_needed(best: dict, returns: int, discovery: int) -> float:
+    """The least discovery HR@K with which a list meets the rule against the ``best`` baseline
+    (``{"hr", "n"}``) even if it hits every return; ``returns`` and ``discovery`` count the judged
+    events of each kind (:func:`~models.evaluation.returning`). ``inf`` where no list can meet it.
+
+    >>> round(discovery_needed({"hr": 0.4, "n": 1000}, returns=400, discovery=600), 4)  # 420 hits: 20 of 600
+    0.0333
+    >>> discovery_needed({"hr": 0.01, "n": 1000}, returns=0, discovery=1000)  # small HR: not below
+    0.01
+    """
+    need = (LIFT if best["hr"] >= SMALL_HR else 1.0) * best["hr"] * best["n"]
+    short = max(0.0, need - returns)
+    return short / discovery if discovery else (0.0 if short <= 1e-9 else math.inf)
+
+
+def compare(ev: Evaluation, model: str, events: Sequence[Event], returns: np.ndarray | None = None) -> dict:
     """``model`` of the replay ``ev`` of ``events`` against every other model of it (the baselines),
     paired on the events all of them were judged on, clustered by customer.
 
     Returns ``best_baseline``, ``rule_met``, ``hr_ratio`` and ``mrr_ratio`` (against the best
-    baseline), and per baseline ``hr_diff`` / ``mrr_diff`` (model minus baseline) with their
-    ``*_ci95`` intervals ``[low, high]`` (``None`` where undefined: JSON has no NaN).
+    baseline), per baseline ``hr_diff`` / ``mrr_diff`` (model minus baseline) with their
+    ``*_ci95`` intervals ``[low, high]`` (``None`` where undefined: JSON has no NaN), and
+    ``discovery_hr_needed`` (:func:`discovery_needed`; ``returns``: :func:`~models.evaluation.returning`
+    of the judged events, computed if not given) next to ``discovery_hr_best``, the best discovery
+    HR@K of any list of the run.
     """
     mine = ev.models[model]
     clusters = customer_clusters(events, mine.positions)
+    if returns is None:
+        returns = returning(events, mine.positions)
+    n_returns = int(returns.sum())
     others = {name: score for name, score in ev.models.items() if name != model}
     best, numbers = best_baseline({name: score.summary() for name, score in others.items()})
     hr_ratio, mrr_ratio, met = margins(mine.summary(), numbers)
@@ -119,8 +146,10 @@ def compare(ev: Evaluation, model: str, events: Sequence[Event]) -> dict:
         mrr, mrr_lo, mrr_hi = paired_difference(mine.rr, score.rr, clusters)
         vs[name] = {"hr_diff": finite_or_none(hr), "hr_diff_ci95": [finite_or_none(hr_lo), finite_or_none(hr_hi)],
                     "mrr_diff": finite_or_none(mrr), "mrr_diff_ci95": [finite_or_none(mrr_lo), finite_or_none(mrr_hi)]}
+    needed = discovery_needed(numbers, n_returns, len(returns) - n_returns)
+    best_discovery = max(score.where(~returns)["hr"] for score in ev.models.values())
     return {"best_baseline": best, "rule_met": met, "hr_ratio": finite_or_none(hr_ratio), "mrr_ratio": finite_or_none(mrr_ratio),
-            "vs": vs}
+            "discovery_hr_needed": finite_or_none(needed), "discovery_hr_best": best_discovery, "vs": vs}
 
 
 def finite_or_none(x: float) -> float | None:

@@ -16,7 +16,7 @@ import numpy as np
 from models.ranking.base import valid_counts, valid_part
 
 __all__ = ["Event", "ModelScore", "Evaluation", "Rankings", "available_cpus", "model_groups", "prequential",
-           "served_lists"]
+           "returning", "served_lists"]
 
 #: ``(ts_seconds, user_id, item_id, event_type)``
 Event = tuple[float, str, str, str]
@@ -88,9 +88,12 @@ class ModelScore:
 
     def segment(self, start: int, stop: int) -> dict:
         """HR/MRR/n over stream positions ``[start, stop)``."""
-        sel = (self.positions >= start) & (self.positions < stop)
-        rr = self.rr[sel]
-        n = int(sel.sum())
+        return self.where((self.positions >= start) & (self.positions < stop))
+
+    def where(self, judged: np.ndarray) -> dict:
+        """HR/MRR/n over the evaluated events where ``judged`` (one bool per evaluated event) holds."""
+        rr = self.rr[judged]
+        n = len(rr)
         return {"hr": float((rr > 0).mean()) if n else 0.0, "mrr": float(rr.mean()) if n else 0.0, "n": n}
 
     def rolling_hr(self, window: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -279,6 +282,23 @@ def prequential(
         return ev
     tally, count = _replay(events, models, k, exclude, progress, batch)
     return tally.result(k, exclude, count, time.perf_counter() - start)
+
+
+def returning(events: Sequence[Event], positions: np.ndarray) -> np.ndarray:
+    """Whether each evaluated event (``positions`` into ``events``) is a **return**: of an item its
+    customer had an event with earlier in ``events``, of any type. Only a list that may show a
+    customer's own items again can hit a return; the other events are discovery.
+
+    >>> stream = [(0, "a", "x", "browse"), (1, "b", "x", "click"), (2, "a", "x", "click"), (3, "a", "y", "click")]
+    >>> returning(stream, np.array([1, 2, 3])).tolist()
+    [False, True, False]
+    """
+    again = np.zeros(len(events), dtype=bool)
+    met: set[tuple[str, str]] = set()
+    for i, (_, user, item, _) in enumerate(events):
+        again[i] = (user, item) in met
+        met.add((user, item))
+    return again[np.asarray(positions, dtype=np.int64)]
 
 
 def available_cpus() -> int:

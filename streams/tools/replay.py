@@ -5,7 +5,10 @@ Replays a CSV event log in time order through the product ranker (built with
 streaming baselines, test-then-train, and reports HR@K / MRR@K / coverage,
 and whether the ranker beats the baselines on this log: the quality rule of
 docs/QUALITY.md against the best of them, and for each a paired difference
-with its 95 % interval (:mod:`models.comparison`).
+with its 95 % interval (:mod:`models.comparison`). Every model's numbers are
+also split between returns (events of an item the customer had met before)
+and discovery (the others): where re-views are allowed, a list can only lead
+on returns by ordering them, and the rest of a lead must come from discovery.
 
 """
 
@@ -25,7 +28,7 @@ from models.baselines import (
     RepeatCooccurrenceBaseline,
 )
 from models.comparison import compare
-from models.evaluation import Evaluation, Event, Rankings, available_cpus, prequential
+from models.evaluation import Evaluation, Event, Rankings, available_cpus, prequential, returning
 from models.events import EVENT_WEIGHTS
 from models.ranking import EXCLUDE_RULES, HybridRanker
 from models.sharded import ShardedRecommender
@@ -156,20 +159,27 @@ def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, 
 def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers: int = 1,
                 sharing: bool = True, events: Sequence[Event] | None = None) -> dict:
     """The replay's JSON report; with the replayed ``events``, also ``comparison``: the ranker
-    against the baselines (the quality rule and paired intervals, :func:`models.comparison.compare`)."""
+    against the baselines (the quality rule and paired intervals, :func:`models.comparison.compare`),
+    and per model ``returns`` and ``discovery``: its numbers on the judged events of an item the
+    customer had met before (:func:`models.evaluation.returning`), and on the others."""
     len_half = ev.events // 2
+    returns = None
+    if events is not None and ev.models:
+        returns = returning(events, next(iter(ev.models.values())).positions)  # (every model judges the same events)
 
     def block(name):
         score = ev.models[name]
         out = score.summary()
         out["first_half"] = score.segment(0, len_half)
         out["second_half"] = score.segment(len_half, ev.events)
+        if returns is not None:
+            out["returns"], out["discovery"] = score.where(returns), score.where(~returns)
         return out
 
     return {
         "model": block(MODEL_NAME),
         "baselines": {name: block(name) for name in ev.models if name != MODEL_NAME},
-        "comparison": compare(ev, MODEL_NAME, events) if events is not None and len(ev.models) > 1 else None,
+        "comparison": compare(ev, MODEL_NAME, events, returns) if events is not None and len(ev.models) > 1 else None,
         "k": ev.k,
         "exclude": ev.exclude,
         "batch": batch,
@@ -197,8 +207,12 @@ def comparison_table(comparison: dict, k: int):
     ratio = " ".join(f"{name} x{comparison[key]:.3f}" if comparison[key] is not None else f"{name} -"
                      for name, key in ((f"HR@{k}", "hr_ratio"), (f"MRR@{k}", "mrr_ratio")))
     rule = "met" if comparison["rule_met"] else "NOT met"
+    needed = comparison["discovery_hr_needed"]
+    floor = (f"with every return hit, the rule needs a discovery HR@{k} of at least "
+             + (f"{needed:.4f}" if needed is not None else "- (no list can meet it)")
+             + f" (best list of this run: {comparison['discovery_hr_best']:.4f})")
     table = Table(title=f"{MODEL_NAME} minus each baseline, same events (95 % intervals, clustered by customer)",
-                  caption=f"best baseline {best}: {ratio}; quality rule (docs/QUALITY.md) {rule}")
+                  caption=f"best baseline {best}: {ratio}; quality rule (docs/QUALITY.md) {rule}; {floor}")
     for col in ("baseline", f"HR@{k} diff.", "95 % interval", f"MRR@{k} diff.", "95 % interval", "HR / MRR"):
         table.add_column(col, justify="left" if col == "baseline" else "right", no_wrap=True)
 
@@ -267,7 +281,8 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
     before learning the micro-batch of N events it belongs to); HR@K, MRR@K and
     catalogue coverage are reported for the product ranker (HybridRanker
     defaults, as run by the workers) and the popularity / co-occurrence
-    baselines computed in the same run.
+    baselines computed in the same run, over all judged events and split
+    between returns (an item the customer had met before) and discovery.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -312,11 +327,16 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
     out = Console(width=max(120, Console().width))
     served = (f"micro-batches of {batch}" if batch else "per event") + (f", {workers} workers" if workers > 1 else "") + ("" if sharing else ", item side not shared")
     table = Table(title=f"Prequential replay: {ev.events} events, K={k}, exclude={exclude}, {served}")
-    for col in ("model", f"HR@{k}", f"MRR@{k}", "coverage", "n", f"HR@{k} 1st half", f"HR@{k} 2nd half"):
+    returns = result["model"]["returns"]["n"]
+    table.caption = (f"returns: {returns} of the {result['model']['n']} judged events are of an item the customer "
+                     f"had met before; discovery: the other {result['model']['discovery']['n']}")
+    for col in ("model", f"HR@{k}", f"MRR@{k}", "coverage", "n", f"HR@{k} 1st half", f"HR@{k} 2nd half",
+                f"HR@{k} returns", f"HR@{k} discovery"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, block in [(f"{MODEL_NAME} (HybridRanker)", result["model"])] + list(result["baselines"].items()):
         table.add_row(name, f"{block['hr']:.4f}", f"{block['mrr']:.4f}", f"{block['coverage']:.3f}", str(block["n"]),
-                      f"{block['first_half']['hr']:.4f}", f"{block['second_half']['hr']:.4f}")
+                      f"{block['first_half']['hr']:.4f}", f"{block['second_half']['hr']:.4f}",
+                      f"{block['returns']['hr']:.4f}", f"{block['discovery']['hr']:.4f}")
     out.print(table)
     if result["comparison"] is not None:
         out.print(comparison_table(result["comparison"], k))

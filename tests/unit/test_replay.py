@@ -70,6 +70,11 @@ def test_replay_json(tmp_path):
         assert block["n"] == out["model"]["n"] > 1400
     # Re-showing a customer's own items is all `repeat` does; discovery leaves it nothing.
     assert out["baselines"]["repeat"]["hr"] == 0 and out["model"]["coverage"] > 0
+    # Returns and discovery split the judged events; excluded, the returns are never hit.
+    for block in [out["model"], *out["baselines"].values()]:
+        returns, discovery = block["returns"], block["discovery"]
+        assert returns["n"] + discovery["n"] == block["n"] and returns["n"] > 100 and returns["hr"] == 0
+        assert discovery["hr"] * discovery["n"] == pytest.approx(block["hr"] * block["n"])
     # the data has strong taste groups: the ranker must beat popularity
     assert out["model"]["hr"] > out["baselines"]["popularity"]["hr"]
     assert "line 4" in result.stderr and "4 bad row(s) skipped" in result.stderr
@@ -88,13 +93,31 @@ def test_replay_json(tmp_path):
     assert cmp["vs"]["popularity"]["hr_diff_ci95"][0] > 0  # measurably better than popularity
 
 
+def test_replay_splits_returns_from_discovery_where_re_views_are_allowed(tmp_path):
+    log = write_log(tmp_path / "log.csv", bad=False)
+    result = CliRunner().invoke(replay, ["--events", str(log), "--exclude", "purchased", "--json", "--jobs", "1"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    # `repeat` lists only the customer's own items: every hit of it is a return.
+    repeat = out["baselines"]["repeat"]
+    assert repeat["discovery"]["hr"] == 0 and repeat["returns"]["hr"] > 0.1
+    assert repeat["returns"]["n"] == out["model"]["returns"]["n"] > 100
+    # The floor on discovery: every return hit plus that discovery HR gives the hits the rule asks.
+    cmp, model = out["comparison"], out["model"]
+    best = out["baselines"][cmp["best_baseline"]]
+    lift = 1.05 if best["hr"] >= 0.02 else 1.0
+    returns, discovery = model["returns"]["n"], model["discovery"]["n"]
+    assert returns + cmp["discovery_hr_needed"] * discovery == pytest.approx(max(lift * best["hr"] * best["n"], returns))
+    assert cmp["discovery_hr_best"] == max(b["discovery"]["hr"] for b in [model, *out["baselines"].values()])
+
+
 def test_replay_table_and_plot(tmp_path):
     log = write_log(tmp_path / "log.csv", n_events=800, bad=False, epoch_ms=True)
     png = tmp_path / "rolling.png"
     result = CliRunner().invoke(replay, ["--events", str(log), "--plot", str(png)])
     assert result.exit_code == 0, result.output
-    for name in ("HybridRanker", "popularity", "cooccurrence", "HR@10", "MRR@10", "events/s",
-                 "minus each baseline", "95 % interval", "quality rule"):
+    for name in ("HybridRanker", "popularity", "cooccurrence", "HR@10", "MRR@10", "events/s", "HR@10 returns",
+                 "discovery", "minus each baseline", "95 % interval", "quality rule"):
         assert name in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
