@@ -128,15 +128,16 @@ def compare(ev: Evaluation, model: str, events: Sequence[Event], returns: np.nda
     Returns ``best_baseline``, ``rule_met``, ``hr_ratio`` and ``mrr_ratio`` (against the best
     baseline), per baseline ``hr_diff`` / ``mrr_diff`` (model minus baseline) with their
     ``*_ci95`` intervals ``[low, high]`` (``None`` where undefined: JSON has no NaN), and
-    ``discovery_hr_needed`` (:func:`discovery_needed`; ``returns``: :func:`~models.evaluation.returning`
-    of the judged events, computed if not given) next to ``discovery_hr_best``, the best discovery
-    HR@K of any list of the run.
+    ``discovery_hr_needed`` (:func:`discovery_needed`, with no return hit where the rule is
+    ``interacted``; ``returns``: :func:`~models.evaluation.returning` of the judged events, computed
+    if not given) next to ``discovery_hr_best``, the best discovery HR@K of any list of the run.
     """
     mine = ev.models[model]
     clusters = customer_clusters(events, mine.positions)
     if returns is None:
         returns = returning(events, mine.positions)
     n_returns = int(returns.sum())
+    hittable = 0 if ev.exclude == "interacted" else n_returns  # (that rule never shows a customer's own items)
     others = {name: score for name, score in ev.models.items() if name != model}
     best, numbers = best_baseline({name: score.summary() for name, score in others.items()})
     hr_ratio, mrr_ratio, met = margins(mine.summary(), numbers)
@@ -146,7 +147,7 @@ def compare(ev: Evaluation, model: str, events: Sequence[Event], returns: np.nda
         mrr, mrr_lo, mrr_hi = paired_difference(mine.rr, score.rr, clusters)
         vs[name] = {"hr_diff": finite_or_none(hr), "hr_diff_ci95": [finite_or_none(hr_lo), finite_or_none(hr_hi)],
                     "mrr_diff": finite_or_none(mrr), "mrr_diff_ci95": [finite_or_none(mrr_lo), finite_or_none(mrr_hi)]}
-    needed = discovery_needed(numbers, n_returns, len(returns) - n_returns)
+    needed = discovery_needed(numbers, hittable, len(returns) - n_returns)
     best_discovery = max(score.where(~returns)["hr"] for score in ev.models.values())
     return {"best_baseline": best, "rule_met": met, "hr_ratio": finite_or_none(hr_ratio), "mrr_ratio": finite_or_none(mrr_ratio),
             "discovery_hr_needed": finite_or_none(needed), "discovery_hr_best": best_discovery, "vs": vs}

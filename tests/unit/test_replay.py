@@ -91,6 +91,10 @@ def test_replay_json(tmp_path):
         assert d["hr_diff_ci95"][0] <= d["hr_diff"] <= d["hr_diff_ci95"][1]
         assert d["mrr_diff_ci95"][0] <= d["mrr_diff"] <= d["mrr_diff_ci95"][1]
     assert cmp["vs"]["popularity"]["hr_diff_ci95"][0] > 0  # measurably better than popularity
+    # With the customer's own items excluded, all the hits the rule asks must come from discovery.
+    best = out["baselines"][best]
+    assert cmp["discovery_hr_needed"] * out["model"]["discovery"]["n"] == pytest.approx(
+        (1.05 if best["hr"] >= 0.02 else 1.0) * best["hr"] * best["n"])
 
 
 def test_replay_splits_returns_from_discovery_where_re_views_are_allowed(tmp_path):
