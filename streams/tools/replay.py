@@ -16,9 +16,11 @@ the discovery the rule needs.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import click
 
@@ -118,7 +120,8 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False):
     return events, n_bad
 
 
-def build_models(seed: int | None = None, exclude: str = "purchased", workers: int = 1, sharing: bool = True) -> dict:
+def build_models(seed: int | None = None, exclude: str = "purchased", workers: int = 1, sharing: bool = True,
+                 overrides: Mapping[str, Any] | None = None) -> dict:
     """The product ranker, built exactly as the workers build it, and the baselines.
 
     The seed comes from the same settings (``RECOSTREAM_SEED``) the workers read,
@@ -129,14 +132,15 @@ def build_models(seed: int | None = None, exclude: str = "purchased", workers: i
     and serving the customers of its partitions (:class:`models.sharded.ShardedRecommender`),
     sharing their item-side learning unless ``sharing`` is false; the baselines stay whole. A
     worker's item side learns a micro-batch once it is over, from the update every worker applies
-    (one worker: its own); unshared, it learns each event as it comes.
+    (one worker: its own); unshared, it learns each event as it comes. ``overrides`` are
+    :class:`HybridRanker` parameters other than the defaults (:func:`ranker_overrides`).
     """
     from streams.settings import Settings
 
     seed = Settings.from_env().seed if seed is None else seed
-    ranker = (HybridRanker(seed=seed, exclude=exclude, share_items=sharing) if workers == 1 else
-              ShardedRecommender(lambda: HybridRanker(seed=seed, exclude=exclude, share_items=sharing), workers,
-                                 sharing=sharing))
+    params = {"seed": seed, **(overrides or {}), "exclude": exclude, "share_items": sharing}
+    ranker = (HybridRanker(**params) if workers == 1 else
+              ShardedRecommender(lambda: HybridRanker(**params), workers, sharing=sharing))
     # The two decayed baselines learn the same counts: one learner ranks both lists in one pass.
     decayed = RepeatCooccurrenceBaseline(window=20, decay=0.9)
     return {
@@ -148,17 +152,48 @@ def build_models(seed: int | None = None, exclude: str = "purchased", workers: i
     }
 
 
+def ranker_overrides(text: str) -> dict[str, Any]:
+    """The :class:`HybridRanker` parameters of ``text``, a JSON object, checked against the ranker's
+    signature and tried on one; ``exclude`` and ``share_items`` have options of their own.
+
+    >>> ranker_overrides('{"popularity_half_life": 20000, "covisit_half_life": null}')
+    {'popularity_half_life': 20000, 'covisit_half_life': None}
+    >>> ranker_overrides('{"exclude": "none"}')
+    Traceback (most recent call last):
+    ...
+    ValueError: not a parameter of HybridRanker here: exclude (see --exclude, --sharing)
+    """
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError("must be a JSON object of HybridRanker parameters")
+    known = set(inspect.signature(HybridRanker).parameters) - {"exclude", "share_items"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"not a parameter of HybridRanker here: {', '.join(unknown)} (see --exclude, --sharing)")
+    try:
+        HybridRanker(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the ranker refuses them ({exc})") from None
+    return overrides
+
+
 def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, models=None,
-               batch: int | None = None, jobs: int = 1, workers: int = 1, sharing: bool = True) -> Evaluation:
-    """:func:`~models.evaluation.prequential` of ``models`` (default :func:`build_models` for ``workers``),
-    ``jobs`` processes at most (with more than 1, the models given are left untrained: the processes
-    train copies)."""
-    models = build_models(exclude=exclude, workers=workers, sharing=sharing) if models is None else models
+               batch: int | None = None, jobs: int = 1, workers: int = 1, sharing: bool = True,
+               overrides: Mapping[str, Any] | None = None) -> Evaluation:
+    """:func:`~models.evaluation.prequential` of ``models`` (default :func:`build_models` for ``workers``
+    and ``overrides``), ``jobs`` processes at most (with more than 1, the models given are left
+    untrained: the processes train copies)."""
+    if models is None:
+        models = build_models(exclude=exclude, workers=workers, sharing=sharing, overrides=overrides)
     return prequential(events, models, k=k, exclude=exclude, progress=progress, batch=batch, jobs=jobs, costs=COSTS)
 
 
 def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers: int = 1,
-                sharing: bool = True, events: Sequence[Event] | None = None) -> dict:
+                sharing: bool = True, events: Sequence[Event] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> dict:
     """The replay's JSON report; with the replayed ``events``, also ``comparison``: the ranker
     against the baselines (the quality rule and paired intervals, :func:`models.comparison.compare`),
     and per model ``returns`` and ``discovery``: its numbers on the judged events of an item the
@@ -186,6 +221,7 @@ def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers
         "batch": batch,
         "workers": workers,
         "sharing": sharing,
+        "overrides": dict(overrides or {}),
         "events": ev.events,
         "bad_rows": bad_rows,
         "events_per_s": ev.events_per_s,
@@ -275,21 +311,31 @@ def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
               help="The workers share their item-side learning, as the runtime's do (every worker applies every "
                    "worker's update after each micro-batch), or each learns it from its own customers only, "
                    "event by event.")
-def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs, workers, sharing):
+@click.option("--overrides", "overrides_text", default="", metavar="JSON",
+              help="HybridRanker parameters other than its defaults, as a JSON object, e.g. "
+                   "'{\"popularity_half_life\": 20000}' (the half-lives count events: scale them with the "
+                   "log's traffic). An experiment variant's overrides run the same ranker in a worker.")
+def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs, workers, sharing,
+           overrides_text):
     """Replay an event log test-then-train through the ranker and the baselines.
 
     For each event of an already-seen user, every model recommends K items
     (with the --exclude rule) before learning the event (with --batch N:
     before learning the micro-batch of N events it belongs to); HR@K, MRR@K and
     catalogue coverage are reported for the product ranker (HybridRanker
-    defaults, as run by the workers) and the popularity / co-occurrence
-    baselines computed in the same run, over all judged events and split
-    between returns (an item the customer had met before) and discovery.
+    defaults, as run by the workers, or with --overrides) and the popularity /
+    co-occurrence baselines computed in the same run, over all judged events
+    and split between returns (an item the customer had met before) and
+    discovery.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
+    try:
+        overrides = ranker_overrides(overrides_text) if overrides_text else {}
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--overrides") from None
     err = Console(stderr=True)
     shown = 0
 
@@ -317,17 +363,19 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
             bar.refresh()
 
         ev = run_replay(events, k=k, exclude=exclude, progress=advance, batch=batch, jobs=jobs, workers=workers,
-                        sharing=sharing)
+                        sharing=sharing, overrides=overrides)
 
     if plot_path:
         plot_rolling(ev, plot_path)
         click.echo(f"wrote the rolling hit rate of every model to {plot_path}", err=True)
-    result = result_json(ev, n_bad, batch, workers, sharing, events)
+    result = result_json(ev, n_bad, batch, workers, sharing, events, overrides)
     if as_json:
         click.echo(json.dumps(result))
         return
     out = Console(width=max(120, Console().width))
-    served = (f"micro-batches of {batch}" if batch else "per event") + (f", {workers} workers" if workers > 1 else "") + ("" if sharing else ", item side not shared")
+    served = ((f"micro-batches of {batch}" if batch else "per event") + (f", {workers} workers" if workers > 1 else "")
+              + ("" if sharing else ", item side not shared")
+              + "".join(f", {name}={value!r}" for name, value in overrides.items()))
     table = Table(title=f"Prequential replay: {ev.events} events, K={k}, exclude={exclude}, {served}")
     returns = result["model"]["returns"]["n"]
     table.caption = (f"returns: {returns} of the {result['model']['n']} judged events are of an item the customer "

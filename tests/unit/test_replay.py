@@ -204,3 +204,19 @@ def test_replay_workers_share_their_item_side_unless_told_not_to(tmp_path):
     assert shared["sharing"] is True and alone["sharing"] is False
     assert shared["model"]["n"] == alone["model"]["n"] and shared["baselines"] == alone["baselines"]
     assert shared["model"] != alone["model"]  # the item side each worker ranks with differs
+
+
+def test_replay_overrides_change_the_ranker_and_are_checked(tmp_path):
+    log = write_log(tmp_path / "log.csv", n_events=600, bad=False)
+    runs = {}
+    for overrides in ("", '{"popularity_half_life": null, "w_popularity": 0.3}'):
+        result = CliRunner().invoke(replay, ["--events", str(log), "--json", "--jobs", "1", "--overrides", overrides])
+        assert result.exit_code == 0, result.output
+        runs[overrides] = json.loads(result.stdout)
+    plain, changed = runs.values()
+    assert plain["overrides"] == {} and changed["overrides"] == {"popularity_half_life": None, "w_popularity": 0.3}
+    assert plain["baselines"] == changed["baselines"] and plain["model"] != changed["model"]
+    for bad, says in (('{"exclude": "none"}', "see --exclude"), ('{"w_mf": -1', "not JSON"), ("[1]", "JSON object"),
+                      ('{"decay_clock": "weeks"}', "refuses"), ('{"no_such": 1}', "no_such")):
+        result = CliRunner().invoke(replay, ["--events", str(log), "--overrides", bad])
+        assert result.exit_code == 2 and says in result.output, (bad, result.output)
