@@ -57,7 +57,7 @@ import pickle
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -250,7 +250,7 @@ class PersonalisationEngine:
 
     def __init__(self, top_n: int = 20, exclude: str = "purchased", n_segments: int = 6,
                  dedupe_window: int = 512, hit_k: int = 10, seed: int = 42,
-                 warm_customers: int = 100_000) -> None:
+                 warm_customers: int = 100_000, ranker_overrides: Mapping[str, Any] | None = None) -> None:
         self.top_n = top_n
         self.warm_customers = warm_customers
         self.exclude = exclude
@@ -258,8 +258,10 @@ class PersonalisationEngine:
         self.dedupe_window = dedupe_window
         self.hit_k = hit_k
         self.seed = seed
+        #: The ranker's parameters other than its defaults (RECOSTREAM_RANKER); variants' overrides go on top.
+        self.ranker_overrides = dict(ranker_overrides or {})
         # Learns to rank under the rule it serves; its item side learns from updates (apply_update).
-        self.ranker = HybridRanker(seed=seed, exclude=exclude, share_items=True)
+        self.ranker = HybridRanker(**self._ranker_params())
         self.segments = CustomerSegments(n_segments=n_segments, seed=seed)
         # Last top-K shown per customer (bounded by customers x K) and the
         # global popularity top list: the live quality metric compares them.
@@ -297,12 +299,17 @@ class PersonalisationEngine:
             if old is not None and old[0] == v.overrides:
                 kept[v.name] = old
                 continue
-            ranker = HybridRanker(**{"seed": self.seed, "exclude": self.exclude, **v.overrides_dict, "share_items": True})
+            ranker = HybridRanker(**self._ranker_params(v.overrides_dict))
             catalog = self.ranker.catalog
             for item_id, available in zip(catalog.ids, catalog.available.tolist()):
                 ranker.upsert_item(item_id, catalog.category_of(item_id), available)
             kept[v.name] = (v.overrides, ranker)
         self.variant_rankers = kept
+
+    def _ranker_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A ranker's parameters: the engine's seed and rule, its ranker overrides, then ``overrides``."""
+        return {"seed": self.seed, **self.ranker_overrides, **(overrides or {}), "exclude": self.exclude,
+                "share_items": True}
 
     def _init_caches(self) -> None:
         # Derived from the state above, never saved.
@@ -720,7 +727,8 @@ class PersonalisationEngine:
         """Checkpoint of every model and the source offsets they reflect."""
         return pickle.dumps({
             "format": 1,
-            "params": {k: getattr(self, k) for k in ("top_n", "exclude", "n_segments", "dedupe_window", "hit_k", "seed")},
+            "params": {k: getattr(self, k) for k in ("top_n", "exclude", "n_segments", "dedupe_window", "hit_k", "seed",
+                                                     "ranker_overrides")},
             "ranker": self.ranker.dumps(),
             "segments": self.segments.dumps(),
             "shown": self._shown,

@@ -12,6 +12,7 @@ the variable instead of surfacing later as a strange runtime error.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 from dataclasses import dataclass, field, fields
@@ -101,6 +102,10 @@ class Settings:
     recs_ttl_s: int = _doc(7 * 86400, "TTL of recommendation and profile keys in Redis (0 = none).", min=0)
     n_segments: int = _doc(6, "Number of customer segments (River KMeans clusters).", min=1, max=64)
     seed: int = _doc(42, "Seed for every stochastic model component.")
+    ranker: str = _doc("", "The product ranker's parameters other than its defaults, as a JSON object, e.g. "
+                       '{"popularity_half_life": 200000, "covisit_half_life": 20000000}: half-lives count events, '
+                       "scale them with the shop's traffic. Models keep the parameters they started with "
+                       "(docs/QUALITY.md).")
 
     # --- privacy ---
     pseudonymize_key: str = _doc("", "If set, user ids are replaced at ingestion by HMAC-SHA256(key, user_id): nothing downstream sees raw ids.")
@@ -141,7 +146,18 @@ class Settings:
         if len(set(topics)) != len(topics) or not all(topics):
             raise SettingsError(f"topic names must be distinct and non-empty, got {topics}")
         # Parsed once, here, so that settings that do not add up stop the worker at start.
-        object.__setattr__(self, "_experiment", _load_experiment(self.experiment, self.experiment_file, self.seed))
+        try:
+            overrides = ranker_overrides(self.ranker) if self.ranker else {}
+        except ValueError as exc:
+            raise SettingsError(f"RECOSTREAM_RANKER: {exc}") from None
+        object.__setattr__(self, "_ranker_overrides", overrides)
+        object.__setattr__(self, "_experiment", _load_experiment(self.experiment, self.experiment_file, self.seed,
+                                                                 overrides))
+
+    @property
+    def ranker_overrides(self) -> dict[str, Any]:
+        """The product ranker's parameters of RECOSTREAM_RANKER (:func:`ranker_overrides`); empty: the defaults."""
+        return dict(self._ranker_overrides)  # type: ignore[attr-defined]
 
     @property
     def experiment_config(self) -> Experiment:
@@ -216,14 +232,52 @@ class Settings:
         return out
 
 
-def _load_experiment(text: str, path: str, seed: int) -> Experiment:
+#: HybridRanker parameters that other settings or options set: the serving rule, sharing, the seed.
+_SET_ELSEWHERE = frozenset({"exclude", "share_items", "seed"})
+
+
+def ranker_overrides(text: str) -> dict[str, Any]:
+    """The :class:`HybridRanker` parameters of ``text``, a JSON object, checked against the ranker's
+    signature and tried on one (``ValueError`` otherwise). The serving rule, sharing and the seed
+    are set elsewhere (RECOSTREAM_EXCLUDE, RECOSTREAM_SEED; replay's options).
+
+    >>> ranker_overrides('{"popularity_half_life": 20000, "covisit_half_life": null}')
+    {'popularity_half_life': 20000, 'covisit_half_life': None}
+    >>> ranker_overrides('{"exclude": "none"}')
+    Traceback (most recent call last):
+    ...
+    ValueError: not a parameter to set here: exclude (the serving rule, sharing and the seed have settings of their own)
+    """
+    import inspect
+
+    from models.ranking.hybrid import HybridRanker  # numpy and the models: only when overrides are given
+
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError("must be a JSON object of HybridRanker parameters")
+    known = set(inspect.signature(HybridRanker).parameters) - _SET_ELSEWHERE
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"not a parameter to set here: {', '.join(unknown)} (the serving rule, sharing and the seed "
+                         "have settings of their own)")
+    try:
+        HybridRanker(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the ranker refuses them ({exc})") from None
+    return overrides
+
+
+def _load_experiment(text: str, path: str, seed: int, base: Mapping[str, Any] | None = None) -> Experiment:
     """The experiment of RECOSTREAM_EXPERIMENT or RECOSTREAM_EXPERIMENT_FILE, or the default one.
 
     Errors name the variable and then the setting inside the experiment
     (``RECOSTREAM_EXPERIMENT: experiment.variants[1].share: ...``). A
     variant's ranker overrides are checked against :class:`HybridRanker`'s
-    parameters and tried on one, so a value it refuses stops the worker here
-    rather than when it first serves that variant.
+    parameters and tried on one (on top of ``base``, the product ranker's overrides), so a value it
+    refuses stops the worker here rather than when it first serves that variant.
     """
     if text and path:
         raise SettingsError("set RECOSTREAM_EXPERIMENT or RECOSTREAM_EXPERIMENT_FILE, not both")
@@ -243,7 +297,7 @@ def _load_experiment(text: str, path: str, seed: int) -> Experiment:
     for i, v in enumerate(experiment.variants):
         if v.overrides:
             try:
-                HybridRanker(**{"seed": seed, **v.overrides_dict})
+                HybridRanker(**{"seed": seed, **(base or {}), **v.overrides_dict})
             except (TypeError, ValueError) as exc:
                 raise SettingsError(f"{var}: experiment.variants[{i}].overrides: the ranker refuses them ({exc})") from None
     return experiment

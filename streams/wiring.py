@@ -15,8 +15,10 @@ outputs through it before it saves the models.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import redis
 
@@ -27,7 +29,7 @@ from streams.checkpointing.positions import PositionCheckpoint
 from streams.loop import StreamLoop, make_consumer
 from streams.metrics import Metrics
 from streams.pipeline import BatchProcessor
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 from streams.sharing import ItemLog
 from streams.sinks.kafka import KafkaSink
 from streams.sinks.overlapped import OverlappedViews
@@ -49,6 +51,21 @@ class Runtime:
     catalogue: CatalogueFollower
 
 
+def check_ranker_overrides(engine: PersonalisationEngine, overrides: Mapping[str, Any]) -> None:
+    """Stop (:class:`SettingsError`) where RECOSTREAM_RANKER asks of ``engine``'s ranker other parameters
+    than it learned with. A checkpointed ranker keeps its parameters: its item side holds counts
+    forgotten at its own rates, and every worker must apply the same updates the same way (the
+    item-updates log), so a change starts new models (a new RECOSTREAM_APP_ID) rather than
+    folding two rates into one state or letting workers disagree."""
+    if not overrides:
+        return
+    have = engine.ranker_overrides
+    if have != dict(overrides):
+        raise SettingsError(f"RECOSTREAM_RANKER: {json.dumps(dict(overrides), sort_keys=True)}, but this app's "
+                            f"checkpointed models learned with {json.dumps(have, sort_keys=True)}; models keep the "
+                            "parameters they started with: set a new RECOSTREAM_APP_ID to start models with these")
+
+
 def build_runtime(settings: Settings, metrics: Metrics | None = None,
                   engine: PersonalisationEngine | None = None) -> Runtime:
     """Build a worker's components. The engine is ``engine`` when given (the bench's
@@ -64,7 +81,8 @@ def build_runtime(settings: Settings, metrics: Metrics | None = None,
         engine = sink.retrying(lambda: load_engine(client, checkpoint_key)) or \
             sink.retrying(lambda: load_newest_peer(client, sink.keys.checkpoint(s.app_id, "*"))) or \
             PersonalisationEngine(top_n=s.top_n, exclude=s.exclude, n_segments=s.n_segments,
-                                  dedupe_window=s.dedupe_window, seed=s.seed)
+                                  dedupe_window=s.dedupe_window, seed=s.seed, ranker_overrides=s.ranker_overrides)
+    check_ranker_overrides(engine, s.ranker_overrides)
     # The experiment and the warm bound are configuration, not model state: whatever the engine's
     # origin, it serves and counts under the configured ones.
     engine.warm_customers = s.warm_customers

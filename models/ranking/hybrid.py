@@ -291,6 +291,9 @@ class HybridRanker(StreamingRecommender):
         self.alpha = alpha
         if covisit_prior < 0:
             raise ValueError("covisit_prior must be non-negative")
+        for name, half_life in (("covisit_half_life", covisit_half_life), ("popularity_half_life", popularity_half_life)):
+            if half_life is not None and not half_life > 0:
+                raise ValueError(f"{name} must be positive or None (never forgotten), got {half_life!r}")
         self.covisit_prior = covisit_prior
         self.n_factors = n_factors
         self.mf_lr = mf_lr

@@ -16,7 +16,6 @@ the discovery the rule needs.
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from models.events import EVENT_WEIGHTS
 from models.ranking import EXCLUDE_RULES, HybridRanker
 from models.sharded import ShardedRecommender
 from streams.contract import parse_timestamp
+from streams.settings import ranker_overrides
 
 __all__ = ["replay", "read_events", "build_models", "run_replay"]
 
@@ -133,7 +133,7 @@ def build_models(seed: int | None = None, exclude: str = "purchased", workers: i
     sharing their item-side learning unless ``sharing`` is false; the baselines stay whole. A
     worker's item side learns a micro-batch once it is over, from the update every worker applies
     (one worker: its own); unshared, it learns each event as it comes. ``overrides`` are
-    :class:`HybridRanker` parameters other than the defaults (:func:`ranker_overrides`).
+    :class:`HybridRanker` parameters other than the defaults (:func:`streams.settings.ranker_overrides`).
     """
     from streams.settings import Settings
 
@@ -150,34 +150,6 @@ def build_models(seed: int | None = None, exclude: str = "purchased", workers: i
         "repeat": RepeatBaseline(window=20),
         DECAYED: Rankings(decayed, ("repeat_cooccurrence", "cooccurrence_decayed"), decayed.recommend_with_decayed),
     }
-
-
-def ranker_overrides(text: str) -> dict[str, Any]:
-    """The :class:`HybridRanker` parameters of ``text``, a JSON object, checked against the ranker's
-    signature and tried on one; ``exclude`` and ``share_items`` have options of their own.
-
-    >>> ranker_overrides('{"popularity_half_life": 20000, "covisit_half_life": null}')
-    {'popularity_half_life': 20000, 'covisit_half_life': None}
-    >>> ranker_overrides('{"exclude": "none"}')
-    Traceback (most recent call last):
-    ...
-    ValueError: not a parameter of HybridRanker here: exclude (see --exclude, --sharing)
-    """
-    try:
-        overrides = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(overrides, dict):
-        raise ValueError("must be a JSON object of HybridRanker parameters")
-    known = set(inspect.signature(HybridRanker).parameters) - {"exclude", "share_items"}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"not a parameter of HybridRanker here: {', '.join(unknown)} (see --exclude, --sharing)")
-    try:
-        HybridRanker(**overrides)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"the ranker refuses them ({exc})") from None
-    return overrides
 
 
 def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, models=None,
@@ -314,7 +286,7 @@ def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
 @click.option("--overrides", "overrides_text", default="", metavar="JSON",
               help="HybridRanker parameters other than its defaults, as a JSON object, e.g. "
                    "'{\"popularity_half_life\": 20000}' (the half-lives count events: scale them with the "
-                   "log's traffic). An experiment variant's overrides run the same ranker in a worker.")
+                   "log's traffic). RECOSTREAM_RANKER runs the same ranker in a worker.")
 def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs, workers, sharing,
            overrides_text):
     """Replay an event log test-then-train through the ranker and the baselines.

@@ -315,7 +315,8 @@ def test_an_item_the_customer_went_further_with_scores_its_engagement_weight_mor
 
 
 def test_settings_out_of_their_range_are_refused():
-    for bad in ({"covisit_prior": -1.0}, {"choice_g0": 0.0}, {"rerank_candidates": 0}, {"exclude": "viewed"}):
+    for bad in ({"covisit_prior": -1.0}, {"choice_g0": 0.0}, {"rerank_candidates": 0}, {"exclude": "viewed"},
+                {"popularity_half_life": -5}, {"covisit_half_life": 0}):
         with pytest.raises(ValueError):
             HybridRanker(**bad)
     with pytest.raises(ValueError):

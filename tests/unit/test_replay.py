@@ -216,7 +216,7 @@ def test_replay_overrides_change_the_ranker_and_are_checked(tmp_path):
     plain, changed = runs.values()
     assert plain["overrides"] == {} and changed["overrides"] == {"popularity_half_life": None, "w_popularity": 0.3}
     assert plain["baselines"] == changed["baselines"] and plain["model"] != changed["model"]
-    for bad, says in (('{"exclude": "none"}', "see --exclude"), ('{"w_mf": -1', "not JSON"), ("[1]", "JSON object"),
+    for bad, says in (('{"exclude": "none"}', "settings of their own"), ('{"w_mf": -1', "not JSON"), ("[1]", "JSON object"),
                       ('{"decay_clock": "weeks"}', "refuses"), ('{"no_such": 1}', "no_such")):
         result = CliRunner().invoke(replay, ["--events", str(log), "--overrides", bad])
         assert result.exit_code == 2 and says in result.output, (bad, result.output)
