@@ -105,7 +105,7 @@ class Settings:
     ranker: str = _doc("", "The product ranker's parameters other than its defaults, as a JSON object, e.g. "
                        '{"popularity_half_life": 200000, "covisit_half_life": 20000000}: half-lives count events, '
                        "scale them with the shop's traffic. Models keep the parameters they started with "
-                       "(docs/QUALITY.md).")
+                       "(docs/RELIABILITY.md).")
 
     # --- privacy ---
     pseudonymize_key: str = _doc("", "If set, user ids are replaced at ingestion by HMAC-SHA256(key, user_id): nothing downstream sees raw ids.")
