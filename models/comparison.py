@@ -148,7 +148,8 @@ def compare(ev: Evaluation, model: str, events: Sequence[Event], returns: np.nda
         vs[name] = {"hr_diff": finite_or_none(hr), "hr_diff_ci95": [finite_or_none(hr_lo), finite_or_none(hr_hi)],
                     "mrr_diff": finite_or_none(mrr), "mrr_diff_ci95": [finite_or_none(mrr_lo), finite_or_none(mrr_hi)]}
     needed = discovery_needed(numbers, hittable, len(returns) - n_returns)
-    best_discovery = max(score.where(~returns)["hr"] for score in ev.models.values())
+    discovery = ~returns
+    best_discovery = max(score.where(discovery)["hr"] for score in ev.models.values())
     return {"best_baseline": best, "rule_met": met, "hr_ratio": finite_or_none(hr_ratio), "mrr_ratio": finite_or_none(mrr_ratio),
             "discovery_hr_needed": finite_or_none(needed), "discovery_hr_best": best_discovery, "vs": vs}
 

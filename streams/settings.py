@@ -16,7 +16,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from models.effect import Experiment, ExperimentError, default_experiment
 from models.events import EVENT_TYPES
@@ -236,6 +236,25 @@ class Settings:
 _SET_ELSEWHERE = frozenset({"exclude", "share_items", "seed"})
 
 
+def _ranker_parameters(reserved: Collection[str]) -> list[str]:
+    """The names of :class:`HybridRanker`'s parameters but ``reserved``, in signature order."""
+    import inspect
+
+    from models.ranking.hybrid import HybridRanker  # numpy and the models: only when a ranker is configured
+
+    return [name for name in inspect.signature(HybridRanker).parameters if name not in reserved]
+
+
+def _try_ranker(params: Mapping[str, Any]) -> None:
+    """Build one :class:`HybridRanker` with ``params``; ``ValueError`` with the ranker's reason if it refuses."""
+    from models.ranking.hybrid import HybridRanker
+
+    try:
+        HybridRanker(**params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the ranker refuses them ({exc})") from None
+
+
 def ranker_overrides(text: str) -> dict[str, Any]:
     """The :class:`HybridRanker` parameters of ``text``, a JSON object, checked against the ranker's
     signature and tried on one (``ValueError`` otherwise). The serving rule, sharing and the seed
@@ -248,25 +267,17 @@ def ranker_overrides(text: str) -> dict[str, Any]:
     ...
     ValueError: not a parameter to set here: exclude (the serving rule, sharing and the seed have settings of their own)
     """
-    import inspect
-
-    from models.ranking.hybrid import HybridRanker  # numpy and the models: only when overrides are given
-
     try:
         overrides = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(overrides, dict):
         raise ValueError("must be a JSON object of HybridRanker parameters")
-    known = set(inspect.signature(HybridRanker).parameters) - _SET_ELSEWHERE
-    unknown = sorted(set(overrides) - known)
+    unknown = sorted(set(overrides) - set(_ranker_parameters(_SET_ELSEWHERE)))
     if unknown:
         raise ValueError(f"not a parameter to set here: {', '.join(unknown)} (the serving rule, sharing and the seed "
                          "have settings of their own)")
-    try:
-        HybridRanker(**overrides)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"the ranker refuses them ({exc})") from None
+    _try_ranker(overrides)
     return overrides
 
 
@@ -283,12 +294,8 @@ def _load_experiment(text: str, path: str, seed: int, base: Mapping[str, Any] | 
         raise SettingsError("set RECOSTREAM_EXPERIMENT or RECOSTREAM_EXPERIMENT_FILE, not both")
     if not text and not path:
         return default_experiment()
-    import inspect
-
-    from models.ranking.hybrid import HybridRanker  # numpy and the models: only when an experiment is set
-
     # `exclude` is the engine's serving rule, the same for every arm so that arms compare on equal terms.
-    known = [name for name in inspect.signature(HybridRanker).parameters if name != "exclude"]
+    known = _ranker_parameters({"exclude"})
     var = "RECOSTREAM_EXPERIMENT" if text else f"RECOSTREAM_EXPERIMENT_FILE ({path})"
     try:
         experiment = Experiment.from_json(text, known) if text else Experiment.from_file(path, known)
@@ -297,9 +304,9 @@ def _load_experiment(text: str, path: str, seed: int, base: Mapping[str, Any] | 
     for i, v in enumerate(experiment.variants):
         if v.overrides:
             try:
-                HybridRanker(**{"seed": seed, **(base or {}), **v.overrides_dict})
-            except (TypeError, ValueError) as exc:
-                raise SettingsError(f"{var}: experiment.variants[{i}].overrides: the ranker refuses them ({exc})") from None
+                _try_ranker({"seed": seed, **(base or {}), **v.overrides_dict})
+            except ValueError as exc:
+                raise SettingsError(f"{var}: experiment.variants[{i}].overrides: {exc}") from None
     return experiment
 
 

@@ -35,7 +35,7 @@ from models.events import EVENT_WEIGHTS
 from models.ranking import EXCLUDE_RULES, HybridRanker
 from models.sharded import ShardedRecommender
 from streams.contract import parse_timestamp
-from streams.settings import ranker_overrides
+from streams.settings import Settings, ranker_overrides
 
 __all__ = ["replay", "read_events", "build_models", "run_replay"]
 
@@ -135,8 +135,6 @@ def build_models(seed: int | None = None, exclude: str = "purchased", workers: i
     (one worker: its own); unshared, it learns each event as it comes. ``overrides`` are
     :class:`HybridRanker` parameters other than the defaults (:func:`streams.settings.ranker_overrides`).
     """
-    from streams.settings import Settings
-
     seed = Settings.from_env().seed if seed is None else seed
     params = {"seed": seed, **(overrides or {}), "exclude": exclude, "share_items": sharing}
     ranker = (HybridRanker(**params) if workers == 1 else
