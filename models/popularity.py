@@ -25,7 +25,8 @@ class DecayClock:
     :meth:`increment` reports that the owner must divide its state by
     :attr:`rescale_factor` (amortised: once every ~290 half-lives).
 
-    ``half_life=None`` disables forgetting (the increment is always 1).
+    ``half_life=None`` disables forgetting (the increment is always 1); a
+    half-life that is not positive is refused (it would make old counts grow).
 
     Examples
     --------
@@ -36,10 +37,16 @@ class DecayClock:
     2.0
     >>> clock.decay_to(10.0)  # multiply stored values by this to get decayed counts
     0.5
+    >>> DecayClock(half_life=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: half_life must be positive or None (never forgotten), got 0
 
     """
 
     def __init__(self, half_life: float | None = None):
+        if half_life is not None and not half_life > 0:
+            raise ValueError(f"half_life must be positive or None (never forgotten), got {half_life!r}")
         self.half_life = half_life
         self.t_ref: float | None = None
         self.t_last: float | None = None

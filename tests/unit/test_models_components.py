@@ -39,6 +39,13 @@ def test_decay_clock_rescales_without_changing_ratios():
     assert counts[0] < 1e-250
 
 
+@pytest.mark.parametrize("half_life", [0, -5, 0.0, float("nan")])
+def test_forgetting_models_refuse_half_lives_that_are_not_positive(half_life):
+    for make in (DecayClock, TrendingPopularity, lambda h: CoVisitation(half_life=h)):
+        with pytest.raises(ValueError, match="half_life must be positive"):
+            make(half_life)
+
+
 def test_decay_clock_without_half_life_counts():
     clock = DecayClock(None)
     assert clock.increment(5.0) == clock.increment(1e12) == 1.0
