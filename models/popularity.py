@@ -151,7 +151,9 @@ class TrendingPopularity:
             return float(self._values.max()) if len(self._values) else 0.0
         return self._max
 
-    def update(self, row: int, weight: float = 1.0, t: float | None = None) -> None:
+    def update(self, row: int, weight: float = 1.0, t: float | None = None, novel: bool = True) -> None:
+        """Count ``weight`` of ``row`` at ``t``. (``novel``, whether the event is a discovery, is what
+        :class:`~models.adaptive_popularity.AdaptivePopularity` chooses by; a fixed half-life needs no evidence.)"""
         inc = self.clock.increment(t)
         if self.clock.rescale_factor != 1.0:
             self._values /= self.clock.rescale_factor

@@ -156,6 +156,7 @@ class Metrics:
         self.users = Gauge("users", "Customers with a profile in this worker.", namespace=ns, registry=r)
         self.items = Gauge("items", "Items known to this worker's models.", namespace=ns, registry=r)
         self.model_version = Gauge("model_version", "Interactions learned by this worker's ranker.", namespace=ns, registry=r)
+        self.popularity_half_life = Gauge("ranker_popularity_half_life", "Half-life of the popularity the ranker serves, in its decay clock's unit (learned events by default; +Inf: never forgotten).", namespace=ns, registry=r)
         self.model_updated = Gauge("model_last_update_timestamp_seconds", "When the models last learned.", namespace=ns, registry=r)
         self.checkpoints = Counter("model_checkpoints_total", "Model checkpoints by outcome (written, failed).", ["outcome"], namespace=ns, registry=r)
         self.checkpoint_time = Gauge("model_last_checkpoint_timestamp_seconds", "When this worker last wrote a model checkpoint (Unix time; 0: none yet).", namespace=ns, registry=r)

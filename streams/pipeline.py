@@ -227,6 +227,8 @@ class BatchProcessor:
         m.users.set(meta["users"])
         m.items.set(meta["items"])
         m.model_version.set(version)
+        half_life = self.engine.ranker.served_popularity_half_life
+        m.popularity_half_life.set(float("inf") if half_life is None else half_life)
         m.model_updated.set(now)
 
     def _decode(self, topic: str, key: bytes | None, value: bytes | None, now: float) -> Any:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from models.adaptive_popularity import AdaptivePopularity
 from models.catalog import Catalog
 from models.covisit import CoVisitation
 from models.groups import concat_ranges, strongest_in_groups
@@ -90,6 +91,13 @@ class ItemState:
             self.successors = _successors(self.covisit)
 
 
+def _popularity(half_life) -> AdaptivePopularity | TrendingPopularity:
+    """Popularity forgetting at ``half_life``, or at the best of several (a tuple)."""
+    if isinstance(half_life, tuple):
+        return AdaptivePopularity(half_life)
+    return TrendingPopularity(half_life)
+
+
 def _successors(covisit: CoVisitation) -> CoVisitation:
     """Sequential rules: how often shoppers went from one item straight to another (the next event
     only, forward only, raw counts), with the co-visits' bounds and forgetting."""
@@ -142,7 +150,10 @@ class HybridRanker(StreamingRecommender):
         Forgetting of co-visits (and successors) and of popularity, in units of
         ``decay_clock`` (``None``: never forget). Co-visits fade slowly (200,000 events):
         on the shop logs of docs/QUALITY.md forgetting them over 20,000 events loses hits
-        in every cell; popularity is trending (2,000 events).
+        in every cell. Popularity is trending; given several half-lives (the default:
+        2,000 to 128,000 events) it serves the one whose top list has lately held the most
+        of what customers discovered (:class:`~models.adaptive_popularity.AdaptivePopularity`):
+        the same number of events is a day of a small shop and minutes of a large one.
     decay_clock
         ``"events"`` (default): half-lives count learned events, so forgetting
         follows traffic and quiet periods do not wipe the model; ``"time"``:
@@ -252,7 +263,7 @@ class HybridRanker(StreamingRecommender):
         covisit_decay: float = 0.9,
         covisit_backward: float = 1.0,
         covisit_half_life: float | None = 200_000,
-        popularity_half_life: float | None = 2_000,
+        popularity_half_life: float | None | Sequence[float | None] = (2_000, 8_000, 32_000, 128_000),
         decay_clock: str = "events",
         alpha: float = 0.4,
         covisit_prior: float = _COVISIT_PRIOR,
@@ -284,6 +295,10 @@ class HybridRanker(StreamingRecommender):
         self.covisit_decay = covisit_decay
         self.covisit_backward = covisit_backward
         self.covisit_half_life = covisit_half_life
+        if isinstance(popularity_half_life, Sequence):
+            popularity_half_life = tuple(popularity_half_life)
+            if not popularity_half_life:
+                raise ValueError("popularity_half_life: name at least one half-life")
         self.popularity_half_life = popularity_half_life
         if decay_clock not in ("time", "events"):
             raise ValueError("decay_clock must be 'time' or 'events'")
@@ -291,7 +306,9 @@ class HybridRanker(StreamingRecommender):
         self.alpha = alpha
         if covisit_prior < 0:
             raise ValueError("covisit_prior must be non-negative")
-        for name, half_life in (("covisit_half_life", covisit_half_life), ("popularity_half_life", popularity_half_life)):
+        pop_half_lives = popularity_half_life if isinstance(popularity_half_life, tuple) else (popularity_half_life,)
+        for name, half_life in (("covisit_half_life", covisit_half_life),
+                                *(("popularity_half_life", h) for h in pop_half_lives)):
             if half_life is not None and not half_life > 0:
                 raise ValueError(f"{name} must be positive or None (never forgotten), got {half_life!r}")
         self.covisit_prior = covisit_prior
@@ -327,7 +344,7 @@ class HybridRanker(StreamingRecommender):
         super()._reset()
         self.items = ItemState(
             self.catalog,
-            TrendingPopularity(self.popularity_half_life),
+            _popularity(self.popularity_half_life),
             CoVisitation(
                 max_neighbors=self.max_neighbors,
                 distance_decay=self.covisit_decay,
@@ -350,6 +367,12 @@ class HybridRanker(StreamingRecommender):
         self.sessions = SessionNeighbours(sessions_per_item=50) if self.session_neighbours else None
         self._outbox = _Outbox() if self.share_items else None
         self._mf_pending: dict[int, str] = {}  # user key -> id, of this learner's users in updates not applied yet
+
+    @property
+    def served_popularity_half_life(self) -> float | None:
+        """The half-life of the popularity served now: ``popularity_half_life``, or the one chosen
+        among several (``None``: never forgotten)."""
+        return self.items.popularity.half_life
 
     def _learn(self, user_id, user, row, weight, ts, personal=True):
         box = self._outbox
@@ -383,7 +406,7 @@ class HybridRanker(StreamingRecommender):
     def _learn_items(self, history, row: int, weight: float, t: float | None) -> None:
         """The item side's share of one event: ``row`` after ``history`` (rows, most recent first) at clock ``t``."""
         items = self.items
-        items.popularity.update(row, weight, t)
+        items.popularity.update(row, weight, t, novel=row not in history)
         items.covisit.update(history, row, weight, t)
         items.successors.update(history[:1], row, weight, t)
 
