@@ -76,7 +76,7 @@ class ItemState:
     (True, [1.0, 1.0])
     """
 
-    def __init__(self, catalog: Catalog, popularity: TrendingPopularity, covisit: CoVisitation,
+    def __init__(self, catalog: Catalog, popularity: AdaptivePopularity | TrendingPopularity, covisit: CoVisitation,
                  successors: CoVisitation | None = None):
         self.catalog = catalog
         self.popularity = popularity

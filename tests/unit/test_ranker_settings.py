@@ -27,10 +27,21 @@ def test_the_setting_is_parsed_once_and_travels_to_child_processes():
     ('{"seed": 1}', "settings of their own"),
     ('{"w_popularty": 0.3}', "w_popularty"),
     ('{"decay_clock": "weeks"}', "refuses"),
+    ('{"popularity_half_life": [2000, 0]}', "refuses"),
+    ('{"popularity_half_life": []}', "refuses"),
 ])
 def test_a_ranker_setting_that_does_not_add_up_names_the_variable(text, says):
     with pytest.raises(SettingsError, match="^RECOSTREAM_RANKER: .*" + says):
         Settings.from_env({"RECOSTREAM_RANKER": text})
+
+
+def test_several_popularity_half_lives_are_a_list_the_ranker_chooses_among():
+    s = Settings.from_env({"RECOSTREAM_RANKER": '{"popularity_half_life": [4000000, 16000000, null]}'})
+    engine = PersonalisationEngine(ranker_overrides=s.ranker_overrides)
+    assert engine.ranker.items.popularity.half_lives == (4_000_000, 16_000_000, None)
+    restored = PersonalisationEngine.loads(engine.dumps())
+    check_ranker_overrides(restored, s.ranker_overrides)  # the same setting: no complaint
+    assert restored.ranker.served_popularity_half_life == 4_000_000
 
 
 def test_the_engine_builds_its_rankers_with_them_and_variants_add_their_own():
