@@ -100,6 +100,7 @@ class AdaptivePopularity:
 
     @property
     def serving(self) -> TrendingPopularity:
+        """The served candidate's counter."""
         return self.counters[self.served]
 
     def update(self, row: int, weight: float = 1.0, t: float | None = None, novel: bool = True) -> None:
@@ -111,7 +112,7 @@ class AdaptivePopularity:
         for counter in self.counters:
             counter.update(row, weight, t)
         self.touched.append(row)
-        serving = self.counters[self.served]
+        serving = self.serving
         changed = self._changed
         if changed is not None:
             if serving.clock.rescale_factor != 1.0:
