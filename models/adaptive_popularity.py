@@ -14,8 +14,6 @@ event sequence only, so learners that see the same events choose alike.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from models.popularity import TrendingPopularity
@@ -32,8 +30,8 @@ class AdaptivePopularity:
     candidate. Every ``every`` events the hits are reviewed: they fade with
     ``evidence_half_life`` (in events), and the served candidate changes when
     another has ``margin`` more of them. Until then the first candidate is
-    served. Readers see the served candidate exactly as a
-    :class:`~models.popularity.TrendingPopularity` (:meth:`scores`,
+    served. Readers see the served candidate's
+    :class:`~models.popularity.TrendingPopularity` itself (:meth:`scores`,
     :attr:`max_value`, :meth:`track_changes`); a change of candidate is a
     change of every value (:meth:`track_changes` returns ``None``).
 
@@ -86,12 +84,6 @@ class AdaptivePopularity:
         self.tops: list[tuple[int, ...]] = [() for _ in half_lives]
         self.touched: list[int] = []  # rows counted since the last review
         self.n_updates = 0
-        self._init_tracking()
-
-    def _init_tracking(self) -> None:
-        # As TrendingPopularity's: transient change tracking for readers, never serialised.
-        self._changed: list[int] | None = None
-        self._max = 0.0
 
     @property
     def half_life(self) -> float | None:
@@ -112,18 +104,6 @@ class AdaptivePopularity:
         for counter in self.counters:
             counter.update(row, weight, t)
         self.touched.append(row)
-        serving = self.serving
-        changed = self._changed
-        if changed is not None:
-            if serving.clock.rescale_factor != 1.0:
-                self._changed = None  # every value moved: readers rebuild
-            else:
-                changed.append(row)
-                v = float(serving._values[row])
-                if v > self._max:
-                    self._max = v
-                if len(changed) > 1_000_000:  # nobody is reading: stop tracking
-                    self._changed = None
         self.n_updates += 1
         if self.n_updates % self.every == 0:
             self._review()
@@ -133,47 +113,33 @@ class AdaptivePopularity:
         self.hits *= 0.5 ** (self.every / self.evidence_half_life)
         best = int(np.argmax(self.hits))  # (ties: the first, the faster forgetting)
         if best != self.served and self.hits[best] >= self.hits[self.served] + self.margin:
+            # Readers derived their structures from the counter served until now: they rebuild.
+            self.counters[self.served].stop_tracking()
             self.served = best
-            self._changed = None
+            self.counters[best].stop_tracking()
         # Counts only grow between rescales, and a rescale keeps their order: a top list is found
         # among the previous one and the rows counted since.
-        touched = np.array(self.touched, dtype=np.int64)
-        self.tops = [_top_rows(c.scores(len(c._values)), np.union1d(top, touched).astype(np.int64), self.top)
-                     for c, top in zip(self.counters, self.tops)]
+        rows = [np.union1d(top, self.touched).astype(np.int64) for top in self.tops]
+        self.tops = [_top_rows(c.scores(int(r[-1]) + 1), r, self.top) for c, r in zip(self.counters, rows)]
         self.touched = []
 
     def track_changes(self) -> list[int] | None:
-        """Rows updated since the previous call, as :meth:`TrendingPopularity.track_changes`."""
-        changed = self._changed
-        self._changed = []
-        if changed is None:
-            self._max = self.counters[self.served].max_value
-        return changed
+        """The served counter's :meth:`TrendingPopularity.track_changes` (``None`` after a change of
+        counter as well)."""
+        return self.serving.track_changes()
 
     @property
     def max_value(self) -> float:
         """Largest stored value of the served candidate."""
-        if self._changed is None:
-            return self.counters[self.served].max_value
-        return self._max
+        return self.serving.max_value
 
     def scores(self, n_items: int) -> np.ndarray:
         """The served candidate's scaled counts (:meth:`TrendingPopularity.scores`; a view)."""
-        return self.counters[self.served].scores(n_items)
+        return self.serving.scores(n_items)
 
     def counts(self, n_items: int, t: float | None = None) -> np.ndarray:
         """The served candidate's counts decayed to ``t`` (:meth:`TrendingPopularity.counts`)."""
-        return self.counters[self.served].counts(n_items, t)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_changed", None)
-        state.pop("_max", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update({sys.intern(k): v for k, v in state.items()})
-        self._init_tracking()
+        return self.serving.counts(n_items, t)
 
 
 def _top_rows(values: np.ndarray, rows: np.ndarray, k: int) -> tuple[int, ...]:

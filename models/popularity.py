@@ -144,6 +144,11 @@ class TrendingPopularity:
             self._max = float(self._values.max()) if len(self._values) else 0.0
         return changed
 
+    def stop_tracking(self) -> None:
+        """Make the next :meth:`track_changes` return ``None``: whoever reads next rebuilds (a reader
+        that derived its structures from other values, e.g. another counter)."""
+        self._changed = None
+
     @property
     def max_value(self) -> float:
         """Largest stored value (tracked after :meth:`track_changes`, else computed)."""
