@@ -18,7 +18,7 @@ from models.ranking.kernels import compile_now
 from streams.app import create_app
 from streams.kafka.topics import check_copartitioned, check_kafka, ensure_topics
 from streams.metrics import Metrics
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 from streams.sinks.redis import RedisSink
 from streams.wiring import build_runtime
 
@@ -90,7 +90,14 @@ def run_worker(settings: Settings, loglevel: str = "info", engine: Personalisati
         started = time.perf_counter()
         compile_now()
         log.info("ranking loops compiled or loaded in %.1f s", time.perf_counter() - started)
-        app.runtime = build_runtime(settings, metrics, engine)
+        try:
+            app.runtime = build_runtime(settings, metrics, engine)
+        except SettingsError as exc:
+            # A setting that contradicts the app's models (read from Redis, so only here): the
+            # operator's to change, not a fault, so one line and the CLI's usage status, no traceback.
+            log.error("Error: %s", exc)
+            logging.shutdown()
+            os._exit(2)
         tune_gc()
 
     worker = BoundedShutdownWorker(app, loglevel=loglevel, quiet=True,
