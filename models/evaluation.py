@@ -15,8 +15,8 @@ import numpy as np
 
 from models.ranking.base import valid_counts, valid_part
 
-__all__ = ["Event", "ModelScore", "Evaluation", "Rankings", "available_cpus", "model_groups", "prequential",
-           "returning", "served_lists"]
+__all__ = ["Event", "ModelScore", "Evaluation", "Rankings", "available_cpus", "model_facts", "model_groups",
+           "prequential", "returning", "served_lists"]
 
 #: ``(ts_seconds, user_id, item_id, event_type)``
 Event = tuple[float, str, str, str]
@@ -64,7 +64,9 @@ class ModelScore:
 
     ``rr`` holds the reciprocal rank of every evaluated event (0 on a miss),
     ``positions`` the index in the stream of each evaluated event, so any
-    segment of the stream can be re-scored with :meth:`segment`.
+    segment of the stream can be re-scored with :meth:`segment`. ``facts``:
+    what the model says of itself when the replay is over (its ``facts()``,
+    if it has one), e.g. the ranker's learned weights.
     """
 
     k: int
@@ -73,6 +75,7 @@ class ModelScore:
     coverage: float
     learn_seconds: float
     recommend_seconds: float
+    facts: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -180,7 +183,8 @@ class _Tally:
             _end_batch(models[key])
             self.t_learn[key] += time.perf_counter() - t0
 
-    def result(self, k: int, exclude: str, events: int, seconds: float) -> Evaluation:
+    def result(self, k: int, exclude: str, events: int, seconds: float,
+               models: Mapping[str, object] | None = None) -> Evaluation:
         ev = Evaluation(k=k, exclude=exclude, events=events, seconds=seconds)
         pos = np.asarray(self.positions, dtype=np.int64)
         for name in self.names:
@@ -191,8 +195,15 @@ class _Tally:
                 coverage=len(self.recommended[name]) / max(len(self.items), 1),
                 learn_seconds=self.t_learn[self.learner_of[name]],
                 recommend_seconds=self.t_rec[self.learner_of[name]],
+                facts=model_facts(models[self.learner_of[name]]) if models is not None else {},
             )
         return ev
+
+
+def model_facts(model) -> dict:
+    """What ``model`` says of itself (its ``facts()``: a JSON-ready dict), or nothing."""
+    facts = getattr(model, "facts", None)
+    return dict(facts()) if callable(facts) else {}
 
 
 def prequential(
@@ -281,7 +292,7 @@ def prequential(
         ev.models = {name: scores[name] for key, model in models.items() for name in list_names(key, model)}
         return ev
     tally, count = _replay(events, models, k, exclude, progress, batch)
-    return tally.result(k, exclude, count, time.perf_counter() - start)
+    return tally.result(k, exclude, count, time.perf_counter() - start, models)
 
 
 def returning(events: Sequence[Event], positions: np.ndarray) -> np.ndarray:
@@ -402,7 +413,7 @@ def _worker(conn, events: list[Event], models, k: int, exclude: str, batch, repo
     try:
         progress = (lambda n: conn.send(("progress", n))) if report else None
         tally, count = _replay(events, models, k, exclude, progress, batch)
-        conn.send(("done", tally.result(k, exclude, count, 0.0).models, count))
+        conn.send(("done", tally.result(k, exclude, count, 0.0, models).models, count))
     except BaseException:  # (anything: the parent must hear of it)
         conn.send(("error", traceback.format_exc()))
     finally:

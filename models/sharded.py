@@ -80,6 +80,12 @@ class ShardedRecommender:
     def n_items(self) -> int:
         return max(s.n_items for s in self.shards)
 
+    def facts(self) -> dict:
+        """The workers' facts (their ``facts()``): one dict where they agree, as workers sharing their
+        item side do; else ``{"workers": [each worker's]}``."""
+        each = [s.facts() if callable(getattr(s, "facts", None)) else {} for s in self.shards]
+        return each[0] if all(f == each[0] for f in each) else {"workers": each}
+
     def upsert_item(self, item_id: str, category: str | None = None, available: bool = True) -> None:
         for s in self.shards:  # every worker follows the whole catalogue
             s.upsert_item(item_id, category=category, available=available)

@@ -38,7 +38,7 @@ from models.popularity import TrendingPopularity
 from models.ranking.base import EXCLUDE_RULES, PAD_ID, PAD_SCORE, StreamingRecommender, check_request, padded
 from models.ranking.candidates import _Context
 from models.ranking.choice import SoftmaxChoice
-from models.ranking.features import PRIOR, Sequels, _Own, pair_features
+from models.ranking.features import FEATURES, PRIOR, Sequels, _Own, pair_features
 from models.ranking.item_updates import ItemUpdate, _Outbox, user_key
 from models.ranking.scoring import _Batch, _histories, _Terms
 from models.ranking.topk import _best_k
@@ -373,6 +373,15 @@ class HybridRanker(StreamingRecommender):
         """The half-life of the popularity served now: ``popularity_half_life``, or the one chosen
         among several (``None``: never forgotten)."""
         return self.items.popularity.half_life
+
+    def facts(self) -> dict:
+        """What the ranker has come to, for a report (``recostream replay --json``): the popularity
+        half-life served, in events or seconds as ``decay_clock`` says (``None``: never forgotten), and
+        the second stage's weights by feature with the learning steps that moved them."""
+        half_life = self.served_popularity_half_life
+        return {"decay_clock": self.decay_clock, "popularity_half_life": None if half_life is None else float(half_life),
+                "second_stage_steps": self.choice.n_updates,
+                "second_stage_weights": {name: round(float(w), 4) for name, w in zip(FEATURES, self.choice.weights)}}
 
     def _learn(self, user_id, user, row, weight, ts, personal=True):
         box = self._outbox

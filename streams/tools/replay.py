@@ -182,8 +182,10 @@ def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers
             out["returns"], out["discovery"] = score.where(returns), score.where(~returns)
         return out
 
+    model = block(MODEL_NAME)
+    model["facts"] = ev.models[MODEL_NAME].facts  # (what the ranker came to: served half-life, learned weights)
     return {
-        "model": block(MODEL_NAME),
+        "model": model,
         "baselines": {name: block(name) for name in ev.models if name != MODEL_NAME},
         "comparison": compare(ev, MODEL_NAME, events, returns) if events is not None and len(ev.models) > 1 else None,
         "k": ev.k,
@@ -197,6 +199,23 @@ def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers
         "events_per_s": ev.events_per_s,
         "seconds": ev.seconds,
     }
+
+
+def facts_line(facts: dict) -> str:
+    """The ranker's facts at the end of a replay in one line (a sharded ranker's, worker by worker).
+
+    >>> facts_line({"decay_clock": "events", "popularity_half_life": 8000.0, "second_stage_steps": 3,
+    ...             "second_stage_weights": {"covisit": 1.2, "popularity": -0.05}})
+    'the ranker at the end: popularity half-life 8,000 events; 3 learning steps, weights: covisit 1.20, popularity -0.05'
+    """
+    if "workers" in facts:
+        return "\n".join(f"worker {i}: " + facts_line(f) for i, f in enumerate(facts["workers"]))
+    half_life = facts.get("popularity_half_life")
+    unit = "events" if facts.get("decay_clock") == "events" else "s"
+    weights = ", ".join(f"{name} {w:.2f}" for name, w in facts.get("second_stage_weights", {}).items())
+    return (f"the ranker at the end: popularity half-life "
+            f"{'none (never forgotten)' if half_life is None else f'{half_life:,.0f} {unit}'}; "
+            f"{facts.get('second_stage_steps', 0)} learning steps, weights: {weights}")
 
 
 def _verdict(interval: list) -> str:
@@ -358,6 +377,9 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
                       f"{block['first_half']['hr']:.4f}", f"{block['second_half']['hr']:.4f}",
                       f"{block['returns']['hr']:.4f}", f"{block['discovery']['hr']:.4f}")
     out.print(table)
+    facts = result["model"]["facts"]
+    if facts:
+        out.print(facts_line(facts), highlight=False)
     if result["comparison"] is not None:
         out.print(comparison_table(result["comparison"], k, exclude))
     processes = min(jobs, len(ev.models))

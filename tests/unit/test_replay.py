@@ -220,3 +220,28 @@ def test_replay_overrides_change_the_ranker_and_are_checked(tmp_path):
                       ('{"decay_clock": "weeks"}', "refuses"), ('{"no_such": 1}', "no_such")):
         result = CliRunner().invoke(replay, ["--events", str(log), "--overrides", bad])
         assert result.exit_code == 2 and says in result.output, (bad, result.output)
+
+
+def test_replay_reports_what_the_ranker_came_to(tmp_path):
+    from models.ranking import HybridRanker
+    from models.ranking.features import FEATURES
+
+    log = write_log(tmp_path / "log.csv", bad=False)
+    facts = {}
+    for args in (["--jobs", "1"], ["--jobs", "2"], ["--jobs", "1", "--overrides", '{"popularity_half_life": null}'],
+                 ["--jobs", "1", "--batch", "200", "--workers", "3"],
+                 ["--jobs", "1", "--batch", "200", "--workers", "3", "--no-sharing"]):
+        result = CliRunner().invoke(replay, ["--events", str(log), "--json", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        facts[" ".join(args)] = json.loads(result.stdout)["model"]["facts"]
+    one = facts["--jobs 1"]
+    assert facts["--jobs 2"] == one  # the forked job sends them back as they were
+    assert one["decay_clock"] == "events" and one["popularity_half_life"] in HybridRanker().popularity_half_life
+    assert list(one["second_stage_weights"]) == list(FEATURES) and one["second_stage_steps"] > 10
+    assert facts["--jobs 1 --overrides {\"popularity_half_life\": null}"]["popularity_half_life"] is None
+    # Workers sharing their item side have learned the same second stage: one set of facts.
+    assert set(facts["--jobs 1 --batch 200 --workers 3"]) == set(one)
+    alone = facts["--jobs 1 --batch 200 --workers 3 --no-sharing"]["workers"]  # each learned its own
+    assert len(alone) == 3 and all(set(f) == set(one) for f in alone) and alone[0] != alone[1]
+    table = CliRunner().invoke(replay, ["--events", str(log), "--jobs", "1"], catch_exceptions=False)
+    assert f"popularity half-life {one['popularity_half_life']:,.0f} events" in table.stdout
