@@ -129,10 +129,13 @@ class _Tally:
     """What a prequential run accumulates per list: reciprocal ranks, items shown; per learner: time spent.
 
     ``learners`` are the keys of the models; ``names`` the lists scored (:func:`list_names`).
+    ``categories`` (item -> category) are announced to the models as each item first comes.
     """
 
-    def __init__(self, models: Mapping[str, object]) -> None:
+    def __init__(self, models: Mapping[str, object], categories: Mapping[str, str] | None = None) -> None:
         self.learners = list(models)
+        self.categories = categories or {}
+        self.announced: set[str] = set()
         self.lists = {key: list_names(key, model) for key, model in models.items()}
         self.learner_of = {name: key for key, names in self.lists.items() for name in names}
         self.names = list(self.learner_of)
@@ -158,8 +161,27 @@ class _Tally:
         self.recommended[name].update(shown)
         self.rr[name].append(1.0 / (shown.index(item) + 1) if item in shown else 0.0)
 
+    def announce(self, models: Mapping[str, object], chunk: Sequence[Event]) -> None:
+        """Each new item of ``chunk`` with a category joins the models' catalogues with it (their
+        ``upsert_item``, where they have one) before any of them learns it: what a worker's catalogue
+        topic gives its ranker when it announces the item as it first comes."""
+        if not self.categories:
+            return
+        for event in chunk:
+            item = event[2]
+            category = self.categories.get(item)
+            if category is not None and item not in self.announced:
+                self.announced.add(item)
+                for key in self.learners:
+                    upsert = getattr(models[key], "upsert_item", None)
+                    if upsert is not None:
+                        t0 = time.perf_counter()
+                        upsert(item, category=category)
+                        self.t_learn[key] += time.perf_counter() - t0
+
     def learn(self, models: Mapping[str, object], event: Event) -> None:
         ts, user, item, event_type = event
+        self.announce(models, (event,))
         self.items.add(item)
         for key in self.learners:
             t0 = time.perf_counter()
@@ -168,6 +190,7 @@ class _Tally:
 
     def learn_batch(self, models: Mapping[str, object], chunk: list[Event]) -> None:
         """:meth:`learn` for each event of ``chunk``, model by model (they are independent)."""
+        self.announce(models, chunk)
         self.items.update(e[2] for e in chunk)
         for key in self.learners:
             learn_one = models[key].learn_one
@@ -215,6 +238,7 @@ def prequential(
     batch: int | Sequence[int] | None = None,
     jobs: int = 1,
     costs: Mapping[str, float] | None = None,
+    categories: Mapping[str, str] | None = None,
 ) -> Evaluation:
     """Test-then-train evaluation over a time-ordered event stream.
 
@@ -262,6 +286,10 @@ def prequential(
         Worker processes at most (1: all models in this process).
     costs
         Relative cost of each model, for balancing the groups (default 1 each).
+    categories
+        Item -> category: each item joins every model's catalogue with its category
+        (``upsert_item``, where a model has one) right before the first event of it is learned,
+        as a shop's catalogue announcing its items as they come; no look-ahead.
 
     Examples
     --------
@@ -287,11 +315,11 @@ def prequential(
     groups = model_groups(models, jobs, costs)
     if len(groups) > 1:
         events = events if isinstance(events, list) else list(events)  # (the workers read it as forked)
-        scores, count = _in_workers(events, models, groups, k, exclude, progress, batch)
+        scores, count = _in_workers(events, models, groups, k, exclude, progress, batch, categories)
         ev = Evaluation(k=k, exclude=exclude, events=count, seconds=time.perf_counter() - start)
         ev.models = {name: scores[name] for key, model in models.items() for name in list_names(key, model)}
         return ev
-    tally, count = _replay(events, models, k, exclude, progress, batch)
+    tally, count = _replay(events, models, k, exclude, progress, batch, categories)
     return tally.result(k, exclude, count, time.perf_counter() - start, models)
 
 
@@ -346,16 +374,16 @@ def model_groups(names: Iterable[str], jobs: int, costs: Mapping[str, float] | N
     return [sorted(group, key=position.__getitem__) for group in groups if group]
 
 
-def _replay(events, models, k: int, exclude: str, progress, batch) -> tuple[_Tally, int]:
+def _replay(events, models, k: int, exclude: str, progress, batch, categories=None) -> tuple[_Tally, int]:
     """One prequential run of ``models`` in this process: what it tallied, and the events replayed."""
-    tally = _Tally(models)
+    tally = _Tally(models, categories)
     if batch is None:
         return tally, _per_event(events, models, tally, k, exclude, progress)
     return tally, _per_batch(events, models, tally, k, exclude, progress, batch)
 
 
 def _in_workers(events: list[Event], models, groups: list[list[str]], k: int, exclude: str, progress,
-                batch) -> tuple[dict[str, ModelScore], int]:
+                batch, categories=None) -> tuple[dict[str, ModelScore], int]:
     """Each group of models replayed over ``events`` in a forked process; the scores of every model.
 
     A worker sends ``("progress", n)`` as it goes and ``("done", scores, count)``
@@ -368,7 +396,7 @@ def _in_workers(events: list[Event], models, groups: list[list[str]], k: int, ex
         for group in groups:
             receiver, sender = ctx.Pipe(duplex=False)
             worker = ctx.Process(target=_worker, args=(sender, events, {n: models[n] for n in group}, k, exclude,
-                                                       batch, progress is not None), daemon=True)
+                                                       batch, progress is not None, categories), daemon=True)
             worker.start()
             sender.close()
             workers.append(worker)
@@ -408,11 +436,11 @@ def _in_workers(events: list[Event], models, groups: list[list[str]], k: int, ex
     return scores, done[0][1]
 
 
-def _worker(conn, events: list[Event], models, k: int, exclude: str, batch, report: bool) -> None:
+def _worker(conn, events: list[Event], models, k: int, exclude: str, batch, report: bool, categories=None) -> None:
     """A worker process: replay ``models`` and send their scores (see :func:`_in_workers`)."""
     try:
         progress = (lambda n: conn.send(("progress", n))) if report else None
-        tally, count = _replay(events, models, k, exclude, progress, batch)
+        tally, count = _replay(events, models, k, exclude, progress, batch, categories)
         conn.send(("done", tally.result(k, exclude, count, 0.0, models).models, count))
     except BaseException:  # (anything: the parent must hear of it)
         conn.send(("error", traceback.format_exc()))

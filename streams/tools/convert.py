@@ -48,13 +48,13 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import click
 
 from streams.contract import epoch_ms, format_rfc3339, parse_timestamp
 
-Row = tuple[float, str, str, str]  # (epoch seconds, user, item, event type)
+Row = tuple[float, str, str, str, Optional[str]]  # (epoch seconds, user, item, event type, category)
 
 
 def _movielens(fields: list[str]) -> Row | None:
@@ -62,7 +62,7 @@ def _movielens(fields: list[str]) -> Row | None:
         return None
     rating = float(fields[2])
     etype = "purchase" if rating >= 4 else "click" if rating >= 3 else "browse"
-    return parse_timestamp(fields[3], csv=True, epoch_unit="s"), "u" + fields[0], "i" + fields[1], etype
+    return parse_timestamp(fields[3], csv=True, epoch_unit="s"), "u" + fields[0], "i" + fields[1], etype, None
 
 
 def _movielens_dat(fields: list[str]) -> Row | None:
@@ -75,7 +75,7 @@ _TAOBAO = {"pv": "browse", "cart": "click", "fav": "click", "buy": "purchase"}
 
 
 def _taobao(fields: list[str]) -> Row | None:
-    return parse_timestamp(fields[4], csv=True, epoch_unit="s"), fields[0], fields[1], _TAOBAO[fields[3]]
+    return parse_timestamp(fields[4], csv=True, epoch_unit="s"), fields[0], fields[1], _TAOBAO[fields[3]], fields[2]
 
 
 _RETAILROCKET = {"view": "browse", "addtocart": "click", "transaction": "purchase"}
@@ -84,7 +84,7 @@ _RETAILROCKET = {"view": "browse", "addtocart": "click", "transaction": "purchas
 def _retailrocket(fields: list[str]) -> Row | None:
     if fields[0] == "timestamp":
         return None
-    return parse_timestamp(fields[0], csv=True), fields[1], fields[3], _RETAILROCKET[fields[2]]
+    return parse_timestamp(fields[0], csv=True), fields[1], fields[3], _RETAILROCKET[fields[2]], None
 
 
 _REES46 = {"view": "browse", "cart": "click", "purchase": "purchase"}
@@ -94,7 +94,7 @@ def _rees46(fields: list[str]) -> Row | None:
     if fields[0] == "event_time" or fields[1] == "remove_from_cart":
         return None
     when = fields[0].removesuffix(" UTC").replace(" ", "T", 1)  # (UTC: no offset)
-    return parse_timestamp(when, csv=True), fields[7], fields[2], _REES46[fields[1]]
+    return parse_timestamp(when, csv=True), fields[7], fields[2], _REES46[fields[1]], fields[3] or None
 
 
 def _diginetica(fields: list[str]) -> Row | None:
@@ -102,11 +102,13 @@ def _diginetica(fields: list[str]) -> Row | None:
     if session in ("sessionId", "session_id"):
         return None
     when = parse_timestamp(day + "T00:00:00", csv=True) + int(offset_ms) / 1000.0
-    return when, session, item, "browse"
+    return when, session, item, "browse", None
 
 
 def _yoochoose(fields: list[str]) -> Row | None:
-    return parse_timestamp(fields[1]), fields[0], fields[2], "browse"
+    # Its category field is 0 (none), S (a special offer), 1-12 (a category) or a brand's id.
+    category = fields[3] if len(fields) > 3 and fields[3] not in ("", "0", "S") else None
+    return parse_timestamp(fields[1]), fields[0], fields[2], "browse", category
 
 
 FORMATS: dict[str, tuple[Callable[[list[str]], Row | None], str]] = {
@@ -143,10 +145,10 @@ def read_rows(path: Path, fmt: str, max_rows: int | None = None) -> tuple[list[R
 def convert(rows: list[Row], min_events: int = 2) -> list[Row]:
     """Stable-sorted by time, customers with fewer than ``min_events`` events dropped.
 
-    >>> convert([(3.0, "a", "i1", "click"), (1.0, "a", "i2", "browse"), (2.0, "b", "i1", "browse")])
-    [(1.0, 'a', 'i2', 'browse'), (3.0, 'a', 'i1', 'click')]
+    >>> convert([(3.0, "a", "i1", "click", None), (1.0, "a", "i2", "browse", None), (2.0, "b", "i1", "browse", None)])
+    [(1.0, 'a', 'i2', 'browse', None), (3.0, 'a', 'i1', 'click', None)]
     """
-    per_user = Counter(user for _, user, _, _ in rows)
+    per_user = Counter(row[1] for row in rows)
     kept = [row for row in rows if per_user[row[1]] >= min_events]
     kept.sort(key=lambda row: row[0])
     return kept
@@ -161,11 +163,12 @@ def format_ts(ts: float, style: str) -> str:
     return format_rfc3339(ts) if style == "iso" else str(epoch_ms(ts))
 
 
-def write_rows(rows: list[Row], out, style: str) -> Iterator[int]:
+def write_rows(rows: list[Row], out, style: str, categories: bool = False) -> Iterator[int]:
+    """Write ``rows`` as the replay CSV, with a ``category`` column (empty where unknown) if ``categories``."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["timestamp", "user_id", "item_id", "event_type"])
-    for n, (ts, user, item, etype) in enumerate(rows, 1):
-        writer.writerow([format_ts(ts, style), user, item, etype])
+    writer.writerow(["timestamp", "user_id", "item_id", "event_type"] + (["category"] if categories else []))
+    for n, (ts, user, item, etype, category) in enumerate(rows, 1):
+        writer.writerow([format_ts(ts, style), user, item, etype] + ([category or ""] if categories else []))
         if n % 100_000 == 0:
             yield n
 
@@ -176,7 +179,11 @@ def write_rows(rows: list[Row], out, style: str) -> Iterator[int]:
 @click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), required=True, help="The source log's format.")
 @click.option("--min-events", default=2, show_default=True, help="Drop customers with fewer events.")
 @click.option("--max-rows", type=int, default=None, help="Read only the first N rows of the source.")
-def convert_command(source: Path, target: Path, fmt: str, min_events: int, max_rows: int | None) -> None:
+@click.option("--categories", is_flag=True,
+              help="Write a category column: the item's category where the format has one (taobao, rees46: "
+                   "category_id, yoochoose: its category field unless 0 or S), empty elsewhere.")
+def convert_command(source: Path, target: Path, fmt: str, min_events: int, max_rows: int | None,
+                    categories: bool) -> None:
     """Convert a public interaction log (MovieLens, Taobao, REES46, RetailRocket, YooChoose, DIGINETICA) to the replay CSV.
 
     The result feeds `recostream replay --events TARGET` and `recostream
@@ -186,11 +193,13 @@ def convert_command(source: Path, target: Path, fmt: str, min_events: int, max_r
     rows, bad = read_rows(source, fmt, max_rows)
     kept = convert(rows, min_events)
     with open(target, "w", newline="", encoding="utf-8") as out:
-        for n in write_rows(kept, out, FORMATS[fmt][1]):
+        for n in write_rows(kept, out, FORMATS[fmt][1], categories):
             click.echo(f"  {n:,} rows written", err=True)
     summary = {"source": str(source), "target": str(target), "format": fmt, "rows_read": len(rows) + bad,
                "rows_unparsed": bad, "events": len(kept), "customers": len({r[1] for r in kept}),
-               "items": len({r[2] for r in kept}), "customers_dropped": len({r[1] for r in rows}) - len({r[1] for r in kept})}
+               "items": len({r[2] for r in kept}),
+               "items_with_category": len({r[2] for r in kept if r[4] is not None}) if categories else 0,
+               "customers_dropped": len({r[1] for r in rows}) - len({r[1] for r in kept})}
     click.echo(json.dumps(summary))
     if not kept:
         sys.exit(1)

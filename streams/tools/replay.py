@@ -34,7 +34,8 @@ from models.evaluation import Evaluation, Event, Rankings, available_cpus, prequ
 from models.events import EVENT_WEIGHTS
 from models.ranking import EXCLUDE_RULES, HybridRanker
 from models.sharded import ShardedRecommender
-from streams.contract import parse_timestamp
+from streams.contract import ContractError, Limits, parse_timestamp
+from streams.contract.fields import check_category
 from streams.settings import Settings, ranker_overrides
 
 __all__ = ["replay", "read_events", "build_models", "run_replay"]
@@ -48,7 +49,7 @@ DECAYED = "decayed_counts"
 COSTS = {MODEL_NAME: 269.0, "popularity": 10.0, "cooccurrence": 73.0, DECAYED: 96.0, "repeat": 17.0}
 
 
-def read_events(path: str, on_bad_row=None, with_price: bool = False):
+def read_events(path: str, on_bad_row=None, with_price: bool = False, categories: dict | None = None):
     """Read and validate an event CSV.
 
     Returns ``(events, n_bad)`` with events ``(ts, user, item, event_type)``
@@ -57,6 +58,9 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False):
     with its CSV option (:func:`streams.contract.parse_timestamp`): RFC 3339,
     without offset meaning UTC, or epoch milliseconds. Every rejected row is
     passed to ``on_bad_row(line_number, reason)``; none is dropped silently.
+    With an optional ``category`` column and a ``categories`` dict, each item's
+    category (the first a valid row gives it; an empty field gives none) is put
+    in ``categories``; a category the event contract refuses makes its row bad.
     """
     events = []
     n_bad = 0
@@ -76,10 +80,12 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False):
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise click.UsageError(
-                f"{path}: header must contain {','.join(REQUIRED_COLUMNS)}[,price]; missing {','.join(missing)}"
+                f"{path}: header must contain {','.join(REQUIRED_COLUMNS)}[,price][,category]; missing {','.join(missing)}"
             )
         i_ts, i_user, i_item, i_type = (header.index(c) for c in REQUIRED_COLUMNS)
         i_price = header.index("price") if "price" in header else None
+        i_category = header.index("category") if "category" in header and categories is not None else None
+        max_len = Limits().max_string_length
         width = len(header)
         cache: dict[str, float] = {}
         for row in reader:
@@ -115,6 +121,14 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False):
                 if not math.isfinite(price) or price < 0:
                     bad(line, f"bad price {row[i_price]!r}")
                     continue
+            category = row[i_category].strip() if i_category is not None else ""
+            if category:
+                try:
+                    check_category(category, max_len)
+                except ContractError as exc:
+                    bad(line, f"bad category: {exc}")
+                    continue
+                categories.setdefault(item, category)
             events.append((ts, user, item, event_type, price) if with_price else (ts, user, item, event_type))
     events.sort(key=lambda e: e[0])  # stable: ties keep file order
     return events, n_bad
@@ -152,18 +166,20 @@ def build_models(seed: int | None = None, exclude: str = "purchased", workers: i
 
 def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, models=None,
                batch: int | None = None, jobs: int = 1, workers: int = 1, sharing: bool = True,
-               overrides: Mapping[str, Any] | None = None) -> Evaluation:
+               overrides: Mapping[str, Any] | None = None, categories: Mapping[str, str] | None = None) -> Evaluation:
     """:func:`~models.evaluation.prequential` of ``models`` (default :func:`build_models` for ``workers``
     and ``overrides``), ``jobs`` processes at most (with more than 1, the models given are left
-    untrained: the processes train copies)."""
+    untrained: the processes train copies); ``categories`` (item -> category) join the catalogue
+    as each item first comes."""
     if models is None:
         models = build_models(exclude=exclude, workers=workers, sharing=sharing, overrides=overrides)
-    return prequential(events, models, k=k, exclude=exclude, progress=progress, batch=batch, jobs=jobs, costs=COSTS)
+    return prequential(events, models, k=k, exclude=exclude, progress=progress, batch=batch, jobs=jobs, costs=COSTS,
+                       categories=categories)
 
 
 def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers: int = 1,
                 sharing: bool = True, events: Sequence[Event] | None = None,
-                overrides: Mapping[str, Any] | None = None) -> dict:
+                overrides: Mapping[str, Any] | None = None, categories: int = 0) -> dict:
     """The replay's JSON report; with the replayed ``events``, also ``comparison``: the ranker
     against the baselines (the quality rule and paired intervals, :func:`models.comparison.compare`),
     and per model ``returns`` and ``discovery``: its numbers on the judged events of an item the
@@ -194,6 +210,7 @@ def result_json(ev: Evaluation, bad_rows: int, batch: int | None = None, workers
         "workers": workers,
         "sharing": sharing,
         "overrides": dict(overrides or {}),
+        "categories": categories,
         "events": ev.events,
         "bad_rows": bad_rows,
         "events_per_s": ev.events_per_s,
@@ -304,8 +321,10 @@ def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
               help="HybridRanker parameters other than its defaults, as a JSON object, e.g. "
                    "'{\"popularity_half_life\": 20000}' (the half-lives count events: scale them with the "
                    "log's traffic). RECOSTREAM_RANKER runs the same ranker in a worker.")
+@click.option("--no-categories", is_flag=True,
+              help="Ignore the log's category column (replay the ranker as a shop without a catalogue's categories).")
 def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs, workers, sharing,
-           overrides_text):
+           overrides_text, no_categories):
     """Replay an event log test-then-train through the ranker and the baselines.
 
     For each event of an already-seen user, every model recommends K items
@@ -315,7 +334,9 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
     defaults, as run by the workers, or with --overrides) and the popularity /
     co-occurrence baselines computed in the same run, over all judged events
     and split between returns (an item the customer had met before) and
-    discovery.
+    discovery. A `category` column gives each item's category, which joins the
+    ranker's catalogue as the item first comes (as a shop's catalogue topic
+    would announce it); --no-categories ignores it.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -334,7 +355,8 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
             err.print(f"[yellow]bad row[/] line {line}: {reason}", highlight=False)
         shown += 1
 
-    events, n_bad = read_events(events_path, on_bad_row)
+    categories: dict[str, str] = {}
+    events, n_bad = read_events(events_path, on_bad_row, categories=None if no_categories else categories)
     if n_bad:
         more = f" ({n_bad - max_bad_rows_shown} not listed)" if n_bad > max_bad_rows_shown else ""
         err.print(f"[yellow]{n_bad} bad row(s) skipped{more}[/]", highlight=False)
@@ -352,18 +374,19 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
             bar.refresh()
 
         ev = run_replay(events, k=k, exclude=exclude, progress=advance, batch=batch, jobs=jobs, workers=workers,
-                        sharing=sharing, overrides=overrides)
+                        sharing=sharing, overrides=overrides, categories=categories)
 
     if plot_path:
         plot_rolling(ev, plot_path)
         click.echo(f"wrote the rolling hit rate of every model to {plot_path}", err=True)
-    result = result_json(ev, n_bad, batch, workers, sharing, events, overrides)
+    result = result_json(ev, n_bad, batch, workers, sharing, events, overrides, len(categories))
     if as_json:
         click.echo(json.dumps(result))
         return
     out = Console(width=max(120, Console().width))
     served = ((f"micro-batches of {batch}" if batch else "per event") + (f", {workers} workers" if workers > 1 else "")
               + ("" if sharing else ", item side not shared")
+              + (f", categories of {len(categories):,} items" if categories else "")
               + "".join(f", {name}={value!r}" for name, value in overrides.items()))
     table = Table(title=f"Prequential replay: {ev.events} events, K={k}, exclude={exclude}, {served}")
     returns = result["model"]["returns"]["n"]

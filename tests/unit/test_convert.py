@@ -77,3 +77,28 @@ def test_diginetica_item_views(tmp_path):
     assert lines[1:] == ["1462752001500,2,32118,browse", "1462752002500,2,32119,browse",
                          "1462752526309,1,81766,browse", "1462753031018,1,31331,browse"]
     assert summary["rows_unparsed"] == 1 and summary["customers_dropped"] == 1  # customer "3" has one view
+
+
+def test_categories_are_written_where_the_format_has_them_and_read_back_by_replay(tmp_path):
+    logs = {
+        "taobao": "1,2268318,2520377,pv,1511544070\n1,2333346,2520771,cart,1511561733\n",
+        "rees46": "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+                  "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,s1\n"
+                  "2019-10-01 00:00:05 UTC,cart,3900821,,,aqua,33.20,541312140,s1\n",
+        "yoochoose": "1,2014-04-07T10:51:09.277Z,214536502,0\n1,2014-04-07T10:54:09.868Z,214536500,7\n"
+                     "1,2014-04-07T10:55:09.868Z,214536501,S\n",
+        "movielens": "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n",
+    }
+    expected = {"taobao": {"2268318": "2520377", "2333346": "2520771"}, "rees46": {"44600062": "2103807459595387724"},
+                "yoochoose": {"214536500": "7"}, "movielens": {}}
+    for fmt, text in logs.items():
+        src, dst = tmp_path / f"in-{fmt}.csv", tmp_path / f"out-{fmt}.csv"
+        src.write_text(text)
+        result = CliRunner().invoke(cli, ["convert", str(src), str(dst), "--format", fmt, "--categories"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.output.strip().splitlines()[-1])
+        assert dst.read_text().splitlines()[0] == "timestamp,user_id,item_id,event_type,category"
+        categories: dict[str, str] = {}
+        events, bad = read_events(str(dst), categories=categories)
+        assert bad == 0 and len(events) == len(text.strip().splitlines()) - (fmt in ("rees46", "movielens"))
+        assert categories == expected[fmt] and summary["items_with_category"] == len(expected[fmt]), fmt

@@ -245,3 +245,42 @@ def test_replay_reports_what_the_ranker_came_to(tmp_path):
     assert len(alone) == 3 and all(set(f) == set(one) for f in alone) and alone[0] != alone[1]
     table = CliRunner().invoke(replay, ["--events", str(log), "--jobs", "1"], catch_exceptions=False)
     assert f"popularity half-life {one['popularity_half_life']:,.0f} events" in table.stdout
+
+
+def test_a_category_column_announces_each_item_with_its_category_as_it_first_comes(tmp_path):
+    from models.evaluation import prequential
+    from streams.tools.replay import MODEL_NAME, build_models
+
+    plain = write_log(tmp_path / "log.csv", bad=False)
+    lines = plain.read_text().splitlines()
+    # The log's taste groups are the items' categories; one row's category is refused by the contract.
+    with_cats = [lines[0] + ",category"] + [f"{line},g{int(line.split(',')[2][1:]) // 20}" for line in lines[1:]]
+    with_cats[7] = with_cats[7].rsplit(",", 1)[0] + ",bad\x01category"
+    log = tmp_path / "cats.csv"
+    log.write_text("\n".join(with_cats) + "\n")
+
+    categories: dict[str, str] = {}
+    events, bad = read_events(str(log), categories=categories)
+    assert bad == 1 and len(categories) == 100 and categories["i42"] == "g2"
+    runs = {}
+    for given in (None, categories):
+        models = build_models(seed=0, exclude="interacted")
+        runs[given is None] = prequential(events, models, k=10, exclude="interacted", categories=given)
+        if given:  # every item is in the ranker's catalogue with its category
+            assert all(models[MODEL_NAME].item_category(item) == cat for item, cat in categories.items())
+    without, with_ = runs[True], runs[False]
+    for name in without.models:  # the baselines count, they have no use for categories
+        same = np.array_equal(without.models[name].rr, with_.models[name].rr)
+        assert same == (name != MODEL_NAME), name
+    # The command: the column is read (the row refused shown as bad), --jobs does not change it,
+    # and --no-categories replays as the log without the column.
+    reports = {}
+    for args in (["--jobs", "1"], ["--jobs", "2"], ["--jobs", "1", "--no-categories"]):
+        result = CliRunner().invoke(replay, ["--events", str(log), "--json", "--exclude", "interacted", *args],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        reports[args[-1]] = json.loads(result.stdout)
+    assert reports["1"]["categories"] == 100 and reports["1"]["bad_rows"] == 1
+    assert "bad category" in CliRunner().invoke(replay, ["--events", str(log)]).stderr
+    assert reports["2"]["model"] == reports["1"]["model"]
+    assert reports["--no-categories"]["categories"] == 0 and reports["--no-categories"]["model"] != reports["1"]["model"]
