@@ -162,9 +162,11 @@ class _Tally:
         self.rr[name].append(1.0 / (shown.index(item) + 1) if item in shown else 0.0)
 
     def announce(self, models: Mapping[str, object], chunk: Sequence[Event]) -> None:
-        """Each new item of ``chunk`` with a category joins the models' catalogues with it (their
-        ``upsert_item``, where they have one) before any of them learns it: what a worker's catalogue
-        topic gives its ranker when it announces the item as it first comes."""
+        """Each new item of ``chunk`` with a category gets it in the models' catalogues (their
+        ``upsert_item``, where they have one) once they have learned ``chunk``: a catalogue topic
+        announcing an item right after its first event. (Announced before, an item would be a
+        candidate of its category when the second stage learns from the choice of it, but could
+        not have been when the list was served: learning would see what serving could not.)"""
         if not self.categories:
             return
         for event in chunk:
@@ -181,7 +183,6 @@ class _Tally:
 
     def learn(self, models: Mapping[str, object], event: Event) -> None:
         ts, user, item, event_type = event
-        self.announce(models, (event,))
         self.items.add(item)
         for key in self.learners:
             t0 = time.perf_counter()
@@ -190,7 +191,6 @@ class _Tally:
 
     def learn_batch(self, models: Mapping[str, object], chunk: list[Event]) -> None:
         """:meth:`learn` for each event of ``chunk``, model by model (they are independent)."""
-        self.announce(models, chunk)
         self.items.update(e[2] for e in chunk)
         for key in self.learners:
             learn_one = models[key].learn_one
@@ -287,9 +287,10 @@ def prequential(
     costs
         Relative cost of each model, for balancing the groups (default 1 each).
     categories
-        Item -> category: each item joins every model's catalogue with its category
-        (``upsert_item``, where a model has one) right before the first event of it is learned,
-        as a shop's catalogue announcing its items as they come; no look-ahead.
+        Item -> category: each item gets its category in every model's catalogue
+        (``upsert_item``, where a model has one) once the event or micro-batch that first
+        mentions it is learned, as a shop's catalogue announcing its items as they come; no
+        look-ahead.
 
     Examples
     --------
@@ -462,6 +463,7 @@ def _per_event(events, models, tally: _Tally, k: int, exclude: str, progress) ->
             seen_users.add(user)
         tally.learn(models, event)
         tally.end_batch(models)
+        tally.announce(models, (event,))
         if progress is not None and count % 1000 == 0:
             progress(1000)
     if progress is not None and count % 1000:
@@ -488,6 +490,7 @@ def _per_batch(events, models, tally: _Tally, k: int, exclude: str, progress, ba
                 rr.append(1.0 / (shown.index(item) + 1) if item in shown else 0.0)
         tally.learn_batch(models, chunk)
         tally.end_batch(models)
+        tally.announce(models, chunk)
         users = list(dict.fromkeys(e[1] for e in chunk))
         for key in tally.learners:
             for name, ids, scores in tally.recommend(models[key], key, users, k, exclude):

@@ -284,3 +284,22 @@ def test_a_category_column_announces_each_item_with_its_category_as_it_first_com
     assert "bad category" in CliRunner().invoke(replay, ["--events", str(log)]).stderr
     assert reports["2"]["model"] == reports["1"]["model"]
     assert reports["--no-categories"]["categories"] == 0 and reports["--no-categories"]["model"] != reports["1"]["model"]
+
+
+def test_the_second_stage_never_learns_from_an_item_its_list_could_not_have_held():
+    # Every event is of an item nobody met before, so no list served before it could hold it. Its
+    # category comes once the event is learned: announced before, the item would be among its
+    # category's newest candidates when the second stage learns from the choice of it.
+    from models.evaluation import prequential
+    from streams.tools.replay import MODEL_NAME, build_models
+
+    rng = np.random.default_rng(3)
+    events = [(float(t), f"u{int(rng.integers(30))}", f"i{t}", "browse") for t in range(3000)]
+    categories = {f"i{t}": f"c{t % 4}" for t in range(3000)}
+    for batch in (None, 100):
+        models = build_models(seed=0, exclude="interacted")
+        ev = prequential(events, {MODEL_NAME: models[MODEL_NAME]}, k=10, exclude="interacted", batch=batch,
+                         categories=categories)
+        ranker = models[MODEL_NAME]
+        assert ev.models[MODEL_NAME].hr == 0 and ranker.item_category("i2999") == "c3"
+        assert ranker.choice.n_updates == 0, batch  # no step had the chosen item among the candidates
