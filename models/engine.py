@@ -455,7 +455,7 @@ class PersonalisationEngine:
                 out.hits += item in shown
                 out.popularity_hits += item in pop_top
             for learn in learners:
-                learn(user, item, etype, ts, personal=applied)
+                learn(user, item, etype, ts, personal=applied, category=ev.category)
             if applied:
                 personal.add(user)
             out.learned += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import multiprocessing
 import os
@@ -129,13 +130,14 @@ class _Tally:
     """What a prequential run accumulates per list: reciprocal ranks, items shown; per learner: time spent.
 
     ``learners`` are the keys of the models; ``names`` the lists scored (:func:`list_names`).
-    ``categories`` (item -> category) are announced to the models as each item first comes.
+    ``categories`` (item -> category) go with each event of the item to the models that take them.
     """
 
     def __init__(self, models: Mapping[str, object], categories: Mapping[str, str] | None = None) -> None:
         self.learners = list(models)
         self.categories = categories or {}
-        self.announced: set[str] = set()
+        # The learners that take an event's category (``learn_one(..., category=)``).
+        self.with_category = {key for key, model in models.items() if self.categories and _takes_category(model)}
         self.lists = {key: list_names(key, model) for key, model in models.items()}
         self.learner_of = {name: key for key, names in self.lists.items() for name in names}
         self.names = list(self.learner_of)
@@ -161,32 +163,16 @@ class _Tally:
         self.recommended[name].update(shown)
         self.rr[name].append(1.0 / (shown.index(item) + 1) if item in shown else 0.0)
 
-    def announce(self, models: Mapping[str, object], chunk: Sequence[Event]) -> None:
-        """Each new item of ``chunk`` with a category gets it in the models' catalogues (their
-        ``upsert_item``, where they have one) once they have learned ``chunk``: a catalogue topic
-        announcing an item right after its first event. (Announced before, an item would be a
-        candidate of its category when the second stage learns from the choice of it, but could
-        not have been when the list was served: learning would see what serving could not.)"""
-        if not self.categories:
-            return
-        for event in chunk:
-            item = event[2]
-            category = self.categories.get(item)
-            if category is not None and item not in self.announced:
-                self.announced.add(item)
-                for key in self.learners:
-                    upsert = getattr(models[key], "upsert_item", None)
-                    if upsert is not None:
-                        t0 = time.perf_counter()
-                        upsert(item, category=category)
-                        self.t_learn[key] += time.perf_counter() - t0
-
     def learn(self, models: Mapping[str, object], event: Event) -> None:
         ts, user, item, event_type = event
         self.items.add(item)
+        category = self.categories.get(item)
         for key in self.learners:
             t0 = time.perf_counter()
-            models[key].learn_one(user, item, event_type, ts)
+            if category is not None and key in self.with_category:
+                models[key].learn_one(user, item, event_type, ts, category=category)
+            else:
+                models[key].learn_one(user, item, event_type, ts)
             self.t_learn[key] += time.perf_counter() - t0
 
     def learn_batch(self, models: Mapping[str, object], chunk: list[Event]) -> None:
@@ -195,8 +181,13 @@ class _Tally:
         for key in self.learners:
             learn_one = models[key].learn_one
             t0 = time.perf_counter()
-            for ts, user, item, event_type in chunk:
-                learn_one(user, item, event_type, ts)
+            if key in self.with_category:
+                categories = self.categories
+                for ts, user, item, event_type in chunk:
+                    learn_one(user, item, event_type, ts, category=categories.get(item))
+            else:
+                for ts, user, item, event_type in chunk:
+                    learn_one(user, item, event_type, ts)
             self.t_learn[key] += time.perf_counter() - t0
 
     def end_batch(self, models: Mapping[str, object]) -> None:
@@ -287,10 +278,9 @@ def prequential(
     costs
         Relative cost of each model, for balancing the groups (default 1 each).
     categories
-        Item -> category: each item gets its category in every model's catalogue
-        (``upsert_item``, where a model has one) once the event or micro-batch that first
-        mentions it is learned, as a shop's catalogue announcing its items as they come; no
-        look-ahead.
+        Item -> category: every event of an item names its category to the models that take
+        one (``learn_one(..., category=)``, as a worker passes each event's ``category``): the
+        item has it once the event is learned, unless the catalogue gave it one.
 
     Examples
     --------
@@ -463,7 +453,6 @@ def _per_event(events, models, tally: _Tally, k: int, exclude: str, progress) ->
             seen_users.add(user)
         tally.learn(models, event)
         tally.end_batch(models)
-        tally.announce(models, (event,))
         if progress is not None and count % 1000 == 0:
             progress(1000)
     if progress is not None and count % 1000:
@@ -490,7 +479,6 @@ def _per_batch(events, models, tally: _Tally, k: int, exclude: str, progress, ba
                 rr.append(1.0 / (shown.index(item) + 1) if item in shown else 0.0)
         tally.learn_batch(models, chunk)
         tally.end_batch(models)
-        tally.announce(models, chunk)
         users = list(dict.fromkeys(e[1] for e in chunk))
         for key in tally.learners:
             for name, ids, scores in tally.recommend(models[key], key, users, k, exclude):
@@ -506,26 +494,37 @@ def _per_batch(events, models, tally: _Tally, k: int, exclude: str, progress, ba
 
 
 def served_lists(events: Iterable[Event], model, batches: int | Sequence[int], k: int = 10,
-                 exclude: str = "purchased"):
+                 exclude: str = "purchased", categories: Mapping[str, str] | None = None):
     """What a worker serves, batch by batch: it learns a micro-batch, then ranks the batch's users.
 
     Yields ``(first, chunk, users, ids, scores)`` per batch: the index of the
     batch's first event, its events, its distinct users in order of first
     appearance and their lists (``recommend``'s arrays). ``batches`` is a
-    batch size, or the sizes of consecutive batches (those a worker formed).
+    batch size, or the sizes of consecutive batches (those a worker formed);
+    ``categories`` (item -> category) go with the events, as in :func:`prequential`.
 
     >>> from models.baselines import PopularityBaseline
     >>> stream = [(0, "a", "x", "click"), (1, "b", "x", "click"), (2, "a", "y", "click")]
     >>> [(users, ids.tolist()) for _, _, users, ids, _ in served_lists(stream, PopularityBaseline(), [2, 1], k=2)]
     [(['a', 'b'], [['x', None], ['x', None]]), (['a'], [['x', 'y']])]
     """
+    named = categories if categories and _takes_category(model) else {}
     for first, chunk in _chunks(events, batches):
         for ts, user, item, event_type in chunk:
-            model.learn_one(user, item, event_type, ts)
+            category = named.get(item)
+            if category is None:
+                model.learn_one(user, item, event_type, ts)
+            else:
+                model.learn_one(user, item, event_type, ts, category=category)
         _end_batch(model)
         users = list(dict.fromkeys(e[1] for e in chunk))
         ids, scores = model.recommend(users, n=k, exclude=exclude)
         yield first, chunk, users, ids, scores
+
+
+def _takes_category(model) -> bool:
+    """Whether ``model.learn_one`` takes an event's ``category``."""
+    return "category" in inspect.signature(model.learn_one).parameters
 
 
 def _end_batch(model) -> None:

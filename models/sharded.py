@@ -90,8 +90,9 @@ class ShardedRecommender:
         for s in self.shards:  # every worker follows the whole catalogue
             s.upsert_item(item_id, category=category, available=available)
 
-    def learn_one(self, user_id: str, item_id: str, event_type: str = "click", ts: float | None = None) -> None:
-        self.shards[shard_of(user_id, self.workers)].learn_one(user_id, item_id, event_type, ts)
+    def learn_one(self, user_id: str, item_id: str, event_type: str = "click", ts: float | None = None, *,
+                  category: str | None = None) -> None:
+        self.shards[shard_of(user_id, self.workers)].learn_one(user_id, item_id, event_type, ts, category=category)
 
     def end_batch(self) -> None:
         """A micro-batch is learned: with sharing, every worker applies every worker's update."""

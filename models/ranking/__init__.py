@@ -20,7 +20,8 @@ from models.ranking.base import (
     valid_counts,
     valid_part,
 )
-from models.ranking.hybrid import HybridRanker, ItemState
+from models.ranking.hybrid import HybridRanker
+from models.ranking.item_state import ItemState
 
 __all__ = ["EXCLUDE_RULES", "PAD_ID", "PAD_SCORE", "HybridRanker", "ItemState", "StreamingRecommender",
            "valid_counts", "valid_part"]

@@ -151,14 +151,17 @@ class StreamingRecommender(abc.ABC):
         return self.catalog.category_of(item_id)
 
     def learn_one(self, user_id: str, item_id: str, event_type: str = "click", ts: float | None = None, *,
-                  items: bool = True, personal: bool = True) -> None:
+                  items: bool = True, personal: bool = True, category: str | None = None) -> None:
         """Learn from one interaction; ``ts`` is in epoch seconds.
 
         A worker learns some events on one side only: ``personal=False`` when
         the customer's own state (history, sets, factors) holds the event
         already, having come with their profile (:meth:`import_user`), and
         ``items=False`` when the item-side state has learned it already
-        (a restored checkpoint newer than the profile).
+        (a restored checkpoint newer than the profile). ``category``, the
+        event's category of the item, becomes the item's where the catalogue
+        has none, once the item side has learned the event
+        (:meth:`_learn_category`); the catalogue's own (:meth:`upsert_item`) wins.
         """
         try:
             weight = self.event_weights[event_type]
@@ -170,8 +173,16 @@ class StreamingRecommender(abc.ABC):
             user = self._users[user_id] = _User(self.history_size)
         if items and self._learn(user_id, user, row, weight, ts, personal) is not False:
             self._n_learned += 1
+        if items and category is not None and self.catalog.category[row] < 0:
+            self._learn_category(row, category)
         if personal:
             user.push(row, weight, event_type == PURCHASE, ts, ENGAGEMENT.get(event_type, 0))
+
+    def _learn_category(self, row: int, category: str) -> None:
+        """An event named the category of ``row``, which the catalogue has none for: here, at once
+        (the item side has learned the event); a learner sharing its item side sends it with its
+        update instead."""
+        self.catalog.upsert(self.catalog.item_id(row), category=category)
 
     def _row(self, item_id: str) -> int:
         """The catalogue row of ``item_id``, added if it is new."""

@@ -29,16 +29,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.adaptive_popularity import AdaptivePopularity
-from models.catalog import Catalog
 from models.covisit import CoVisitation
 from models.groups import concat_ranges, strongest_in_groups
 from models.mf import ImplicitMF
-from models.popularity import TrendingPopularity
 from models.ranking.base import EXCLUDE_RULES, PAD_ID, PAD_SCORE, StreamingRecommender, check_request, padded
 from models.ranking.candidates import _Context
 from models.ranking.choice import SoftmaxChoice
 from models.ranking.features import FEATURES, PRIOR, Sequels, _Own, pair_features
+from models.ranking.item_state import ItemState, _popularity
 from models.ranking.item_updates import ItemUpdate, _Outbox, user_key
 from models.ranking.scoring import _Batch, _histories, _Terms
 from models.ranking.topk import _best_k
@@ -58,51 +56,6 @@ _POOLS_EVERY = 256
 _COVISIT_PRIOR = 30.0
 _CHUNK_USERS = 256  # users scored together by recommend, at most ...
 _CHUNK_ENTRIES = 65_536  # ... and about this many neighbourhood entries (keeps temporaries cache-sized)
-
-
-class ItemState:
-    """Item-side state of the hybrid ranker: catalogue, popularity, co-visits, successors.
-
-    Everything here is a sum over events, anonymous and independent of which
-    learner saw them (forgetting a user keeps it). The ranker updates it in
-    :meth:`HybridRanker._learn`.
-
-    Examples
-    --------
-    >>> r = HybridRanker(popularity_half_life=None)
-    >>> r.learn_one("ann", "boots"); r.learn_one("ann", "socks")
-    >>> items = r.items
-    >>> items.catalog is r.catalog, items.popularity.scores(2).tolist()
-    (True, [1.0, 1.0])
-    """
-
-    def __init__(self, catalog: Catalog, popularity: AdaptivePopularity | TrendingPopularity, covisit: CoVisitation,
-                 successors: CoVisitation | None = None):
-        self.catalog = catalog
-        self.popularity = popularity
-        self.covisit = covisit
-        self.successors = successors if successors is not None else _successors(covisit)
-
-    def __setstate__(self, state):
-        # Item state from before successors were counted starts counting them. (Keys interned as
-        # pickle's default does, so that a re-dump is byte-identical.)
-        self.__dict__.update((sys.intern(k), v) for k, v in state.items())
-        if "successors" not in state:
-            self.successors = _successors(self.covisit)
-
-
-def _popularity(half_life) -> AdaptivePopularity | TrendingPopularity:
-    """Popularity forgetting at ``half_life``, or at the best of several (a tuple)."""
-    if isinstance(half_life, tuple):
-        return AdaptivePopularity(half_life)
-    return TrendingPopularity(half_life)
-
-
-def _successors(covisit: CoVisitation) -> CoVisitation:
-    """Sequential rules: how often shoppers went from one item straight to another (the next event
-    only, forward only, raw counts), with the co-visits' bounds and forgetting."""
-    return CoVisitation(max_neighbors=covisit.max_neighbors, distance_decay=1.0, forward=1.0, backward=0.0,
-                        half_life=covisit.half_life, alpha=0.0)
 
 
 class HybridRanker(StreamingRecommender):
@@ -434,6 +387,13 @@ class HybridRanker(StreamingRecommender):
                     box.add_choice(grad.tolist())
         box.add(row, weight, ts, user.history[::-1])
 
+    def _learn_category(self, row: int, category: str) -> None:
+        box = self._outbox
+        if box is None:
+            super()._learn_category(row, category)
+        else:  # every learner takes it when it applies the update, after the update's events
+            box.add_category(row, category)
+
     def take_updates(self) -> ItemUpdate | None:
         """The item-side parts of the events learned since the last call, as one update for every
         learner (this one included) to :meth:`apply_updates`; ``None`` when there are none (or the
@@ -494,6 +454,13 @@ class HybridRanker(StreamingRecommender):
             self.choice.apply_gradient(np.asarray(grad, dtype=np.float64))
         if update.mf_at and self.mf is not None:
             self._apply_factor_steps(update, rows, keep)
+        # Categories its events named last: the second stage's steps above were computed from lists
+        # served before them, which could not hold an item by a category not yet known.
+        category = self.catalog.category
+        for i, name in zip(update.category_item, update.category):
+            if category[rows[i]] < 0:  # (the catalogue's own wins)
+                self.catalog.upsert(update.items[i], category=name)
+                category = self.catalog.category
 
     def _apply_factor_steps(self, update: ItemUpdate, rows: list[int], keep: Sequence[bool] | None) -> None:
         """The update's factor steps of the events kept: the item factors move; the users' factors too

@@ -39,6 +39,8 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
     at ``ts[k]`` (epoch seconds, or ``None``), after the customer's recent
     items ``history[k]`` (most recent first). ``choice[j]`` is a step of the
     second stage, taken before event ``choice_at[j]`` (non-decreasing).
+    ``category[j]`` is the category the events named for ``items[category_item[j]]``,
+    which the learner's catalogue had none for: appliers take it after the events.
 
     Matrix factorisation steps: step ``j`` belongs to event ``mf_at[j]``
     (non-decreasing) and moves the factors of user ``mf_users[mf_user[j]]``
@@ -66,6 +68,8 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
     mf_item: list[int] = []
     mf_target: list[float] = []
     mf_at: list[int] = []
+    category_item: list[int] = []  # (last: records written before them decode with none)
+    category: list[str] = []
 
     @property
     def n_events(self) -> int:
@@ -73,7 +77,8 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
 
     def part(self, lo: int, hi: int) -> ItemUpdate:
         """Events ``lo`` to ``hi - 1`` with the second stage's steps taken before them, as an update of
-        their own: applying ``u.part(0, m)`` then ``u.part(m, n)`` is applying ``u``.
+        their own: applying ``u.part(0, m)`` then ``u.part(m, n)`` is applying ``u`` (the categories
+        go with the part that ends it).
 
         >>> u = ItemUpdate(["a", "b", "c"], [0, 1, 2], [1.0, 1.0, 3.0], [None] * 3, [[], [0], [1, 0]],
         ...                choice_at=[2], choice=[[0.5]])
@@ -86,6 +91,7 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
         item = [at(i, len(index)) for i in self.item[lo:hi]]
         history = [[at(i, len(index)) for i in h] for h in self.history[lo:hi]]
         steps = [j for j, k in enumerate(self.choice_at) if lo <= k < hi]
+        last = hi >= self.n_events
         mf = [j for j, k in enumerate(self.mf_at) if lo <= k < hi]
         users: dict[int, int] = {}
         mf_user = [users.setdefault(self.mf_user[j], len(users)) for j in mf]
@@ -98,7 +104,9 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
                           ts=self.ts[lo:hi], history=history, choice_at=[self.choice_at[j] - lo for j in steps],
                           choice=[self.choice[j] for j in steps], mf_users=[self.mf_users[u] for u in users],
                           mf_start=start, mf_user=mf_user, mf_item=mf_item,
-                          mf_target=[self.mf_target[j] for j in mf], mf_at=[self.mf_at[j] - lo for j in mf])
+                          mf_target=[self.mf_target[j] for j in mf], mf_at=[self.mf_at[j] - lo for j in mf],
+                          category_item=[at(i, len(index)) for i in self.category_item] if last else [],
+                          category=list(self.category) if last else [])
 
 
 def user_key(user_id: str) -> int:
@@ -131,7 +139,7 @@ def decode_update(data: bytes, type: type = ItemUpdate):
 class _Outbox:
     """Item-side parts of the events learned since the last :meth:`take`, by catalogue row."""
 
-    __slots__ = ("rows", "weights", "ts", "histories", "choice_at", "choice", "mf_counts", "choosers")
+    __slots__ = ("rows", "weights", "ts", "histories", "choice_at", "choice", "mf_counts", "choosers", "categories")
 
     def __init__(self) -> None:
         self.rows: list[int] = []
@@ -141,6 +149,7 @@ class _Outbox:
         self.choice_at: list[int] = []
         self.choice: list[list[float]] = []
         self.mf_counts: list[int] = []  # factor steps queued with each event
+        self.categories: dict[int, str] = {}  # row -> the category an event named, first named first
         # Second-stage steps still to compute: (before event k, customer id, customer as they were, row chosen).
         self.choosers: list[tuple[int, str, object, int]] = []
 
@@ -157,6 +166,10 @@ class _Outbox:
     def add_steps(self, n: int) -> None:
         """The last event added queued ``n`` factor steps."""
         self.mf_counts[-1] = n
+
+    def add_category(self, row: int, category: str) -> None:
+        """An event named ``row``'s category (the first naming counts)."""
+        self.categories.setdefault(row, category)
 
     def add_choice(self, gradient: list[float]) -> None:
         """A second-stage step, before the next event added."""
@@ -181,7 +194,7 @@ class _Outbox:
         """The queue as an update naming items by ``item_id(row)`` (``None`` if empty), with the factor
         steps ``(user index, row, target)`` queued with its events (``mf_counts``) and their users'
         keys and starting factors; empties it."""
-        if not self.rows and not self.choice:
+        if not self.rows and not self.choice and not self.categories:
             return None
         index: dict[int, int] = {}
         at = index.setdefault
@@ -190,17 +203,20 @@ class _Outbox:
         mf_user, mf_rows, mf_target = mf_steps
         mf_item = [at(row, len(index)) for row in mf_rows]
         mf_at = [k for k, n in enumerate(self.mf_counts) for _ in range(n)]
+        category_item = [at(row, len(index)) for row in self.categories]
         update = ItemUpdate(items=[item_id(row) for row in index], item=item, weight=self.weights, ts=self.ts,
                             history=history, choice_at=self.choice_at, choice=self.choice, mf_users=list(mf_users),
                             mf_start=mf_start, mf_user=list(mf_user), mf_item=mf_item, mf_target=list(mf_target),
-                            mf_at=mf_at)
+                            mf_at=mf_at, category_item=category_item, category=list(self.categories.values()))
         self.__init__()
         return update
 
     def __getstate__(self):
         assert not self.choosers, "resolve the second stage's steps before saving"
-        return (self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice, self.mf_counts)
+        return (self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice, self.mf_counts,
+                self.categories)
 
     def __setstate__(self, state):
-        self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice, self.mf_counts = state
+        self.rows, self.weights, self.ts, self.histories, self.choice_at, self.choice, self.mf_counts = state[:7]
+        self.categories = dict(state[7]) if len(state) > 7 else {}  # (saved before events named categories)
         self.choosers = []

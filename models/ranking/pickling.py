@@ -58,7 +58,7 @@ def dumps(obj) -> bytes:
 # checkpoints are written with the new paths.
 _MOVED = {
     ("models.ranker", "HybridRanker"): ("models.ranking.hybrid", "HybridRanker"),
-    ("models.ranker", "ItemState"): ("models.ranking.hybrid", "ItemState"),
+    ("models.ranker", "ItemState"): ("models.ranking.item_state", "ItemState"),
     ("models.ranker", "_User"): ("models.ranking.users", "_User"),
     ("models.ranker", "_array"): ("models.ranking.pickling", "_array"),
     ("models.ranker", "_scalar"): ("models.ranking.pickling", "_scalar"),

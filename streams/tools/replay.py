@@ -169,8 +169,8 @@ def run_replay(events, k: int = 10, exclude: str = "interacted", progress=None, 
                overrides: Mapping[str, Any] | None = None, categories: Mapping[str, str] | None = None) -> Evaluation:
     """:func:`~models.evaluation.prequential` of ``models`` (default :func:`build_models` for ``workers``
     and ``overrides``), ``jobs`` processes at most (with more than 1, the models given are left
-    untrained: the processes train copies); ``categories`` (item -> category) join the catalogue
-    as each item first comes."""
+    untrained: the processes train copies); ``categories`` (item -> category) go with each event of
+    the item, as a worker's events carry them."""
     if models is None:
         models = build_models(exclude=exclude, workers=workers, sharing=sharing, overrides=overrides)
     return prequential(events, models, k=k, exclude=exclude, progress=progress, batch=batch, jobs=jobs, costs=COSTS,
@@ -322,7 +322,7 @@ def plot_rolling(ev: Evaluation, path: str, window: int | None = None) -> None:
                    "'{\"popularity_half_life\": 20000}' (the half-lives count events: scale them with the "
                    "log's traffic). RECOSTREAM_RANKER runs the same ranker in a worker.")
 @click.option("--no-categories", is_flag=True,
-              help="Ignore the log's category column (replay the ranker as a shop without a catalogue's categories).")
+              help="Ignore the log's category column (replay a shop whose events and catalogue name no categories).")
 def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batch, jobs, workers, sharing,
            overrides_text, no_categories):
     """Replay an event log test-then-train through the ranker and the baselines.
@@ -334,9 +334,9 @@ def replay(events_path, k, exclude, as_json, plot_path, max_bad_rows_shown, batc
     defaults, as run by the workers, or with --overrides) and the popularity /
     co-occurrence baselines computed in the same run, over all judged events
     and split between returns (an item the customer had met before) and
-    discovery. A `category` column gives each item's category, which joins the
-    ranker's catalogue as the item first comes (as a shop's catalogue topic
-    would announce it); --no-categories ignores it.
+    discovery. A `category` column names each item's category with its events,
+    as a worker's events do: the ranker takes it, once the event is learned,
+    for items its catalogue has none for; --no-categories ignores it.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -53,7 +53,10 @@ def test_agents_and_replay_give_the_same_recommendations(settings, start_worker,
     sizes = batch_sizes(served_by_version(s), len(events))
     offline = build_models(seed=s.seed, exclude=s.exclude)[MODEL_NAME]
     stream = [(p["ts"] / 1000, p["user_id"], p["item_id"], etype) for etype, p in events]
-    run_replay(stream, k=10, exclude="purchased", models={MODEL_NAME: offline}, batch=sizes)
+    # The events name their items' categories, which the worker's ranker takes: so does the replay.
+    categories = {p["item_id"]: p["category"] for _, p in events if p.get("category")}
+    assert categories
+    run_replay(stream, k=10, exclude="purchased", models={MODEL_NAME: offline}, batch=sizes, categories=categories)
 
     users = sorted({p["user_id"] for _, p in events})
     assert live.model_version == offline.model_version == len(events)
@@ -86,7 +89,8 @@ def test_batched_replay_serves_the_lists_a_worker_served(settings, start_worker)
 
     offline = build_models(seed=s.seed, exclude=s.exclude)[MODEL_NAME]
     stream = [(p["ts"] / 1000, p["user_id"], p["item_id"], etype) for etype, p in events]
-    batches = list(served_lists(stream, offline, sizes, k=s.top_n, exclude=s.exclude))
+    categories = {p["item_id"]: p["category"] for _, p in events if p.get("category")}
+    batches = list(served_lists(stream, offline, sizes, k=s.top_n, exclude=s.exclude, categories=categories))
     assert len(batches) == len(versions)
     for version, (_, _, users, ids, scores) in zip(versions, batches):
         live = served[version]

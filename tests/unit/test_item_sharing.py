@@ -8,6 +8,7 @@ exchanging updates after every micro-batch.
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -150,3 +151,29 @@ def test_a_batchs_second_stage_steps_computed_together_equal_those_computed_one_
     assert sum(a is not None for a, _ in steps) >= 400
     for a, b in steps:
         assert (a is None) == (b is None) and (a is None or np.array_equal(a, b))
+
+
+def test_an_events_category_reaches_every_learner_after_the_events_unless_the_catalogue_has_one():
+    a, b = HybridRanker(share_items=True), HybridRanker(share_items=True)
+    for r in (a, b):
+        r.upsert_item("socks", category="hosiery")  # the catalogue topic's
+    a.learn_one("ann", "boots", category="shoes")
+    a.learn_one("ann", "socks", category="shoes")   # the catalogue's own wins
+    a.learn_one("bob", "boots", category="footwear")  # the first naming counts
+    assert a.item_category("boots") is None  # not before the update is applied
+    update = a.take_updates()
+    assert list(zip([update.items[i] for i in update.category_item], update.category)) == [("boots", "shoes")]
+    for r in (a, b):
+        r.apply_updates(decode_update(encode_update(update)))
+        assert (r.item_category("boots"), r.item_category("socks")) == ("shoes", "hosiery")
+    # Parts of an update carry its categories in the part that ends it, so applying them is applying it.
+    first, last = update.part(0, 2), update.part(2, 3)
+    assert not first.category and [last.items[i] for i in last.category_item] == ["boots"]
+    # An update written before events named categories (its array ends at `mf_at`) decodes with none.
+    fields = ItemUpdate.__struct_fields__
+    older = msgspec.defstruct("Older", [(f, object) for f in fields[:fields.index("category_item")]], array_like=True)
+    record = older(["x"], [0], [1.0], [None], [[]], [], [], [], b"", [], [], [], [])
+    assert decode_update(msgspec.msgpack.encode(record)).category == []
+    unshared = HybridRanker()
+    unshared.learn_one("cy", "hat", category="headwear")  # learned at once, so named at once
+    assert unshared.item_category("hat") == "headwear"
