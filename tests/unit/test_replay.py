@@ -247,7 +247,7 @@ def test_replay_reports_what_the_ranker_came_to(tmp_path):
     assert f"popularity half-life {one['popularity_half_life']:,.0f} events" in table.stdout
 
 
-def test_a_category_column_announces_each_item_with_its_category_as_it_first_comes(tmp_path):
+def test_a_category_column_names_the_items_categories_as_a_workers_events_do(tmp_path):
     from models.evaluation import prequential
     from streams.tools.replay import MODEL_NAME, build_models
 
