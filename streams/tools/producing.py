@@ -39,13 +39,15 @@ def produce_csv(settings: Settings, path: Path, *, rate: float | None) -> dict:
 
     Each row's ``event_id`` is derived from the file name and the row's
     position in time order, so publishing the same file twice is deduplicated
-    by the workers rather than double-counted.
+    by the workers rather than double-counted. A ``category`` column gives
+    each event its item's category, as ``recostream replay`` reads it.
     """
     from streams.tools.replay import read_events
 
     bad: list[str] = []
+    categories: dict[str, str] = {}
     events, n_bad = read_events(str(path), on_bad_row=lambda line, why: bad.append(f"line {line}: {why}"),
-                                with_price=True)
+                                with_price=True, categories=categories)
     producer = make_producer(settings)
     started = time.monotonic()
 
@@ -54,6 +56,8 @@ def produce_csv(settings: Settings, path: Path, *, rate: float | None) -> dict:
             payload = {"event_id": f"{path.name}:{i}", "user_id": user, "item_id": item, "ts": epoch_ms(ts)}
             if price is not None:
                 payload["price"] = price
+            if item in categories:
+                payload["category"] = categories[item]
             yield event_type, payload
 
     with _progress() as progress:

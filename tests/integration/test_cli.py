@@ -48,12 +48,12 @@ def test_worker_without_services_explains_what_to_set():
 def test_produce_csv_publishes_rows_and_reports_bad_ones(settings, tmp_path):
     csv = tmp_path / "log.csv"
     csv.write_text(
-        "timestamp,user_id,item_id,event_type,price\n"
-        "2024-05-01T10:00:00Z,u1,i1,browse,\n"
-        "2024-05-01T10:01:00Z,u1,i1,purchase,9.5\n"
-        "not-a-time,u2,i2,click,\n"
-        "1714557720000,u2,i3,click,\n"
-        "2024-05-01T10:03:00Z,u3,i4,wishlist,\n"
+        "timestamp,user_id,item_id,event_type,price,category\n"
+        "2024-05-01T10:00:00Z,u1,i1,browse,,books\n"
+        "2024-05-01T10:01:00Z,u1,i1,purchase,9.5,\n"
+        "not-a-time,u2,i2,click,,\n"
+        "1714557720000,u2,i3,click,,\n"
+        "2024-05-01T10:03:00Z,u3,i4,wishlist,,\n"
     )
     result = CliRunner().invoke(cli, ["produce", "--csv", str(csv)], env=settings_env(settings))
     assert result.exit_code == 0, result.output
@@ -65,7 +65,9 @@ def test_produce_csv_publishes_rows_and_reports_bad_ones(settings, tmp_path):
     assert counts == {settings.topic_browse: 1, settings.topic_click: 1, settings.topic_purchase: 1}
     purchase = json.loads(read_topic(settings, settings.topic_purchase)[0].value())
     assert purchase["user_id"] == "u1" and purchase["type"] == "purchase" and purchase["ts"] == 1714557660000
-    assert purchase["price"] == 9.5
+    assert purchase["price"] == 9.5 and purchase["category"] == "books"  # the item's, as replay reads it
+    click = json.loads(read_topic(settings, settings.topic_click)[0].value())
+    assert "category" not in click
 
 
 def test_the_worker_process_loads_no_tool():
