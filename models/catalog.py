@@ -144,6 +144,22 @@ class Catalog:
         """Number of category codes handed out (codes are ``0 .. n_categories - 1``)."""
         return len(self._categories)
 
+    def has_category(self, row: int) -> bool:
+        """Whether row ``row`` has a category."""
+        return bool(self._category[row] >= 0)
+
+    def fill_category(self, row: int, category: str) -> None:
+        """Give row ``row`` ``category`` if it has none (a category it has, the catalogue's, stays).
+
+        >>> cat = Catalog(); _ = cat.upsert("sku-1", category="shoes"); _ = cat.upsert("sku-2")
+        >>> cat.fill_category(0, "hats"); cat.fill_category(1, "hats")
+        >>> cat.category_of("sku-1"), cat.category_of("sku-2")
+        ('shoes', 'hats')
+        """
+        if self._category[row] < 0:
+            self._category[row] = self.category_code(category)
+            self.version += 1  # (a known row changed: readers' derived structures are stale)
+
     def _grow(self) -> None:
         # Doubling keeps appends amortised O(1).
         size = 2 * len(self._available)

@@ -135,9 +135,7 @@ class _Tally:
 
     def __init__(self, models: Mapping[str, object], categories: Mapping[str, str] | None = None) -> None:
         self.learners = list(models)
-        self.categories = categories or {}
-        # The learners that take an event's category (``learn_one(..., category=)``).
-        self.with_category = {key for key, model in models.items() if self.categories and _takes_category(model)}
+        self.learn_fns = {key: _learner(model, categories) for key, model in models.items()}
         self.lists = {key: list_names(key, model) for key, model in models.items()}
         self.learner_of = {name: key for key, names in self.lists.items() for name in names}
         self.names = list(self.learner_of)
@@ -163,31 +161,21 @@ class _Tally:
         self.recommended[name].update(shown)
         self.rr[name].append(1.0 / (shown.index(item) + 1) if item in shown else 0.0)
 
-    def learn(self, models: Mapping[str, object], event: Event) -> None:
-        ts, user, item, event_type = event
-        self.items.add(item)
-        category = self.categories.get(item)
+    def learn(self, event: Event) -> None:
+        self.items.add(event[2])
         for key in self.learners:
             t0 = time.perf_counter()
-            if category is not None and key in self.with_category:
-                models[key].learn_one(user, item, event_type, ts, category=category)
-            else:
-                models[key].learn_one(user, item, event_type, ts)
+            self.learn_fns[key](*event)
             self.t_learn[key] += time.perf_counter() - t0
 
-    def learn_batch(self, models: Mapping[str, object], chunk: list[Event]) -> None:
+    def learn_batch(self, chunk: list[Event]) -> None:
         """:meth:`learn` for each event of ``chunk``, model by model (they are independent)."""
         self.items.update(e[2] for e in chunk)
         for key in self.learners:
-            learn_one = models[key].learn_one
+            learn = self.learn_fns[key]
             t0 = time.perf_counter()
-            if key in self.with_category:
-                categories = self.categories
-                for ts, user, item, event_type in chunk:
-                    learn_one(user, item, event_type, ts, category=categories.get(item))
-            else:
-                for ts, user, item, event_type in chunk:
-                    learn_one(user, item, event_type, ts)
+            for event in chunk:
+                learn(*event)
             self.t_learn[key] += time.perf_counter() - t0
 
     def end_batch(self, models: Mapping[str, object]) -> None:
@@ -451,7 +439,7 @@ def _per_event(events, models, tally: _Tally, k: int, exclude: str, progress) ->
                     tally.score(name, valid_part(ids, scores, 0)[0].tolist(), item)
         else:
             seen_users.add(user)
-        tally.learn(models, event)
+        tally.learn(event)
         tally.end_batch(models)
         if progress is not None and count % 1000 == 0:
             progress(1000)
@@ -477,7 +465,7 @@ def _per_batch(events, models, tally: _Tally, k: int, exclude: str, progress, ba
                     fresh.discard(user)
                     recommended.update(shown)
                 rr.append(1.0 / (shown.index(item) + 1) if item in shown else 0.0)
-        tally.learn_batch(models, chunk)
+        tally.learn_batch(chunk)
         tally.end_batch(models)
         users = list(dict.fromkeys(e[1] for e in chunk))
         for key in tally.learners:
@@ -508,23 +496,24 @@ def served_lists(events: Iterable[Event], model, batches: int | Sequence[int], k
     >>> [(users, ids.tolist()) for _, _, users, ids, _ in served_lists(stream, PopularityBaseline(), [2, 1], k=2)]
     [(['a', 'b'], [['x', None], ['x', None]]), (['a'], [['x', 'y']])]
     """
-    named = categories if categories and _takes_category(model) else {}
+    learn = _learner(model, categories)
     for first, chunk in _chunks(events, batches):
-        for ts, user, item, event_type in chunk:
-            category = named.get(item)
-            if category is None:
-                model.learn_one(user, item, event_type, ts)
-            else:
-                model.learn_one(user, item, event_type, ts, category=category)
+        for event in chunk:
+            learn(*event)
         _end_batch(model)
         users = list(dict.fromkeys(e[1] for e in chunk))
         ids, scores = model.recommend(users, n=k, exclude=exclude)
         yield first, chunk, users, ids, scores
 
 
-def _takes_category(model) -> bool:
-    """Whether ``model.learn_one`` takes an event's ``category``."""
-    return "category" in inspect.signature(model.learn_one).parameters
+def _learner(model, categories: Mapping[str, str] | None) -> Callable[[float, str, str, str], None]:
+    """``learn(ts, user, item, event_type)``: ``model.learn_one`` of an event, with its item's category
+    from ``categories`` where the model takes one (``learn_one(..., category=)``)."""
+    learn_one = model.learn_one
+    if not categories or "category" not in inspect.signature(learn_one).parameters:
+        return lambda ts, user, item, event_type: learn_one(user, item, event_type, ts)
+    get = categories.get
+    return lambda ts, user, item, event_type: learn_one(user, item, event_type, ts, category=get(item))
 
 
 def _end_batch(model) -> None:

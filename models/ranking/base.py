@@ -173,7 +173,7 @@ class StreamingRecommender(abc.ABC):
             user = self._users[user_id] = _User(self.history_size)
         if items and self._learn(user_id, user, row, weight, ts, personal) is not False:
             self._n_learned += 1
-        if items and category is not None and self.catalog.category[row] < 0:
+        if items and category is not None and not self.catalog.has_category(row):
             self._learn_category(row, category)
         if personal:
             user.push(row, weight, event_type == PURCHASE, ts, ENGAGEMENT.get(event_type, 0))
@@ -182,7 +182,7 @@ class StreamingRecommender(abc.ABC):
         """An event named the category of ``row``, which the catalogue has none for: here, at once
         (the item side has learned the event); a learner sharing its item side sends it with its
         update instead."""
-        self.catalog.upsert(self.catalog.item_id(row), category=category)
+        self.catalog.fill_category(row, category)
 
     def _row(self, item_id: str) -> int:
         """The catalogue row of ``item_id``, added if it is new."""

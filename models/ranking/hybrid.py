@@ -456,11 +456,8 @@ class HybridRanker(StreamingRecommender):
             self._apply_factor_steps(update, rows, keep)
         # Categories its events named last: the second stage's steps above were computed from lists
         # served before them, which could not hold an item by a category not yet known.
-        category = self.catalog.category
         for i, name in zip(update.category_item, update.category):
-            if category[rows[i]] < 0:  # (the catalogue's own wins)
-                self.catalog.upsert(update.items[i], category=name)
-                category = self.catalog.category
+            self.catalog.fill_category(rows[i], name)  # (the catalogue's own wins)
 
     def _apply_factor_steps(self, update: ItemUpdate, rows: list[int], keep: Sequence[bool] | None) -> None:
         """The update's factor steps of the events kept: the item factors move; the users' factors too

@@ -34,7 +34,7 @@ from models.evaluation import Evaluation, Event, Rankings, available_cpus, prequ
 from models.events import EVENT_WEIGHTS
 from models.ranking import EXCLUDE_RULES, HybridRanker
 from models.sharded import ShardedRecommender
-from streams.contract import ContractError, Limits, parse_timestamp
+from streams.contract import DEFAULT_LIMITS, ContractError, parse_timestamp
 from streams.contract.fields import check_category
 from streams.settings import Settings, ranker_overrides
 
@@ -85,7 +85,7 @@ def read_events(path: str, on_bad_row=None, with_price: bool = False, categories
         i_ts, i_user, i_item, i_type = (header.index(c) for c in REQUIRED_COLUMNS)
         i_price = header.index("price") if "price" in header else None
         i_category = header.index("category") if "category" in header and categories is not None else None
-        max_len = Limits().max_string_length
+        max_len = DEFAULT_LIMITS.max_string_length
         width = len(header)
         cache: dict[str, float] = {}
         for row in reader:
