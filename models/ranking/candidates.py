@@ -494,6 +494,15 @@ class _Context:
         FT, offsets = kept
         return FT[:, offsets[b]:offsets[b + 1]]
 
+    def block_widths(self) -> np.ndarray:
+        """How many rows each block holds (kept while the blocks are unchanged)."""
+        token = (self.blocks_version, len(self.blocks))
+        widths = self._kept("widths", token)
+        if widths is None:
+            widths = np.fromiter((len(b) for b in self.blocks), dtype=np.int64, count=len(self.blocks))
+            self.keep["widths"] = (token, widths)
+        return widths
+
     def padded_blocks(self):
         """Every block as one row of a padded matrix (cached per call): rows (padding: row 0),
         popularity terms (padding: -inf), category indices (padding: ``n_cats``), the width, and
@@ -523,7 +532,7 @@ class _Context:
             base[pad] = -np.inf
             top = base.max(axis=1) if wmax else np.zeros(len(rows))
             top[widths == 0] = 0.0
-            out = self.call_cache["padded"] = (rows, base, cats, wmax, top.tolist())
+            out = self.call_cache["padded"] = (rows, base, cats, wmax, top)
         return out
 
     def row_base(self, rows: np.ndarray) -> np.ndarray:

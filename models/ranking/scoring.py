@@ -150,27 +150,33 @@ class _Batch:
         user's rows of each block are in the buffers (``loc``, ``offset``, ``width``)."""
         ctx, t = self.ctx, self.t
         B = t.B
-        nc = ctx.n_cats
-        n_blocks = max(len(ctx.blocks), 1)
-        loc = np.full((B, n_blocks), -1, dtype=np.int64)  # row of each user in each block
-        self.blocks = []
-        offset = np.zeros(n_blocks, dtype=np.int64)
+        widths = ctx.block_widths()
+        nb = len(widths)
+        n_blocks = max(nb, 1)
+        # Block-major membership (block 0: everybody; block 1 + c: the users with an affinity to c),
+        # so that its nonzeros come ordered by block, then user: one pass instead of one per block
+        # (thousands of categories make thousands of blocks).
+        member = np.zeros((n_blocks, B), dtype=bool)
+        if nb:
+            member[0] = widths[0] > 0
+            m = min(nb - 1, t.has_cat.shape[1]) if ctx.n_cats else 0
+            if m > 0:
+                member[1:1 + m] = t.has_cat[:, :m].T & (widths[1:1 + m] > 0)[:, None]
+        bs, us = np.nonzero(member)
+        counts = np.bincount(bs, minlength=n_blocks)
+        active = np.flatnonzero(counts)
         width = np.zeros(n_blocks, dtype=np.int64)
-        size = 0
-        for b, rows in enumerate(ctx.blocks):
-            if not len(rows):
-                continue
-            if b == 0:
-                users = np.arange(B)
-            else:
-                users = np.flatnonzero(t.has_cat[:, b - 1]) if nc else np.zeros(0, dtype=np.int64)
-                if not len(users):
-                    continue
-            loc[users, b] = np.arange(len(users))
-            offset[b], width[b] = size, len(rows)
-            self.blocks.append((b, users, rows, size))
-            size += len(users) * len(rows)
-        self.size = size
+        width[active] = widths[active]
+        sizes = counts * width
+        ends = np.cumsum(sizes)
+        offset = np.zeros(n_blocks, dtype=np.int64)
+        offset[active] = (ends - sizes)[active]
+        loc = np.full((B, n_blocks), -1, dtype=np.int64)  # row of each user in each block
+        loc[us, bs] = np.arange(len(bs)) - (np.cumsum(counts) - counts)[bs]
+        groups = np.split(us, np.cumsum(counts[active])[:-1]) if len(active) else []
+        self.blocks = [(b, users, ctx.blocks[b], o)
+                       for b, users, o in zip(active.tolist(), groups, offset[active].tolist())]
+        self.size = int(ends[-1]) if len(ends) else 0
         self.loc, self.offset, self.width, self.n_blocks = loc, offset, width, n_blocks
 
     def _mf_terms(self) -> None:
@@ -329,7 +335,8 @@ class _Batch:
         ctx, t = self.ctx, self.t
         w_cat = ctx.r.w_category
         tops = ctx.padded_blocks()[4]
-        bound = np.array([tops[b] if b < len(tops) else 0.0 for b in range(self.n_blocks)])[None, :] + np.zeros((t.B, 1))
+        bound = np.zeros((t.B, self.n_blocks))
+        bound += np.pad(tops[: self.n_blocks], (0, max(self.n_blocks - len(tops), 0)))
         if t.aff is not None:
             bound[:, 0] += w_cat * t.aff.max(axis=1)
             bound[:, 1:] += w_cat * t.aff[:, : self.n_blocks - 1]
