@@ -8,6 +8,8 @@ that scoring "all items" is one numpy expression instead of a Python loop.
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 __all__ = ["Catalog"]
@@ -57,6 +59,9 @@ class Catalog:
         #: Bumped whenever a known row changes category or availability (new rows
         #: do not bump it): lets readers keep derived structures incrementally.
         self.version = 0
+        #: Rows that got their first category from :meth:`fill_category`, in order (each bumped
+        #: :attr:`version` too): readers that can take these in keep their structures through them.
+        self.fills = array("q")
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -140,6 +145,12 @@ class Catalog:
         return row
 
     @property
+    def version_without_fills(self) -> int:
+        """:attr:`version` less the :attr:`fills`: it moves only when a known row's availability
+        changes or a category it had is replaced."""
+        return self.version - len(self.fills)
+
+    @property
     def n_categories(self) -> int:
         """Number of category codes handed out (codes are ``0 .. n_categories - 1``)."""
         return len(self._categories)
@@ -159,6 +170,7 @@ class Catalog:
         if self._category[row] < 0:
             self._category[row] = self.category_code(category)
             self.version += 1  # (a known row changed: readers' derived structures are stale)
+            self.fills.append(row)
 
     def _grow(self) -> None:
         # Doubling keeps appends amortised O(1).
@@ -171,13 +183,17 @@ class Catalog:
 
     def __getstate__(self):
         # Serialise only the used prefix so that two catalogues with the same
-        # content pickle to the same bytes whatever their capacity history.
+        # content and changes pickle to the same bytes whatever their capacity history.
+        # The change counters go with it: readers restored beside it (a ranker's candidate
+        # pools) compare them with the ones they saw.
         n = len(self._ids)
         return {
             "ids": list(self._ids),
             "categories": dict(self._categories),
             "category": self._category[:n].copy(),
             "available": self._available[:n].copy(),
+            "version": self.version,
+            "fills": np.frombuffer(self.fills, dtype=np.int64).copy(),
         }
 
     def __setstate__(self, state):
@@ -190,7 +206,9 @@ class Catalog:
         self._category[:n] = state["category"]
         self._available = np.zeros(capacity, dtype=bool)
         self._available[:n] = state["available"]
-        self.version = 0
+        # (Catalogues from before the counters were kept start them at 0.)
+        self.version = int(state.get("version", 0))
+        self.fills = array("q", np.asarray(state.get("fills", ()), dtype=np.int64).tolist())
 
 
 def grow_to(array: np.ndarray, n: int, fill=0) -> np.ndarray:

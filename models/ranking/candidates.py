@@ -37,7 +37,11 @@ class _Context:
       availability or category, or a rescale, rebuilds them. All categories
       are merged at once (:meth:`_merge_cats`), and only the blocks of the
       categories whose lists changed, or that gained or lost a block-0 row,
-      are recomputed (:meth:`_cat_blocks`).
+      are recomputed (:meth:`_cat_blocks`). A row's first category named by
+      an event (:meth:`Catalog.fill_category`) does not rebuild them: the row
+      joins its category's newest-items list at the next read and its top
+      list at the next update (:meth:`_take_fills`); any other catalogue
+      change rebuilds them at the next read.
     * Derived arrays that change less often than every call (padded blocks,
       block factors, category codes, co-visitation norms) are kept across
       calls, keyed by what they derive from (``keep``); the norms are
@@ -55,7 +59,9 @@ class _Context:
         self.n_items = 0  # rows the scores' terms cover
         self.pool_n = 0  # rows the pools have seen (new rows beyond it join the newest-items pools)
         self.base: dict | None = None  # the pools as last brought up to date (_keep_base)
-        self.cat_version = -1
+        self.cat_version = -1  # the catalogue's version_without_fills when the pools were built
+        self.fills_seen = 0  # the catalogue's fills the pools had taken in at their last update
+        self.fills_newest = 0  # ... and those the newest-items lists have taken in since
         self.top = np.zeros(0, dtype=np.int64)  # rows of block 0, ascending
         self.in_cat_top = np.zeros(0, dtype=bool)  # rows in their category's top list
         self.cat_top: list[np.ndarray] = []
@@ -93,7 +99,8 @@ class _Context:
         self.many = many
         r = self.r
         cat, pop = r.catalog, r.items.popularity
-        if (not pools and cat is self.catalog and pop is self.popularity and cat.version == self.cat_version
+        version = cat.version_without_fills
+        if (not pools and cat is self.catalog and pop is self.popularity and version == self.cat_version
                 and n_items >= self.pool_n):
             changed = ()  # the pools' changes stay with the popularity for the next full refresh
         else:
@@ -107,12 +114,14 @@ class _Context:
             if n_items > self.pool_n:
                 self._admit(n_items)
         elif (changed is None or cat is not self.catalog or pop is not self.popularity
-                or cat.version != self.cat_version or n_items < self.pool_n):
+                or version != self.cat_version or n_items < self.pool_n):
             self._build(n_items)
             self._keep_base()
         else:
             self._update(n_items, changed)
             self._keep_base()
+        self._grow_categories()
+        self._admit_fills()
         self.available = cat.available
         self.cats = cat.category
         self.norm, self.norm_entries = None, 0  # covisit_norm() of this call
@@ -126,7 +135,7 @@ class _Context:
 
     def _keep_base(self) -> None:
         """Remember the pools as brought up to date (what :meth:`_admit` starts from)."""
-        self.base = {"cat_version": self.cat_version, "n": self.pool_n, "top": self.top,
+        self.base = {"cat_version": self.cat_version, "cat_fills": self.fills_seen, "n": self.pool_n, "top": self.top,
                      "cat_top": list(self.cat_top), "cat_new": list(self.cat_new)}
 
     def pools_state(self) -> dict | None:
@@ -140,6 +149,7 @@ class _Context:
         r = self.r
         self.catalog, self.popularity = r.catalog, r.items.popularity
         self.cat_version, self.n_items = pools["cat_version"], pools["n"]
+        self.fills_seen = self.fills_newest = pools.get("cat_fills", len(r.catalog.fills))
         self.pool_n = pools["n"]
         self.top = pools["top"]
         self.cat_top, self.cat_new = list(pools["cat_top"]), list(pools["cat_new"])
@@ -167,7 +177,8 @@ class _Context:
         r = self.r
         cat = r.catalog
         self.catalog, self.popularity = cat, r.items.popularity
-        self.cat_version, self.n_items, self.pool_n = cat.version, n_items, n_items
+        self.cat_version, self.n_items, self.pool_n = cat.version_without_fills, n_items, n_items
+        self.fills_seen = self.fills_newest = len(cat.fills)
         p, q = r.n_candidates, r.n_new_candidates
         avail = np.flatnonzero(cat.available)
         order = self._key_order(avail)
@@ -203,6 +214,9 @@ class _Context:
         if n_items > old_n:
             new_rows = np.arange(old_n, n_items)
             rows = union_sorted(rows, new_rows)
+        filled = self._take_fills()
+        if filled is not None:
+            rows = union_sorted(rows, filled)
         if not len(rows):
             if len(self.block_of) < n_items:
                 self._set_blocks(n_items, (), False)
@@ -242,6 +256,8 @@ class _Context:
                     for c in unique_sorted(fc[fc >= 0]).tolist():
                         self.cat_new[c] = np.concatenate((fresh[fc == c][::-1], self.cat_new[c]))[:q]
                         dirty.add(c)
+            if filled is not None:
+                dirty.update(self._newest_with(filled[avail[filled]]))
         if top_changed and self.n_cats:
             # A category block is its top and newest rows minus block 0: only the
             # categories of the rows that entered or left block 0 change.
@@ -250,6 +266,67 @@ class _Context:
             dirty.update(unique_sorted(mc[(mc >= 0) & (mc < self.n_cats)]).tolist())
         if top_changed or dirty or len(self.block_of) < n_items or len(self.blocks) < 1 + self.n_cats:
             self._set_blocks(n_items, dirty, top_changed)
+
+    def _grow_categories(self) -> None:
+        """Empty lists and blocks for the categories the catalogue has named since the pools last
+        took them in (a first category named by an event waits for the next update to join its
+        lists, but scoring reads a block for every category a customer has met)."""
+        n = self.r.catalog.n_categories if self.r.w_category else 0
+        if n <= self.n_cats:
+            return
+        while len(self.cat_top) < n:
+            self.cat_top.append(np.zeros(0, dtype=np.int64))
+            self.cat_new.append(np.zeros(0, dtype=np.int64))
+        self.n_cats = n
+        self.cat_mat = None
+        self._set_blocks(self.pool_n, set(), False)
+
+    def _take_fills(self) -> np.ndarray | None:
+        """The rows that got their first category since the last update, ascending (``None``: none);
+        from the update on they are taken in like rows whose popularity changed.
+
+        Between updates they are category-less to :meth:`_admit` and join only the newest-items
+        lists (:meth:`_admit_fills`): which rows those hold is a function of the set of rows, never of
+        when they were read, so the pools at a read follow from the last update's, the rows that exist
+        and the fills since, and a restored ranker (which starts from the update's) reads the same."""
+        fills = self.r.catalog.fills
+        if len(fills) == self.fills_seen:
+            return None
+        rows = unique_sorted(np.array(fills[self.fills_seen:], dtype=np.int64))
+        self.fills_seen = self.fills_newest = len(fills)
+        return rows
+
+    def _filled_since_update(self) -> np.ndarray:
+        """The rows named a first category since the last update, sorted (repeats are harmless)."""
+        fills = self.r.catalog.fills
+        return np.sort(np.array(fills[self.fills_seen:], dtype=np.int64))
+
+    def _admit_fills(self) -> None:
+        """Rows named a first category since the last read join their category's newest-items list."""
+        fills = self.r.catalog.fills
+        if len(fills) == self.fills_newest or not (self.r.w_category and self.n_cats):
+            return
+        rows = unique_sorted(np.array(fills[self.fills_newest:], dtype=np.int64))
+        self.fills_newest = len(fills)
+        rows = rows[self.r.catalog.available[rows]]
+        dirty = self._newest_with(rows)
+        if dirty:
+            self._set_blocks(self.pool_n, dirty, False)
+
+    def _newest_with(self, rows: np.ndarray) -> list[int]:
+        """Put ``rows`` (available, ascending) in their categories' newest-items lists, which hold each
+        category's ``n_new_candidates`` highest rows, highest first; returns the categories whose list
+        changed."""
+        cats, q = self.r.catalog.category, self.r.n_new_candidates
+        rc = cats[rows]
+        out = []
+        for c in unique_sorted(rc[rc >= 0]).tolist():
+            old = self.cat_new[c]
+            new = np.union1d(old, rows[rc == c])[::-1][:q]
+            if not np.array_equal(new, old):
+                self.cat_new[c] = new
+                out.append(c)
+        return out
 
     def _admit(self, n_items: int) -> None:
         """Rows new since the pools were last brought up to date join them without looking at
@@ -283,7 +360,8 @@ class _Context:
                 self.cat_top.append(np.zeros(0, dtype=np.int64))
                 self.cat_new.append(np.zeros(0, dtype=np.int64))
             self.n_cats = cat.n_categories
-            nc = cat.category[new]
+            nc = cat.category[new].copy()
+            nc[np.isin(new, self._filled_since_update())] = -1  # (they join by _admit_fills)
             for c in unique_sorted(nc[nc >= 0]).tolist():
                 rows = new[nc == c]
                 self.cat_new[c] = np.concatenate((rows[::-1], self.cat_new[c]))[:q]

@@ -115,6 +115,34 @@ def test_save_load_round_trip(make):
     assert all_recs(clone, USERS) == all_recs(model, USERS)
 
 
+def test_a_restored_model_goes_on_like_the_original_through_catalogue_changes(make):
+    """Events naming items' first categories, availability changes and reads before and after the
+    checkpoint: the restored model serves and learns exactly as the one that went on."""
+    rng = np.random.default_rng(11)
+
+    def changing(model, events):
+        for k, (user, item, event_type, ts) in enumerate(events):
+            named = f"c{rng.integers(4)}" if rng.random() < 0.3 else None
+            model.learn_one(user, item, event_type, ts, category=named)
+            if k % 37 == 5:
+                model.upsert_item(f"i{rng.integers(1, 60)}", available=bool(rng.random() < 0.6))
+            if k % 23 == 0:
+                model.recommend(USERS[:5], n=5)
+
+    model = make()
+    changing(model, stream(n_events=500))
+    model.upsert_item("i2", available=False)
+    all_recs(model, USERS)
+    clone = type(model).loads(model.dumps())
+    more = list(stream(n_events=300, seed=9))
+    state = rng.bit_generator.state
+    changing(model, more)
+    rng.bit_generator.state = state
+    changing(clone, more)
+    assert clone.dumps() == model.dumps()
+    assert all_recs(clone, USERS) == all_recs(model, USERS)
+
+
 def test_loads_rejects_other_model_types(make):
     other = PopularityBaseline() if not isinstance(make(), PopularityBaseline) else HybridRanker()
     with pytest.raises(TypeError):

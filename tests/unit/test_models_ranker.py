@@ -254,7 +254,8 @@ def test_engine_popular_top_list_matches_nlargest():
 def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
     """The pools brought up to date every _POOLS_EVERY learned events (top lists, blocks, row maps)
     equal those built from scratch, whatever the reads in between (which admit new items): new items,
-    new categories, availability and category changes."""
+    new categories, availability and category changes, and first categories named by events (which
+    the pools take in at their update, without a rebuild)."""
     from models.ranking.candidates import _Context
     from models.ranking.hybrid import _POOLS_EVERY
 
@@ -268,7 +269,12 @@ def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
     for step in range(1500):
         user = f"u{rng.integers(40)}"
         item = items[min(int(rng.zipf(1.3)) - 1, len(items) - 1)] if rng.random() < 0.8 else items[rng.integers(len(items))]
-        r.learn_one(user, item, "click" if rng.random() < 0.8 else "purchase", ts=float(step))
+        named = None
+        if rng.random() < 0.05:  # an event naming the category of an item without one
+            unnamed = [i for i in items if r.item_category(i) is None]
+            if unnamed:
+                item, named = unnamed[rng.integers(len(unnamed))], str(rng.choice(cats + [f"named{step % 7}"]))
+        r.learn_one(user, item, "click" if rng.random() < 0.8 else "purchase", ts=float(step), category=named)
         if (step + 1) % _POOLS_EVERY == 0:
             checked += 1
             ctx = r._ctx
@@ -286,7 +292,7 @@ def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
             assert np.array_equal(ctx.in_cat_top[:n], fresh.in_cat_top[:n])
         if step % 97 == 0:  # a new item, sometimes in a brand-new category
             items.append(f"n{step}")
-            r.upsert_item(items[-1], category=str(rng.choice(cats + [f"new{step}"])) if rng.random() < 0.9 else None)
+            r.upsert_item(items[-1], category=str(rng.choice(cats + [f"new{step}"])) if rng.random() < 0.5 else None)
         if step % 331 == 0:
             r.upsert_item(items[rng.integers(len(items))], available=bool(rng.random() < 0.5))
         if step % calls_every == 0:
@@ -298,6 +304,7 @@ def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
             room = max(r.n_candidates - len(ctx.base["top"]), 0)
             assert np.array_equal(ctx.top, np.concatenate((ctx.base["top"], new[:room])))
     assert checked == 1500 // _POOLS_EVERY
+    assert len(r.catalog.fills) > 5 and r.catalog.version_without_fills < 10  # (fills were taken in, not rebuilt for)
 
 
 def test_an_item_the_customer_went_further_with_scores_its_engagement_weight_more():
