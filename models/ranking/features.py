@@ -178,7 +178,7 @@ def pair_features(ranker, ctx, terms, users, pu: np.ndarray, pr: np.ndarray, own
         raw = np.einsum("ij,ij->i", ctx.factor_rows(pr), t.Uq[pu])
         X[:, col["mf"]] = np.ldexp(raw, t.shift[pu])
     if t.aff is not None:
-        X[:, col["category"]] = t.aff[pu, ctx.row_cats(pr)]
+        X[:, col["category"]] = t.aff[pu, t.cat_cols(ctx.row_cats(pr))]
     at, hit = _lookup(own.keys, pu * n_items + pr)
     src = own.order[at[hit]]
     rank = own.rank[src]

@@ -589,7 +589,7 @@ class HybridRanker(StreamingRecommender):
         t = _Terms(ctx, [user_id], [user])
         blocks = [ctx.blocks[0]] if ctx.blocks else []
         if t.aff is not None:
-            blocks += [ctx.blocks[1 + c] for c in np.flatnonzero(t.has_cat[0]).tolist() if 1 + c < len(ctx.blocks)]
+            blocks += [ctx.blocks[b] for b in (1 + t.cat_ids[t.has_cat[0]]).tolist() if b < len(ctx.blocks)]
         # Candidates: the neighbours (sorted), then the block rows that are not neighbours.
         cv = t.cv_r
         pool = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
@@ -600,7 +600,7 @@ class HybridRanker(StreamingRecommender):
             return cand, t
         scores = ctx.row_base(cand)
         if t.aff is not None:
-            scores = self.w_category * t.aff[0, ctx.row_cats(cand)] + scores
+            scores = self.w_category * t.aff[0, t.cat_cols(ctx.row_cats(cand))] + scores
         if ctx.mf is not None:
             raw = ctx.factor_rows(cand) @ t.Uq[0]
             top = float(np.ldexp(np.abs(raw).max(), t.shift[0]))

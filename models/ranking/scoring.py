@@ -13,7 +13,7 @@ from models.groups import firsts, run_starts, within
 from models.ranking.candidates import _Context
 from models.ranking.kernels import covisit_neighbourhoods
 from models.ranking.topk import _best_k
-from models.sets import member
+from models.sets import member, unique_sorted
 
 _GEMM_ROWS = 128  # rows per matrix product (larger ones make OpenBLAS start threads that then spin)
 _NO_SCALE = np.zeros(0)
@@ -40,8 +40,11 @@ class _Terms:
     Attributes: ``cv_u, cv_r, cv_v`` the co-visitation score of each
     (user, row) with a positive score, sorted by user then row; ``cvs`` the
     per-user scale of those scores; ``aff`` (``None`` without categories)
-    the category affinity per user and category, with one last zero column
-    for unknown categories; ``Uq, shift`` quantised MF user vectors.
+    the category affinity per user and category met in the users' histories
+    (``cat_ids``, ascending; :meth:`cat_cols` maps category codes to columns),
+    with one last zero column for every other category and unknown ones (so
+    arrays grow with the categories a batch has met, not with the
+    catalogue's); ``Uq, shift`` quantised MF user vectors.
     Sums keep the order of the users' histories, so a user's terms do not
     depend on the other users of the batch.
     """
@@ -65,20 +68,29 @@ class _Terms:
         # Category affinity: share of the (decayed) history per category.
         self.aff = None
         nc = ctx.n_cats
+        self.cat_ids = np.zeros(0, dtype=np.int64)
         if nc:
             hc = ctx.cats[H]
             known = hc >= 0
-            A = np.zeros((B, nc + 1))
-            A[:, :nc] = np.bincount(uh[known] * nc + hc[known], W[known], minlength=B * nc).reshape(B, nc)
+            self.cat_ids = ids = unique_sorted(hc[known].astype(np.int64))
+            nl = len(ids)
+            self._cols = np.full(nc + 1, nl, dtype=np.int64)
+            self._cols[ids] = np.arange(nl)
+            A = np.zeros((B, nl + 1))
+            A[:, :nl] = np.bincount(uh[known] * nl + self._cols[hc[known]], W[known], minlength=B * nl).reshape(B, nl)
             top = A.max(axis=1)
             ok = top > 0
             A[ok] /= top[ok, None]
             self.aff = A
-            self.has_cat = A[:, :nc] > 0
+            self.has_cat = A[:, :nl] > 0
         # MF user vectors.
         self.Uq = self.shift = None
         if ctx.mf is not None:
             self.Uq, self.shift = ctx.user_factors(user_ids)
+
+    def cat_cols(self, codes: np.ndarray) -> np.ndarray:
+        """Columns of ``aff`` of category ``codes`` (as :meth:`_Context.row_cats` gives them)."""
+        return self._cols[codes]
 
     def _covisit(self, ctx, H, W, lens, regions=None):
         covisit = ctx.r.items.covisit
@@ -147,21 +159,28 @@ class _Batch:
 
     def _place_blocks(self) -> None:
         """The active blocks, ``(block, users, rows, offset in the block buffers)``, and where each
-        user's rows of each block are in the buffers (``loc``, ``offset``, ``width``)."""
+        user's rows of each block are in the buffers (``loc``, ``offset``, ``width``).
+
+        Blocks are numbered for the chunk: 0 is the catalogue-wide block, ``1 + j`` the block of
+        category ``t.cat_ids[j]`` (the ``j``-th column of ``t.aff``); ``gb`` maps them to the
+        context's blocks and ``lb`` back (-1: a block no user of the chunk has)."""
         ctx, t = self.ctx, self.t
         B = t.B
-        widths = ctx.block_widths()
-        nb = len(widths)
-        n_blocks = max(nb, 1)
-        # Block-major membership (block 0: everybody; block 1 + c: the users with an affinity to c),
-        # so that its nonzeros come ordered by block, then user: one pass instead of one per block
-        # (thousands of categories make thousands of blocks).
+        widths_g = ctx.block_widths()
+        nbg = len(widths_g)
+        gb = np.concatenate((np.zeros(1, dtype=np.int64), 1 + t.cat_ids))
+        there = gb < nbg
+        widths = np.where(there, widths_g[np.minimum(gb, max(nbg - 1, 0))] if nbg else 0, 0)
+        n_blocks = len(gb)
+        self.gb = gb
+        self.lb = np.full(nbg, -1, dtype=np.int64)
+        self.lb[gb[there]] = np.flatnonzero(there)
+        # Block-major membership (block 0: everybody; block 1 + j: the users with an affinity to
+        # its category), so that its nonzeros come ordered by block, then user: one pass.
         member = np.zeros((n_blocks, B), dtype=bool)
-        if nb:
-            member[0] = widths[0] > 0
-            m = min(nb - 1, t.has_cat.shape[1]) if ctx.n_cats else 0
-            if m > 0:
-                member[1:1 + m] = t.has_cat[:, :m].T & (widths[1:1 + m] > 0)[:, None]
+        member[0] = widths[0] > 0
+        if n_blocks > 1:
+            member[1:] = t.has_cat.T & (widths[1:] > 0)[:, None]
         bs, us = np.nonzero(member)
         counts = np.bincount(bs, minlength=n_blocks)
         active = np.flatnonzero(counts)
@@ -174,8 +193,8 @@ class _Batch:
         loc = np.full((B, n_blocks), -1, dtype=np.int64)  # row of each user in each block
         loc[us, bs] = np.arange(len(bs)) - (np.cumsum(counts) - counts)[bs]
         groups = np.split(us, np.cumsum(counts[active])[:-1]) if len(active) else []
-        self.blocks = [(b, users, ctx.blocks[b], o)
-                       for b, users, o in zip(active.tolist(), groups, offset[active].tolist())]
+        self.blocks = [(b, users, ctx.blocks[g], o)
+                       for b, g, users, o in zip(active.tolist(), gb[active].tolist(), groups, offset[active].tolist())]
         self.size = int(ends[-1]) if len(ends) else 0
         self.loc, self.offset, self.width, self.n_blocks = loc, offset, width, n_blocks
 
@@ -188,7 +207,7 @@ class _Batch:
         M = self.M = np.empty(self.size)
         for b, users, rows, o in self.blocks:
             Mb = M[o:o + len(users) * len(rows)].reshape(len(users), len(rows))
-            Fb, Ub = ctx.block_factors(b), t.Uq[users]
+            Fb, Ub = ctx.block_factors(int(self.gb[b])), t.Uq[users]
             for lo in range(0, len(users), _GEMM_ROWS):  # small products: BLAS stays on one thread
                 np.matmul(Ub[lo:lo + _GEMM_ROWS], Fb, out=Mb[lo:lo + _GEMM_ROWS])
             bt = np.abs(Mb).max(axis=1)
@@ -220,14 +239,16 @@ class _Batch:
         self.coef = np.ldexp(self.mfs, t.shift)
 
     def positions(self, users: np.ndarray, rows: np.ndarray):
-        """Block, position in it, and position in the block buffers of each (user, row); -1 when the
-        row is in none of the user's blocks."""
+        """Block (of the chunk), position in it, and position in the block buffers of each (user, row);
+        -1 when the row is in none of the user's blocks."""
         ctx = self.ctx
         b = ctx.block_of[rows]
         pos = ctx.block_pos[rows]
         flat = np.full(len(rows), -1, dtype=np.int64)
         sel = np.flatnonzero(b >= 0)  # rows in some block: is it one of the user's?
-        bs = b[sel]
+        bs = self.lb[b[sel]]
+        there = bs >= 0
+        sel, bs = sel[there], bs[there]
         lu = self.loc.ravel()[users[sel] * self.n_blocks + bs]
         ok = lu >= 0
         sel, bs, lu = sel[ok], bs[ok], lu[ok]
@@ -242,7 +263,7 @@ class _Batch:
         cu, cr = t.cv_u, t.cv_r
         s = ctx.row_base(cr)
         if t.aff is not None:
-            s = ctx.r.w_category * t.aff.ravel()[cu * t.aff.shape[1] + ctx.row_cats(cr)] + s
+            s = ctx.r.w_category * t.aff.ravel()[cu * t.aff.shape[1] + t.cat_cols(ctx.row_cats(cr))] + s
         if self.cv_raw is not None:
             s += self.coef[cu] * self.cv_raw
         s += t.cv_v * t.cvs[cu]
@@ -262,7 +283,7 @@ class _Batch:
         eu, er = self._exclude(excluded, cs)
         # Each source's best k per user, in the user's slots of (CS, CR):
         # neighbours, block 0, then the user's category blocks.
-        slots = np.cumsum(t.has_cat, axis=1) if self.ctx.n_cats else None
+        slots = np.cumsum(t.has_cat, axis=1) if len(t.cat_ids) else None
         n_slots = 2 + (int(slots[:, -1].max()) if slots is not None and t.B else 0)
         CS = np.full((t.B, k * n_slots), -np.inf)
         CR = np.zeros((t.B, k * n_slots), dtype=np.int64)
@@ -335,8 +356,10 @@ class _Batch:
         ctx, t = self.ctx, self.t
         w_cat = ctx.r.w_category
         tops = ctx.padded_blocks()[4]
+        gb = self.gb
         bound = np.zeros((t.B, self.n_blocks))
-        bound += np.pad(tops[: self.n_blocks], (0, max(self.n_blocks - len(tops), 0)))
+        if len(tops):
+            bound += np.where(gb < len(tops), tops[np.minimum(gb, len(tops) - 1)], 0.0)
         if t.aff is not None:
             bound[:, 0] += w_cat * t.aff.max(axis=1)
             bound[:, 1:] += w_cat * t.aff[:, : self.n_blocks - 1]
@@ -358,9 +381,10 @@ class _Batch:
         pair[pu, pb] = np.arange(len(pu))
         rows_p, base_p, cat_p, wmax, _ = ctx.padded_blocks()
         j = np.arange(wmax)
-        S = base_p[pb]
+        g = self.gb[pb]  # the context's blocks
+        S = base_p[g]
         if t.aff is not None:
-            S = ctx.r.w_category * t.aff.ravel()[(pu * t.aff.shape[1])[:, None] + cat_p[pb]] + S
+            S = ctx.r.w_category * t.aff.ravel()[(pu * t.aff.shape[1])[:, None] + t.cat_cols(cat_p[g])] + S
         if self.M is not None:
             at = (self.offset[pb] + self.loc[pu, pb] * self.width[pb])[:, None] + np.minimum(j, self.width[pb][:, None] - 1)
             S += self.coef[pu][:, None] * self.M[at]
@@ -380,11 +404,11 @@ class _Batch:
             ok = p >= 0
             flat_S[p[ok] * wmax + e_pos[inb[ok]]] = -np.inf
         if wmax > k:
-            idx = _best_k(S, k, lambda i, j: rows_p[pb[i], j])
-            vals, rws = np.take_along_axis(S, idx, axis=1), rows_p[pb[:, None], idx]
+            idx = _best_k(S, k, lambda i, j: rows_p[g[i], j])
+            vals, rws = np.take_along_axis(S, idx, axis=1), rows_p[g[:, None], idx]
         else:
-            vals, rws = S, rows_p[pb]
-        slot = np.where(pb > 0, slots[pu, np.maximum(pb - 1, 0)] if ctx.n_cats else 0, 0)
+            vals, rws = S, rows_p[g]
+        slot = np.where(pb > 0, slots[pu, np.maximum(pb - 1, 0)] if slots is not None else 0, 0)
         cols = (k * (1 + slot))[:, None] + np.arange(k)[: vals.shape[1]]
         CS[pu[:, None], cols] = vals
         CR[pu[:, None], cols] = rws

@@ -144,7 +144,7 @@ def _first_stage_scores(r: HybridRanker, user_id: str, user, n_items: int) -> np
     t = _Terms(ctx, [user_id], [user])
     rows = np.arange(n_items)
     if t.aff is not None:
-        scores = r.w_category * t.aff[0, ctx.row_cats(rows)] + scores
+        scores = r.w_category * t.aff[0, t.cat_cols(ctx.row_cats(rows))] + scores
     if ctx.mf is not None:
         scores += _Batch(ctx, t).coef[0] * (ctx.factor_rows(rows) @ t.Uq[0])
     scores[t.cv_r] += t.cv_v * t.cvs[t.cv_u]
