@@ -303,6 +303,11 @@ def test_candidate_pools_kept_incrementally_match_a_rebuild(calls_every):
             new = new[r.catalog.available[new]]
             room = max(r.n_candidates - len(ctx.base["top"]), 0)
             assert np.array_equal(ctx.top, np.concatenate((ctx.base["top"], new[:room])))
+            # ... and each category's newest items are already those a rebuild would list.
+            codes, avail = r.catalog.category, np.flatnonzero(r.catalog.available)
+            for c in range(r.catalog.n_categories):
+                newest = avail[codes[avail] == c][::-1][: r.n_new_candidates]
+                assert np.array_equal(ctx.cat_new[c], newest), (step, c)
     assert checked == 1500 // _POOLS_EVERY
     assert len(r.catalog.fills) > 5 and r.catalog.version_without_fills < 10  # (fills were taken in, not rebuilt for)
 
