@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.catalog import grow_to
-from models.groups import run_starts
+from models.groups import run_starts, within
 from models.ranking.factors import _QuantisedFactors
 from models.ranking.kernels import Scratch
 from models.sets import union_sorted, unique_sorted
@@ -316,14 +316,31 @@ class _Context:
     def _newest_with(self, rows: np.ndarray) -> list[int]:
         """Put ``rows`` (available, ascending) in their categories' newest-items lists, which hold each
         category's ``n_new_candidates`` highest rows, highest first; returns the categories whose list
-        changed."""
+        changed. (All categories at once: a batch can name hundreds.)"""
         cats, q = self.r.catalog.category, self.r.n_new_candidates
         rc = cats[rows]
+        named = rc >= 0
+        rows, rc = rows[named], rc[named].astype(np.int64)
+        if not len(rows) or q <= 0:
+            return []
+        touched = unique_sorted(rc)
+        old = [self.cat_new[c] for c in touched.tolist()]
+        lens = np.fromiter((len(o) for o in old), dtype=np.int64, count=len(old))
+        allc = np.concatenate((np.repeat(touched, lens), rc))
+        allr = np.concatenate(old + [rows]).astype(np.int64, copy=False)
+        order = np.lexsort((-allr, allc))  # by category, then row, highest first
+        allc, allr = allc[order], allr[order]
+        distinct = np.ones(len(allr), dtype=bool)
+        distinct[1:] = (allc[1:] != allc[:-1]) | (allr[1:] != allr[:-1])
+        allc, allr = allc[distinct], allr[distinct]
+        starts = run_starts(allc)
+        kept = within(np.diff(np.append(starts, len(allc)))) < q
+        allc, allr = allc[kept], allr[kept]
+        bounds = np.append(run_starts(allc), len(allc)).tolist()
         out = []
-        for c in unique_sorted(rc[rc >= 0]).tolist():
-            old = self.cat_new[c]
-            new = np.union1d(old, rows[rc == c])[::-1][:q]
-            if not np.array_equal(new, old):
+        for c, o, lo, hi in zip(touched.tolist(), old, bounds[:-1], bounds[1:]):
+            new = allr[lo:hi]
+            if not np.array_equal(new, o):
                 self.cat_new[c] = new
                 out.append(c)
         return out
