@@ -14,7 +14,7 @@ from models.catalog import grow_to
 from models.groups import run_starts, within
 from models.ranking.factors import _QuantisedFactors
 from models.ranking.kernels import Scratch
-from models.sets import union_sorted, unique_sorted
+from models.sets import member, union_sorted, unique_sorted
 
 if TYPE_CHECKING:
     from models.ranking.hybrid import HybridRanker
@@ -204,7 +204,7 @@ class _Context:
     def _update(self, n_items: int, changed: list[int]) -> None:
         r = self.r
         cat = r.catalog
-        p, q = r.n_candidates, r.n_new_candidates
+        p = r.n_candidates
         old_n = self.pool_n
         self.n_items = self.pool_n = n_items
         rows = np.array(changed, dtype=np.int64)
@@ -249,15 +249,10 @@ class _Context:
             known_cat = rc >= 0
             if p > 0 and known_cat.any():
                 dirty.update(self._merge_cats(rows[known_cat], rc[known_cat], p))
-            if new_rows is not None:
-                fresh = new_rows[avail[new_rows]]
-                if len(fresh):
-                    fc = cats[fresh]
-                    for c in unique_sorted(fc[fc >= 0]).tolist():
-                        self.cat_new[c] = np.concatenate((fresh[fc == c][::-1], self.cat_new[c]))[:q]
-                        dirty.add(c)
+            newest = new_rows[avail[new_rows]] if new_rows is not None else np.zeros(0, dtype=np.int64)
             if filled is not None:
-                dirty.update(self._newest_with(filled[avail[filled]]))
+                newest = union_sorted(newest, filled[avail[filled]])
+            dirty.update(self._newest_with(newest))
         if top_changed and self.n_cats:
             # A category block is its top and newest rows minus block 0: only the
             # categories of the rows that entered or left block 0 change.
@@ -289,24 +284,22 @@ class _Context:
         lists (:meth:`_admit_fills`): which rows those hold is a function of the set of rows, never of
         when they were read, so the pools at a read follow from the last update's, the rows that exist
         and the fills since, and a restored ranker (which starts from the update's) reads the same."""
-        fills = self.r.catalog.fills
-        if len(fills) == self.fills_seen:
+        if len(self.r.catalog.fills) == self.fills_seen:
             return None
-        rows = unique_sorted(np.array(fills[self.fills_seen:], dtype=np.int64))
-        self.fills_seen = self.fills_newest = len(fills)
+        rows = self._fills_since(self.fills_seen)
+        self.fills_seen = self.fills_newest = len(self.r.catalog.fills)
         return rows
 
-    def _filled_since_update(self) -> np.ndarray:
-        """The rows named a first category since the last update, sorted (repeats are harmless)."""
-        fills = self.r.catalog.fills
-        return np.sort(np.array(fills[self.fills_seen:], dtype=np.int64))
+    def _fills_since(self, start: int) -> np.ndarray:
+        """The distinct rows of the catalogue's fills from the ``start``-th on, ascending."""
+        return unique_sorted(np.array(self.r.catalog.fills[start:], dtype=np.int64))
 
     def _admit_fills(self) -> None:
         """Rows named a first category since the last read join their category's newest-items list."""
         fills = self.r.catalog.fills
         if len(fills) == self.fills_newest or not (self.r.w_category and self.n_cats):
             return
-        rows = unique_sorted(np.array(fills[self.fills_newest:], dtype=np.int64))
+        rows = self._fills_since(self.fills_newest)
         self.fills_newest = len(fills)
         rows = rows[self.r.catalog.available[rows]]
         dirty = self._newest_with(rows)
@@ -377,8 +370,9 @@ class _Context:
                 self.cat_top.append(np.zeros(0, dtype=np.int64))
                 self.cat_new.append(np.zeros(0, dtype=np.int64))
             self.n_cats = cat.n_categories
-            nc = cat.category[new].copy()
-            nc[np.isin(new, self._filled_since_update())] = -1  # (they join by _admit_fills)
+            nc = cat.category[new]
+            if len(cat.fills) > self.fills_seen:  # (rows named since the update join by _admit_fills)
+                nc = np.where(member(new, self._fills_since(self.fills_seen)), -1, nc)
             for c in unique_sorted(nc[nc >= 0]).tolist():
                 rows = new[nc == c]
                 self.cat_new[c] = np.concatenate((rows[::-1], self.cat_new[c]))[:q]

@@ -194,7 +194,7 @@ class _Outbox:
         """The queue as an update naming items by ``item_id(row)`` (``None`` if empty), with the factor
         steps ``(user index, row, target)`` queued with its events (``mf_counts``) and their users'
         keys and starting factors; empties it."""
-        if not self.rows and not self.choice and not self.categories:
+        if not self.rows and not self.choice:  # (a category comes with its event's row)
             return None
         index: dict[int, int] = {}
         at = index.setdefault

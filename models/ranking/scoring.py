@@ -170,7 +170,8 @@ class _Batch:
         nbg = len(widths_g)
         gb = np.concatenate((np.zeros(1, dtype=np.int64), 1 + t.cat_ids))
         there = gb < nbg
-        widths = np.where(there, widths_g[np.minimum(gb, max(nbg - 1, 0))] if nbg else 0, 0)
+        widths = np.zeros(len(gb), dtype=np.int64)
+        widths[there] = widths_g[gb[there]]
         n_blocks = len(gb)
         self.gb = gb
         self.lb = np.full(nbg, -1, dtype=np.int64)
@@ -357,9 +358,9 @@ class _Batch:
         w_cat = ctx.r.w_category
         tops = ctx.padded_blocks()[4]
         gb = self.gb
+        there = gb < len(tops)
         bound = np.zeros((t.B, self.n_blocks))
-        if len(tops):
-            bound += np.where(gb < len(tops), tops[np.minimum(gb, len(tops) - 1)], 0.0)
+        bound[:, there] = tops[gb[there]]
         if t.aff is not None:
             bound[:, 0] += w_cat * t.aff.max(axis=1)
             bound[:, 1:] += w_cat * t.aff[:, : self.n_blocks - 1]
