@@ -467,56 +467,119 @@ class CoVisitation:
         top = max(row, max(history))
         if top >= len(self._mass):
             self._mass = grow_to(self._mass, top + 1)
-        rows = self.rows
-        if top >= len(rows._slots):
-            rows._ensure(top)
-        if rows._log is not None:  # the change log of SparseRows.strongest's cache: these rows change
-            rows._log.append(row)
-            rows._log_seqs.append(history if type(history) is tuple else tuple(history))
-            if len(rows._log) > 1_000_000:
-                rows._forget_heads()
-        slots, start, cap = rows._slots, rows._start, rows._cap
-        add = rows.add
+        self._fold((history,), (row,), (inc,))
+
+    def update_many(self, histories: Sequence[Sequence[int]], rows: Sequence[int], weights: Sequence[float],
+                    ts) -> None:
+        """:meth:`update` of each ``(histories[k], rows[k], weights[k], ts[k])`` in turn, with the same
+        result to the last bit.
+
+        The clock's increments are taken together, and the additions to entries that exist are
+        collected and made in order by ``np.add.at`` (as are the masses'): each entry, and each
+        mass, takes the same additions in the same order as one event at a time. They are made
+        before anything reads or moves values (a row outgrowing its region, pruning, a rescale).
+
+        >>> a, b = CoVisitation(max_neighbors=2, half_life=3.0), CoVisitation(max_neighbors=2, half_life=3.0)
+        >>> events = [((), 0), ((0,), 1), ((1, 0), 2), ((2, 1, 0), 3), ((3, 2), 0), ((0, 3), 1), ((1,), 0)]
+        >>> a.update_many([h for h, _ in events], [r for _, r in events], [1.0, 2.0] * 3 + [1.0], range(7))
+        >>> for t, (h, r) in enumerate(events):
+        ...     b.update(h, r, 2.0 if t % 2 else 1.0, t)
+        >>> all(np.array_equal(x, y) for x, y in zip(a.rows.row(0) + a.rows.row(3) + (a.mass(4),),
+        ...                                          b.rows.row(0) + b.rows.row(3) + (b.mass(4),)))
+        True
+        """
+        if len(rows) == 1:
+            t = ts[0]
+            return self.update(histories[0], rows[0], float(weights[0]), None if t is None else float(t))
+        keep = [k for k, h in enumerate(histories) if len(h)]  # (an event with no history counts nothing)
+        if not keep:
+            return
+        histories = [histories[k] for k in keep]
+        rows = [rows[k] for k in keep]
+        weights = np.asarray(weights, dtype=np.float64)[keep]
+        ts = self.clock.times([ts[k] for k in keep])
+        top = max(max(rows), max(max(h) for h in histories))
+        if top >= len(self._mass):
+            self._mass = grow_to(self._mass, top + 1)
+        start = 0
+        while start < len(rows):
+            inc = self.clock.increments(ts[start:])
+            if self.clock.rescale_factor != 1.0:
+                self.rows.scale(1.0 / self.clock.rescale_factor)
+                self._mass /= self.clock.rescale_factor
+            stop = start + len(inc)
+            self._fold(histories[start:stop], rows[start:stop], (inc * weights[start:stop]).tolist())
+            start = stop
+
+    def _fold(self, histories: Sequence[Sequence[int]], rows: Sequence[int], ws: list[float]) -> None:
+        """The pairs of events whose increments (clock times weight) are ``ws``: no rescale among them."""
+        srows = self.rows
+        if srows._log is not None:  # the change log of SparseRows.strongest's cache: these rows change
+            srows._log.extend(rows)
+            srows._log_seqs.extend(h if type(h) is tuple else tuple(h) for h in histories)
+            if len(srows._log) > 1_000_000:
+                srows._forget_heads()
+        slots, start, cap = srows._slots, srows._start, srows._cap
         fw, bw, decay = self.forward, self.backward, self.distance_decay
-        full = 2 * rows.max_neighbors if rows.max_neighbors is not None else None
-        # Fast paths of SparseRows.add inlined: most pairs update an existing
-        # slot, most new pairs fit in their row's region.
-        V, C = rows._V, rows._C
-        row_slots = slots[row]
-        mass = self._mass
-        w = inc
-        total = 0.0
-        for h in history:
-            if h != row:
-                h_slots = slots[h]
-                s = h_slots.get(row)
-                if s is not None:
-                    V[start[h] + s] += fw * w
-                else:
-                    s = len(h_slots)
-                    if s < cap[h] and (full is None or s < full):
-                        C[start[h] + s] = row
-                        V[start[h] + s] = fw * w
-                        h_slots[row] = s
+        full = 2 * srows.max_neighbors if srows.max_neighbors is not None else None
+        V, C = srows._V, srows._C
+        # Additions to existing entries and to masses, made in order by np.add.at before values are
+        # read or moved.
+        at, by, mass_at, mass_by = [], [], [], []
+        pend_at, pend_by, pend_mass_at, pend_mass_by = at.append, by.append, mass_at.append, mass_by.append
+
+        def settle():
+            _add_in_order(srows._V, at, by)
+            at.clear()
+            by.clear()
+
+        for history, row, w in zip(histories, rows, ws):
+            top = max(row, max(history))
+            if top >= len(slots):  # (new rows' regions are made event by event: the same slab layout)
+                settle()
+                srows._ensure(top)
+                V, C = srows._V, srows._C
+            row_slots = slots[row]
+            total = 0.0
+            for h in history:
+                if h != row:
+                    h_slots = slots[h]
+                    s = h_slots.get(row)
+                    if s is not None:
+                        pend_at(start[h] + s)
+                        pend_by(fw * w)
                     else:
-                        add(h, row, fw * w)
-                        V, C = rows._V, rows._C  # add() may have grown or compacted the slab
-                s = row_slots.get(h)
-                if s is not None:
-                    V[start[row] + s] += bw * w
-                else:
-                    s = len(row_slots)
-                    if s < cap[row] and (full is None or s < full):
-                        C[start[row] + s] = h
-                        V[start[row] + s] = bw * w
-                        row_slots[h] = s
+                        s = len(h_slots)
+                        if s < cap[h] and (full is None or s < full):
+                            C[start[h] + s] = row
+                            V[start[h] + s] = fw * w
+                            h_slots[row] = s
+                        else:
+                            settle()
+                            srows.add(h, row, fw * w)
+                            V, C = srows._V, srows._C  # add() may have grown or compacted the slab
+                    s = row_slots.get(h)
+                    if s is not None:
+                        pend_at(start[row] + s)
+                        pend_by(bw * w)
                     else:
-                        add(row, h, bw * w)
-                        V, C, row_slots = rows._V, rows._C, slots[row]  # ... or pruned the row
-                mass[h] += w
-                total += w
-            w *= decay
-        mass[row] += total
+                        s = len(row_slots)
+                        if s < cap[row] and (full is None or s < full):
+                            C[start[row] + s] = h
+                            V[start[row] + s] = bw * w
+                            row_slots[h] = s
+                        else:
+                            settle()
+                            srows.add(row, h, bw * w)
+                            V, C, row_slots = srows._V, srows._C, slots[row]  # ... or pruned the row
+                    pend_mass_at(h)
+                    pend_mass_by(w)
+                    total += w
+                w *= decay
+            pend_mass_at(row)
+            pend_mass_by(total)
+        settle()
+        _add_in_order(self._mass, mass_at, mass_by)
 
     def mass(self, n_items: int) -> np.ndarray:
         self._mass = grow_to(self._mass, n_items)
@@ -584,3 +647,13 @@ class CoVisitation:
         nz = np.flatnonzero(self._mass)
         state["_mass"] = self._mass[: (nz[-1] + 1) if len(nz) else 0].copy()
         return state
+
+
+def _add_in_order(array: np.ndarray, at: list[int], by: list[float]) -> None:
+    """``array[at[k]] += by[k]`` for every ``k`` in order: each element takes its additions one after
+    the other, as a loop would (``np.add.at``, or the loop itself where numpy's cost per call is more)."""
+    if len(at) > 16:
+        np.add.at(array, at, by)
+    else:
+        for i, x in zip(at, by):
+            array[i] += x

@@ -173,6 +173,11 @@ class ImplicitMF:
             recent[n_seen % self.buffer_size] = row
         self._n_seen = n_seen + 1
 
+    def observe_many(self, rows: Sequence[int]) -> None:
+        """:meth:`observe` of each of ``rows`` in turn."""
+        for row in rows:
+            self.observe(row)
+
     def _flush(self) -> None:
         """Apply the queued SGD steps, exactly as River's ``FunkMF.learn_one`` would one after the other."""
         users, rows, ys = self._pend_u, self._pend_r, self._pend_y

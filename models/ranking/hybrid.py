@@ -367,10 +367,7 @@ class HybridRanker(StreamingRecommender):
 
     def _learn_items(self, history, row: int, weight: float, t: float | None) -> None:
         """The item side's share of one event: ``row`` after ``history`` (rows, most recent first) at clock ``t``."""
-        items = self.items
-        items.popularity.update(row, weight, t, novel=row not in history)
-        items.covisit.update(history, row, weight, t)
-        items.successors.update(history[:1], row, weight, t)
+        self.items.learn((history,), (row,), (weight,), (t,))
 
     def _queue(self, box: _Outbox, user_id: str, user: _User, row: int, weight: float, ts: float | None) -> None:
         """Queue the item side's share of one event, with the second stage's step when the event
@@ -427,31 +424,43 @@ class HybridRanker(StreamingRecommender):
             self.apply_updates(update)
 
     def apply_updates(self, update: ItemUpdate, keep: Sequence[bool] | None = None) -> None:
-        """Fold ``update`` (anyone's :meth:`take_updates`) into the item side, event by event, as
-        :meth:`learn_one` does unshared; unknown items join the catalogue. ``keep[k]`` false skips
-        event ``k`` and the second stage's steps taken before it (an event already applied)."""
+        """Fold ``update`` (anyone's :meth:`take_updates`) into the item side as :meth:`learn_one`
+        does unshared, event by event, to the same state; unknown items join the catalogue.
+        ``keep[k]`` false skips event ``k`` and the second stage's steps taken before it (an event
+        already applied).
+
+        The events between two refreshes of the candidate pools (which read the item side as it
+        stands after every ``_POOLS_EVERY``-th event) are learned in one :meth:`ItemState.learn`.
+        The second stage's steps read nothing the events change (their gradients came computed),
+        so they are taken in their order, apart from the events."""
         rows = [self._row(item) for item in update.items]
-        steps, n_steps, j = update.choice, len(update.choice), 0
+        n = update.n_events
+        kept = range(n) if keep is None else [k for k in range(n) if keep[k]]
         at = update.choice_at
-        events_clock = self.decay_clock == "events"
+        for j, grad in enumerate(update.choice):
+            if at[j] >= n or keep is None or keep[at[j]]:
+                self.choice.apply_gradient(np.asarray(grad, dtype=np.float64))
+        histories = [tuple(rows[h] for h in update.history[k]) for k in kept]
+        item_rows = [rows[update.item[k]] for k in kept]
+        weights = [update.weight[k] for k in kept]
+        if self.decay_clock == "events":
+            ts = np.arange(self._n_learned, self._n_learned + len(item_rows), dtype=np.float64)
+        else:
+            ts = [update.ts[k] for k in kept]
         mf = self.mf if self.mf is not None and self.mf.deferred else None
-        for k, (i, weight, ts, history) in enumerate(zip(update.item, update.weight, update.ts, update.history)):
-            kept = keep is None or keep[k]
-            while j < n_steps and at[j] <= k:
-                if kept:
-                    self.choice.apply_gradient(np.asarray(steps[j], dtype=np.float64))
-                j += 1
-            if not kept:
-                continue
-            self._learn_items(tuple(rows[h] for h in history), rows[i], weight,
-                              float(self._n_learned) if events_clock else ts)
+        lo = 0
+        while lo < len(item_rows):
+            # Up to the next refresh of the pools: after this learner's first event, then after
+            # every _POOLS_EVERY-th.
+            hi = lo + 1 if "_ctx" not in self.__dict__ else \
+                min(len(item_rows), lo + _POOLS_EVERY - self._n_learned % _POOLS_EVERY)
+            self.items.learn(histories[lo:hi], item_rows[lo:hi], weights[lo:hi], ts[lo:hi])
             if mf is not None:
-                mf.observe(rows[i])
-            if (self._n_learned + 1) % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:
+                mf.observe_many(item_rows[lo:hi])
+            self._n_learned += hi - lo
+            if self._n_learned % _POOLS_EVERY == 0 or "_ctx" not in self.__dict__:
                 self._context(len(self.catalog), pools=True)
-            self._n_learned += 1
-        for grad in steps[j:]:
-            self.choice.apply_gradient(np.asarray(grad, dtype=np.float64))
+            lo = hi
         if update.mf_at and self.mf is not None:
             self._apply_factor_steps(update, rows, keep)
         # Categories its events named last: the second stage's steps above were computed from lists

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+
+import numpy as np
 
 from models.adaptive_popularity import AdaptivePopularity
 from models.catalog import Catalog
@@ -42,6 +45,24 @@ class ItemState:
         self.__dict__.update((sys.intern(k), v) for k, v in state.items())
         if "successors" not in state:
             self.successors = _successors(self.covisit)
+
+    def learn(self, histories: Sequence[tuple[int, ...]], rows: Sequence[int], weights: Sequence[float], ts) -> None:
+        """Events ``rows[k]`` after ``histories[k]`` (rows, most recent first), of ``weights[k]`` at
+        clock ``ts[k]``, one after the other: each structure takes them in one call, to the same
+        state to the last bit as one event at a time (they are independent of each other)."""
+        if len(rows) == 1:  # (one event: the structures' own one-event paths, without numpy's cost per call)
+            history, row, weight, t = histories[0], int(rows[0]), float(weights[0]), ts[0]
+            t = None if t is None else float(t)
+            self.popularity.update(row, weight, t, novel=row not in history)
+            self.covisit.update(history, row, weight, t)
+            self.successors.update(history[:1], row, weight, t)
+            return
+        rows_a = np.asarray(rows, dtype=np.int64)
+        weights_a = np.asarray(weights, dtype=np.float64)
+        novel = np.fromiter((row not in h for h, row in zip(histories, rows)), dtype=bool, count=len(rows))
+        self.popularity.update_many(rows_a, weights_a, ts, novel)
+        self.covisit.update_many(histories, rows, weights_a, ts)
+        self.successors.update_many([h[:1] for h in histories], rows, weights_a, ts)
 
 
 def _popularity(half_life) -> AdaptivePopularity | TrendingPopularity:
