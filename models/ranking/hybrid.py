@@ -320,6 +320,8 @@ class HybridRanker(StreamingRecommender):
         self.sessions = SessionNeighbours(sessions_per_item=50) if self.session_neighbours else None
         self._outbox = _Outbox() if self.share_items else None
         self._mf_pending: dict[int, str] = {}  # user key -> id, of this learner's users in updates not applied yet
+        # User key -> factors a part of an update left them at, for the next part (ItemUpdate.mf_more).
+        self._mf_carry: dict[int, np.ndarray] = {}
 
     @property
     def served_popularity_half_life(self) -> float | None:
@@ -478,13 +480,23 @@ class HybridRanker(StreamingRecommender):
         sel = np.arange(len(update.mf_at)) if keep is None else \
             np.flatnonzero(np.asarray(keep, dtype=bool)[np.asarray(update.mf_at, dtype=np.int64)])
         items = np.asarray(update.mf_item, dtype=np.int64)[sel]
-        U = mf.apply_steps(np.frombuffer(update.mf_start, dtype="<f4").reshape(n_users, k),
-                           np.asarray(update.mf_user, dtype=np.int64)[sel], np.asarray(rows, dtype=np.int64)[items],
-                           [update.items[i] for i in items.tolist()],
+        start = np.frombuffer(update.mf_start, dtype="<f4").reshape(n_users, k).astype(np.float64)
+        carry, keys = self._mf_carry, update.mf_users
+        for i in update.mf_resume:  # (where the previous part left them, when it was applied here)
+            kept = carry.pop(keys[i], None)
+            if kept is not None and len(kept) == k:
+                start[i] = kept
+        U = mf.apply_steps(start, np.asarray(update.mf_user, dtype=np.int64)[sel],
+                           np.asarray(rows, dtype=np.int64)[items], [update.items[i] for i in items.tolist()],
                            np.asarray(update.mf_target, dtype=np.float64)[sel])
+        more = set(update.mf_more)
+        for i in more:
+            carry[keys[i]] = U[i].copy()
         pending, users = self._mf_pending, self._users
         U = U.astype("<f4").astype(np.float64)  # what the customer's record holds, exactly
-        for i, key in enumerate(update.mf_users):
+        for i, key in enumerate(keys):
+            if i in more:
+                continue  # (their steps go on in the next part: taken from the last)
             user = pending.pop(key, None)
             if user is not None and user in users:
                 mf.set_user_vector(user, U[i])
@@ -554,6 +566,7 @@ class HybridRanker(StreamingRecommender):
         state.setdefault("share_items", False)  # (checkpoints before sharing learned their item side directly)
         state.setdefault("_outbox", None)
         state.setdefault("_mf_pending", {})
+        state.setdefault("_mf_carry", {})
         pools = state.pop("_pools", None)
         # ... and from before the co-visits' prior: they normalise with the current default.
         state.setdefault("covisit_prior", _COVISIT_PRIOR)

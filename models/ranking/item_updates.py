@@ -50,6 +50,14 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
     (:func:`user_key`), never as ids: only their own learner knows whose
     factors the result is.
 
+    An update too large for one record travels as parts (:meth:`part`).
+    A user whose steps go on in the next part is in ``mf_more`` (positions
+    in ``mf_users``): every learner keeps the factors the part left the user
+    at, and the user's own learner does not take them yet. A user whose
+    steps began in an earlier part is in ``mf_resume``: the part's steps
+    start from the factors kept, as the whole update's would have gone on
+    (``mf_start`` holds the whole update's start, used when none were kept).
+
     >>> u = ItemUpdate(items=["boots", "socks"], item=[1], weight=[1.0], ts=[None], history=[[0]])
     >>> decode_update(encode_update(u)) == u, u.n_events
     (True, 1)
@@ -70,6 +78,8 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
     mf_at: list[int] = []
     category_item: list[int] = []  # (last: records written before them decode with none)
     category: list[str] = []
+    mf_resume: list[int] = []  # (after these: records written before them decode with none)
+    mf_more: list[int] = []
 
     @property
     def n_events(self) -> int:
@@ -78,7 +88,8 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
     def part(self, lo: int, hi: int) -> ItemUpdate:
         """Events ``lo`` to ``hi - 1`` with the second stage's steps taken before them, as an update of
         their own: applying ``u.part(0, m)`` then ``u.part(m, n)`` is applying ``u`` (the categories
-        go with the part that ends it).
+        go with the part that ends it; a user's factor steps go on from part to part, ``mf_more``
+        and ``mf_resume``, though a learner takes each part's steps in rounds of their own).
 
         >>> u = ItemUpdate(["a", "b", "c"], [0, 1, 2], [1.0, 1.0, 3.0], [None] * 3, [[], [0], [1, 0]],
         ...                choice_at=[2], choice=[[0.5]])
@@ -95,7 +106,13 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
         mf = [j for j, k in enumerate(self.mf_at) if lo <= k < hi]
         users: dict[int, int] = {}
         mf_user = [users.setdefault(self.mf_user[j], len(users)) for j in mf]
+        # Users with steps before the part (or before this update, when it is a part itself) resume
+        # there; users with steps after it (or after this update) go on.
+        before = {self.mf_user[j] for j, k in enumerate(self.mf_at) if k < lo} | set(self.mf_resume)
+        after = {self.mf_user[j] for j, k in enumerate(self.mf_at) if k >= hi} | set(self.mf_more)
         mf_item = [at(self.mf_item[j], len(index)) for j in mf]
+        # (Before `items` is listed: the item a category names may be in no event of this part.)
+        category_item = [at(i, len(index)) for i in self.category_item] if last else []
         start = b""
         if users:
             width = len(self.mf_start) // len(self.mf_users)
@@ -105,8 +122,10 @@ class ItemUpdate(msgspec.Struct, array_like=True, frozen=True):
                           choice=[self.choice[j] for j in steps], mf_users=[self.mf_users[u] for u in users],
                           mf_start=start, mf_user=mf_user, mf_item=mf_item,
                           mf_target=[self.mf_target[j] for j in mf], mf_at=[self.mf_at[j] - lo for j in mf],
-                          category_item=[at(i, len(index)) for i in self.category_item] if last else [],
-                          category=list(self.category) if last else [])
+                          category_item=category_item,
+                          category=list(self.category) if last else [],
+                          mf_resume=[i for u, i in users.items() if u in before],
+                          mf_more=[i for u, i in users.items() if u in after])
 
 
 def user_key(user_id: str) -> int:

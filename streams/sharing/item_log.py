@@ -71,6 +71,17 @@ _BYE = "bye"
 _WARN_EVERY_S = 30.0
 
 
+def encode_in_records(update: EngineUpdate, max_bytes: int) -> list[bytes]:
+    """``update`` encoded in records of at most ``max_bytes`` (halved until they fit, or down to one
+    event; each record encoded once): applied in order, they teach what ``update`` does."""
+    data = encode_engine_update(update)
+    if update.n_events < 2 or len(data) <= max_bytes:
+        return [data]
+    mid = update.n_events // 2
+    return encode_in_records(update.part(0, mid), max_bytes) + \
+        encode_in_records(update.part(mid, update.n_events), max_bytes)
+
+
 class ItemLog:
     """Publishes this worker's item-side updates and applies everyone's to ``engine`` (see the module doc).
 
@@ -202,13 +213,7 @@ class ItemLog:
         self.metrics.item_update_exchange_seconds.observe(time.perf_counter() - began)
 
     def _records(self, update: EngineUpdate) -> list[bytes]:
-        """``update`` encoded in records of at most ``item_update_max_bytes`` (halved until they fit;
-        each record encoded once)."""
-        data = encode_engine_update(update)
-        if update.n_events < 2 or len(data) <= self.max_record_bytes:
-            return [data]
-        mid = update.n_events // 2
-        return self._records(update.part(0, mid)) + self._records(update.part(mid, update.n_events))
+        return encode_in_records(update, self.max_record_bytes)
 
     def _publish(self, values: list[bytes | None], headers: list | None = None) -> int:
         """Produce ``values`` in order and wait until the broker acknowledged them; the offset of the last.

@@ -14,6 +14,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from models.engine_update import decode_engine_update, encode_engine_update
 from models.evaluation import served_lists
 from models.ranking import HybridRanker
 from models.ranking.item_updates import ItemUpdate, decode_update, encode_update
@@ -219,3 +220,63 @@ def test_an_update_applied_whole_in_parts_or_event_by_event_leaves_the_same_chec
     assert max(map(len, met.values())) > 2 * 12 >= max(map(len, whole.items.covisit.rows._slots))  # pruned
     assert pickle.dumps(whole) == pickle.dumps(parts) == pickle.dumps(single)
     assert item_side(whole, whole.catalog.ids) == item_side(single, single.catalog.ids)
+
+
+def test_a_customers_factor_steps_go_on_across_the_parts_of_an_update():
+    # An update too large for one record travels as parts (the item log halves it until it fits).
+    # One customer's steps are taken in order whole or in parts, so the parts, and parts of parts,
+    # must leave their factors and the items' as the whole update does, bit for bit; the customer's
+    # own learner takes their factors from the last part.
+    events, _ = shop_events(3000, n_users=20, n_items=200, seed=32)
+    busiest = max({ev.user_id for ev in events}, key=lambda u: sum(ev.user_id == u for ev in events))
+    one = [ev for ev in events if ev.user_id == busiest]
+    n = len(one)
+    assert n >= 100
+    whole, parts = HybridRanker(seed=8, share_items=True), HybridRanker(seed=8, share_items=True)
+    for r in (whole, parts):
+        for ev in one:
+            r.learn_one(ev.user_id, ev.item_id, ev.type, ev.ts)
+    update, same = whole.take_updates(), parts.take_updates()
+    assert encode_update(update) == encode_update(same) and len(update.mf_at) >= n and len(update.mf_users) == 1
+    whole.apply_updates(update)
+    first, rest = update.part(0, n // 4), update.part(n // 4, n)
+    m = rest.n_events
+    records = [first, rest.part(0, m // 2), rest.part(m // 2, m)]
+    assert records[0].mf_more == [0] and records[1].mf_resume == records[1].mf_more == [0]
+    assert records[2].mf_resume == [0] and records[2].mf_more == []
+    for record in records:
+        parts.apply_updates(decode_update(encode_update(record)))
+    user = one[0].user_id
+    assert np.array_equal(whole.mf.user_vector(user), parts.mf.user_vector(user))
+    n_items = len(whole.catalog)
+    assert np.array_equal(whole.mf.item_factors[:n_items], parts.mf.item_factors[:n_items])
+    assert not parts._mf_carry  # (taken by the part that resumed)
+    assert item_side(whole, whole.catalog.ids) == item_side(parts, parts.catalog.ids)
+
+
+def test_an_update_too_large_for_a_record_travels_in_parts_that_teach_what_it_does():
+    # The item log halves a batch's update until each record fits; workers apply the records in order.
+    from models.engine import PersonalisationEngine
+    from streams.sharing.item_log import encode_in_records
+
+    events, _ = shop_events(1200, n_users=40, n_items=300, seed=33)
+    positions = [(("click", 0), k) for k in range(len(events))]
+    owner, whole, parts = (PersonalisationEngine(top_n=10, seed=1) for _ in range(3))
+    taken = []
+    owner.process(events, {}, positions=positions, share=taken.append)
+    (update,) = taken
+    records = encode_in_records(update, 16_384)
+    assert len(records) >= 4 and max(map(len, records)) <= 16_384
+    assert encode_in_records(update, 1 << 30) == [encode_engine_update(update)]
+    whole.apply_update(update)
+    for record in records:
+        parts.apply_update(decode_engine_update(record))
+    assert parts.model_offsets == whole.model_offsets == {("click", 0): len(events)}
+    ids = whole.ranker.catalog.ids
+    counts = {k: v for k, v in item_side(whole.ranker, ids).items() if k != "factors"}
+    assert counts == {k: v for k, v in item_side(parts.ranker, ids).items() if k != "factors"}
+    assert not parts.ranker._mf_carry  # every customer's steps were taken up by the part after
+    named = [i for i in ids if whole.ranker.item_category(i) is not None]
+    assert named and all(parts.ranker.item_category(i) == whole.ranker.item_category(i) for i in ids)
+    # Applied twice (a batch processed again), the parts teach nothing more.
+    assert sum(parts.apply_update(decode_engine_update(record)) for record in records) == 0
