@@ -53,8 +53,10 @@ class SparseRows:
         self._init_slab(1024)
 
     def _init_slab(self, size: int) -> None:
-        self._C = np.empty(size, dtype=np.int32)  # columns of every row, in the rows' regions
-        self._V = np.empty(size, dtype=np.float64)  # values, same layout
+        # Zeroed, not left as whatever memory held: rescaling multiplies the whole used slab, holes
+        # and spare room included, and must not meet NaNs there.
+        self._C = np.zeros(size, dtype=np.int32)  # columns of every row, in the rows' regions
+        self._V = np.zeros(size, dtype=np.float64)  # values, same layout
         self._used = 0  # slab positions handed out
         self._garbage = 0  # positions of regions left behind by rows that moved
         self._start: list[int] = []  # region of each row: start ...
@@ -97,8 +99,8 @@ class SparseRows:
             self._compact()
         if self._used + size > len(self._C):
             n = max(2 * len(self._C), self._used + size)
-            C = np.empty(n, dtype=np.int32)
-            V = np.empty(n, dtype=np.float64)
+            C = np.zeros(n, dtype=np.int32)
+            V = np.zeros(n, dtype=np.float64)
             C[: self._used] = self._C[: self._used]
             V[: self._used] = self._V[: self._used]
             self._C, self._V = C, V
@@ -110,8 +112,8 @@ class SparseRows:
         lens = np.fromiter(map(len, self._slots), dtype=np.int64, count=n_rows)
         src = concat_ranges(np.array(self._start, dtype=np.int64), lens)
         dst = concat_ranges(starts, lens)
-        C = np.empty(len(self._C), dtype=np.int32)
-        V = np.empty(len(self._V), dtype=np.float64)
+        C = np.zeros(len(self._C), dtype=np.int32)
+        V = np.zeros(len(self._V), dtype=np.float64)
         C[dst] = self._C[src]
         V[dst] = self._V[src]
         self._C, self._V = C, V

@@ -4,7 +4,8 @@ Two workers share a stream; one stops mid-stream (its partitions move to the oth
 (they move back). At the end, each worker's item side, caught up to the same position of the
 item-updates log, is the same: co-visitation neighbours, popularity, successors, the second stage and
 the item factors, item by item; every event was learned once; every customer, moved or not, gets the
-same list from either worker given their profile's state; no customer id is in the log.
+same list from either worker given their profile's state; no customer id is in the log. Records are
+small, so each batch's update travels in several.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def _neighbours(engine: PersonalisationEngine, item: str, k: int = 10) -> list[s
 
 
 def test_two_workers_hold_one_item_side_whoever_owned_which_partition(settings, start_worker, redis_client):
-    s = own_topics(settings, "share", checkpoint_interval_s=0.0)  # checkpoints at each clean stop
+    # Checkpoints at each clean stop; records of at most 8 KiB, so a batch's update travels in parts.
+    s = own_topics(settings, "share", checkpoint_interval_s=0.0, item_update_max_bytes=8192)
     sim = ShopperSimulator(n_users=120, n_items=250, seed=31)
     publish_catalogue(make_producer(s), s, sim.catalogue())
     events = list(sim.events(3600))
@@ -114,12 +116,15 @@ def test_two_workers_hold_one_item_side_whoever_owned_which_partition(settings, 
     assert (ids_a == ids_b).all() and np.array_equal(scores_a, scores_b)
     # Both workers published; no customer id travels in the log.
     assert {m.key() for m in log if m.value()} == {b"a", b"b"}
-    names = set()
+    names, went_on = set(), 0
     for m in log:
         if m.value():
             update = decode_engine_update(m.value())
             names.update(update.ranker.items, (topic for topic, _ in update.sources))
+            went_on += bool(update.ranker.mf_more)
+            assert len(m.value()) <= 8192 or update.n_events == 1
     assert names and not names & set(users)
+    assert went_on  # (updates were split, customers' factor steps going on from part to part)
 
 
 def test_a_log_record_that_fails_to_apply_stops_the_exchange_not_the_batch(settings):
