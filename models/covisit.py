@@ -466,9 +466,6 @@ class CoVisitation:
         if self.clock.rescale_factor != 1.0:
             self.rows.scale(1.0 / self.clock.rescale_factor)
             self._mass /= self.clock.rescale_factor
-        top = max(row, max(history))
-        if top >= len(self._mass):
-            self._mass = grow_to(self._mass, top + 1)
         self._fold((history,), (row,), (inc,))
 
     def update_many(self, histories: Sequence[Sequence[int]], rows: Sequence[int], weights: Sequence[float],
@@ -490,9 +487,6 @@ class CoVisitation:
         ...                                          b.rows.row(0) + b.rows.row(3) + (b.mass(4),)))
         True
         """
-        if len(rows) == 1:
-            t = ts[0]
-            return self.update(histories[0], rows[0], float(weights[0]), None if t is None else float(t))
         keep = [k for k, h in enumerate(histories) if len(h)]  # (an event with no history counts nothing)
         if not keep:
             return
@@ -500,9 +494,6 @@ class CoVisitation:
         rows = [rows[k] for k in keep]
         weights = np.asarray(weights, dtype=np.float64)[keep]
         ts = self.clock.times([ts[k] for k in keep])
-        top = max(max(rows), max(max(h) for h in histories))
-        if top >= len(self._mass):
-            self._mass = grow_to(self._mass, top + 1)
         start = 0
         while start < len(rows):
             inc = self.clock.increments(ts[start:])
@@ -524,7 +515,6 @@ class CoVisitation:
         slots, start, cap = srows._slots, srows._start, srows._cap
         fw, bw, decay = self.forward, self.backward, self.distance_decay
         full = 2 * srows.max_neighbors if srows.max_neighbors is not None else None
-        V, C = srows._V, srows._C
         # Additions to existing entries and to masses, made in order by np.add.at before values are
         # read or moved.
         at, by, mass_at, mass_by = [], [], [], []
@@ -535,12 +525,26 @@ class CoVisitation:
             at.clear()
             by.clear()
 
+        def place(a: int, a_slots: dict, b: int, x: float) -> None:
+            """A new entry ``b`` of row ``a``: in the row's region while it has room (most do),
+            else by :meth:`SparseRows.add` (which may move the row, grow the slab or prune)."""
+            s = len(a_slots)
+            if s < cap[a] and (full is None or s < full):
+                p = start[a] + s
+                srows._C[p] = b
+                srows._V[p] = x
+                a_slots[b] = s
+            else:
+                settle()
+                srows.add(a, b, x)
+
         for history, row, w in zip(histories, rows, ws):
             top = max(row, max(history))
+            if top >= len(self._mass):
+                self._mass = grow_to(self._mass, top + 1)
             if top >= len(slots):  # (new rows' regions are made event by event: the same slab layout)
                 settle()
                 srows._ensure(top)
-                V, C = srows._V, srows._C
             row_slots = slots[row]
             total = 0.0
             for h in history:
@@ -551,29 +555,14 @@ class CoVisitation:
                         pend_at(start[h] + s)
                         pend_by(fw * w)
                     else:
-                        s = len(h_slots)
-                        if s < cap[h] and (full is None or s < full):
-                            C[start[h] + s] = row
-                            V[start[h] + s] = fw * w
-                            h_slots[row] = s
-                        else:
-                            settle()
-                            srows.add(h, row, fw * w)
-                            V, C = srows._V, srows._C  # add() may have grown or compacted the slab
+                        place(h, h_slots, row, fw * w)
                     s = row_slots.get(h)
                     if s is not None:
                         pend_at(start[row] + s)
                         pend_by(bw * w)
                     else:
-                        s = len(row_slots)
-                        if s < cap[row] and (full is None or s < full):
-                            C[start[row] + s] = h
-                            V[start[row] + s] = bw * w
-                            row_slots[h] = s
-                        else:
-                            settle()
-                            srows.add(row, h, bw * w)
-                            V, C, row_slots = srows._V, srows._C, slots[row]  # ... or pruned the row
+                        place(row, row_slots, h, bw * w)
+                        row_slots = slots[row]  # (placing may have pruned the row: a new dict)
                     pend_mass_at(h)
                     pend_mass_by(w)
                     total += w

@@ -14,7 +14,6 @@ __all__ = ["DecayClock", "TrendingPopularity"]
 # Rescale once increments reach e**RESCALE_AT, far below float64 overflow.
 RESCALE_AT = 200.0
 _LN2 = math.log(2.0)
-_FEW = 8  # runs of at most this many units are taken one at a time
 
 
 class DecayClock:
@@ -101,15 +100,6 @@ class DecayClock:
         n = len(ts)
         if self.half_life is None:
             return np.ones(n)
-        if n <= _FEW:  # (numpy's cost per call is more than the interpreter's per unit here)
-            out = [self.increment(float(ts[0]))]
-            factor = self.rescale_factor
-            for t in ts[1:].tolist():
-                if self._log_gain(t) > RESCALE_AT:
-                    break
-                out.append(self.increment(t))
-            self.rescale_factor = factor
-            return np.array(out)
         if self.t_ref is None:
             self.t_ref = float(ts[0])
         gains = _LN2 * (ts - self.t_ref) / self.half_life  # (the operations of _log_gain, in its order)
@@ -266,10 +256,7 @@ class TrendingPopularity:
         >>> a.scores(3).tolist() == b.scores(3).tolist(), a.scores(3).round(4).tolist()
         (True, [4.2426, 0.0, 3.0])
         """
-        if len(rows) <= 1:
-            if len(rows):
-                t = ts[0]
-                self.update(int(rows[0]), float(weights[0]), None if t is None else float(t))
+        if not len(rows):
             return
         ts = self.clock.times(ts)
         values = self._values = grow_to(self._values, int(rows.max()) + 1)
