@@ -32,12 +32,16 @@ candidates or of the exclusion rule, so an item's score is the same in
 
 from __future__ import annotations
 
+import math
+import sys
+from collections.abc import Mapping
+
 import numpy as np
 
 from models.events import CLICK, ENGAGEMENT
 from models.groups import concat_ranges, strongest_in_groups, within
 
-__all__ = ["FEATURES", "PRIOR", "Sequels", "pair_features"]
+__all__ = ["FEATURES", "PRIOR", "Sequels", "pair_features", "prior_with", "starting_weights"]
 
 #: Feature names, in the order of the columns of :func:`pair_features`.
 #: (Columns are only ever appended: a checkpoint's learned weights keep their meaning.)
@@ -48,9 +52,46 @@ _COLUMN = {name: j for j, name in enumerate(FEATURES)}
 # Log-scale copies of ratio features: nats of the ratio mapped to [0, 1] (popularity spans more).
 _LOG_SPANS = {"covisit": 10.0, "popularity": 15.0, "transition": 10.0, "successor": 10.0, "session_knn": 10.0}
 
-#: Weights before anything is learned: the first stage's blend, and shoppers come back to what
-#: they looked at (re-consumption features at 0.5); the rest is learned.
-PRIOR = (1.0, 0.1, 0.05, 0.2, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5) + (0.0,) * 8 + (0.5,)
+#: Weights before anything is learned: the first stage's blend; shoppers come back to what they
+#: looked at (re-consumption features at 0.5) and go on to what follows the item they are on
+#: (transition and successor at 0.5: every dev log's second stage learns them positive, and a
+#: small shop's second stage takes few steps); the rest is learned.
+PRIOR = (1.0, 0.1, 0.05, 0.2, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.5)
+
+
+def starting_weights(weights: Mapping[str, float] | None) -> dict[str, float] | None:
+    """``weights`` (feature name -> starting weight, for some of :data:`FEATURES`) checked and in
+    the features' order; ``None`` when there are none.
+
+    >>> starting_weights({"successor": 0.5, "transition": 1})
+    {'transition': 1.0, 'successor': 0.5}
+    >>> starting_weights({"colour": 1.0})
+    Traceback (most recent call last):
+    ...
+    ValueError: choice_prior: unknown feature 'colour'; the features are covisit, popularity, mf, category, own, \
+own_recency_fast, own_recency_slow, own_count, own_session, latest, transition, covisit_log, popularity_log, \
+transition_log, successor, successor_log, session_knn, session_knn_log, own_engaged
+    """
+    if not weights:
+        return None
+    unknown = sorted(set(weights) - set(FEATURES))
+    if unknown:
+        raise ValueError(f"choice_prior: unknown feature {unknown[0]!r}; the features are {', '.join(FEATURES)}")
+    out = {}
+    for name in FEATURES:
+        if name in weights:
+            value = weights[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"choice_prior: {name} must be a finite number, got {value!r}")
+            out[sys.intern(name)] = float(value)
+    return out
+
+
+def prior_with(weights: Mapping[str, float] | None) -> tuple[float, ...]:
+    """:data:`PRIOR` with the starting weights ``weights`` (:func:`starting_weights`) in place of its own."""
+    if not weights:
+        return PRIOR
+    return tuple(float(weights.get(name, w)) for name, w in zip(FEATURES, PRIOR))
 
 def _lookup(keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``queries`` in the sorted ``keys`` and whether each is there."""

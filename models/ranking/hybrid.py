@@ -25,7 +25,7 @@ what is recommended):
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from models.mf import ImplicitMF
 from models.ranking.base import EXCLUDE_RULES, PAD_ID, PAD_SCORE, StreamingRecommender, check_request, padded
 from models.ranking.candidates import _Context
 from models.ranking.choice import SoftmaxChoice
-from models.ranking.features import FEATURES, PRIOR, Sequels, _Own, pair_features
+from models.ranking.features import FEATURES, Sequels, _Own, pair_features, prior_with, starting_weights
 from models.ranking.item_state import ItemState, _popularity
 from models.ranking.item_updates import ItemUpdate, _Outbox, user_key
 from models.ranking.scoring import _Batch, _histories, _Terms
@@ -155,6 +155,13 @@ class HybridRanker(StreamingRecommender):
     choice_lr, choice_l2, choice_g0
         Step size, pull towards the prior and AdaGrad's starting sum of squared
         gradients (larger damps the first steps) of the second stage's learning.
+    choice_prior
+        Starting weights of the second stage for some of its features (feature
+        name -> weight; the others keep :data:`~models.ranking.features.PRIOR`),
+        for example the ``second_stage_weights`` a replay of the shop's own log
+        learned (``recostream replay --json``: ``model.facts``). A shop with
+        little traffic gives the second stage few steps to learn from, and its
+        lists are then mostly what it starts from.
     train_every
         The second stage learns from every ``train_every``-th learned event
         (a function of the event sequence, so replays and workers learn alike):
@@ -234,6 +241,7 @@ class HybridRanker(StreamingRecommender):
         choice_lr: float = 0.15,
         choice_l2: float = 0.0,
         choice_g0: float = SoftmaxChoice.g0,
+        choice_prior: Mapping[str, float] | None = None,
         train_every: int = 32,
         exclude: str = "purchased",
         session_neighbours: bool = False,
@@ -283,6 +291,7 @@ class HybridRanker(StreamingRecommender):
             raise ValueError("choice_g0 must be positive")
         if exclude not in EXCLUDE_RULES:
             raise ValueError(f"exclude must be one of {EXCLUDE_RULES}, got {exclude!r}")
+        self.choice_prior = starting_weights(choice_prior)
         self.rerank_candidates = rerank_candidates
         self.choice_lr = choice_lr
         self.choice_l2 = choice_l2
@@ -316,7 +325,7 @@ class HybridRanker(StreamingRecommender):
             if self.w_mf
             else None
         )
-        self.choice = SoftmaxChoice(PRIOR, lr=self.choice_lr, l2=self.choice_l2, g0=self.choice_g0)
+        self.choice = SoftmaxChoice(prior_with(self.choice_prior), lr=self.choice_lr, l2=self.choice_l2, g0=self.choice_g0)
         self.sessions = SessionNeighbours(sessions_per_item=50) if self.session_neighbours else None
         self._outbox = _Outbox() if self.share_items else None
         self._mf_pending: dict[int, str] = {}  # user key -> id, of this learner's users in updates not applied yet
@@ -556,11 +565,13 @@ class HybridRanker(StreamingRecommender):
             state.setdefault(key, value)
         # Interned like the literal a fresh model holds, so that a re-dump pickles it the same way.
         state["exclude"] = sys.intern(state["exclude"])
+        state.setdefault("choice_prior", None)
+        prior = prior_with(state["choice_prior"])
         if "choice" not in state:
-            state["choice"] = SoftmaxChoice(PRIOR, lr=state["choice_lr"], l2=state["choice_l2"], g0=state["choice_g0"])
+            state["choice"] = SoftmaxChoice(prior, lr=state["choice_lr"], l2=state["choice_l2"], g0=state["choice_g0"])
         # ... and from before session neighbours and the features added with them: those start empty
         # and from their prior, the weights already learned are kept.
-        state["choice"] = state["choice"].widened(PRIOR)
+        state["choice"] = state["choice"].widened(prior)
         state.setdefault("session_neighbours", False)
         state.setdefault("sessions", None)
         state.setdefault("share_items", False)  # (checkpoints before sharing learned their item side directly)

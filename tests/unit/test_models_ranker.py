@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -326,9 +328,35 @@ def test_an_item_the_customer_went_further_with_scores_its_engagement_weight_mor
     assert r.predict_one("clicker", "x") == pytest.approx(r.predict_one("viewer", "x"))
 
 
+def test_the_second_stage_starts_from_the_weights_it_is_given_and_a_checkpoint_keeps_them():
+    """choice_prior replaces the prior of the features it names: the scores before any step are
+    those weights' scores, a checkpoint restores them, and steps go on from them."""
+    from models.ranking.features import FEATURES, PRIOR
+
+    given = {"transition": 1.0, "successor": 0.75}
+    r = HybridRanker(w_mf=0.0, train_every=0, choice_prior=given)
+    expected = [given.get(name, w) for name, w in zip(FEATURES, PRIOR)]
+    assert r.choice.weights.tolist() == expected
+    plain = HybridRanker(w_mf=0.0, train_every=0)
+    for model in (r, plain):  # "b" follows "a" for everybody: a transition and a successor of "a"
+        for k, user in enumerate(("u1", "u2", "u3")):
+            model.learn_one(user, "a", "browse", 1_700_000_000.0 + 2 * k)
+            model.learn_one(user, "b", "browse", 1_700_000_001.0 + 2 * k)
+        model.learn_one("u4", "a", "browse", 1_700_000_010.0)
+    restored = pickle.loads(pickle.dumps(r))
+    assert restored.choice_prior == given and restored.choice.weights.tolist() == expected
+    assert restored.predict_one("u4", "b") == r.predict_one("u4", "b") > plain.predict_one("u4", "b")
+    learner = HybridRanker(w_mf=0.0, choice_prior=given, train_every=1)
+    for k, user in enumerate(("u1", "u2", "u3")):
+        learner.learn_one(user, "a", "browse", 1_700_000_000.0 + 2 * k)
+        learner.learn_one(user, "b", "browse", 1_700_000_001.0 + 2 * k)
+    assert learner.choice.n_updates > 0 and learner.choice.weights.tolist() != expected
+
+
 def test_settings_out_of_their_range_are_refused():
     for bad in ({"covisit_prior": -1.0}, {"choice_g0": 0.0}, {"rerank_candidates": 0}, {"exclude": "viewed"},
-                {"popularity_half_life": -5}, {"covisit_half_life": 0}):
+                {"popularity_half_life": -5}, {"covisit_half_life": 0}, {"choice_prior": {"colour": 1.0}},
+                {"choice_prior": {"transition": float("nan")}}, {"choice_prior": {"transition": "high"}}):
         with pytest.raises(ValueError):
             HybridRanker(**bad)
     with pytest.raises(ValueError):
