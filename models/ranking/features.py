@@ -33,7 +33,6 @@ candidates or of the exclusion rule, so an item's score is the same in
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -83,7 +82,7 @@ transition_log, successor, successor_log, session_knn, session_knn_log, own_enga
             value = weights[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"choice_prior: {name} must be a finite number, got {value!r}")
-            out[sys.intern(name)] = float(value)
+            out[name] = float(value)
     return out
 
 
@@ -92,6 +91,7 @@ def prior_with(weights: Mapping[str, float] | None) -> tuple[float, ...]:
     if not weights:
         return PRIOR
     return tuple(float(weights.get(name, w)) for name, w in zip(FEATURES, PRIOR))
+
 
 def _lookup(keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``queries`` in the sorted ``keys`` and whether each is there."""

@@ -325,7 +325,8 @@ class HybridRanker(StreamingRecommender):
             if self.w_mf
             else None
         )
-        self.choice = SoftmaxChoice(prior_with(self.choice_prior), lr=self.choice_lr, l2=self.choice_l2, g0=self.choice_g0)
+        self.choice = SoftmaxChoice(prior_with(self.choice_prior), lr=self.choice_lr, l2=self.choice_l2,
+                                    g0=self.choice_g0)
         self.sessions = SessionNeighbours(sessions_per_item=50) if self.session_neighbours else None
         self._outbox = _Outbox() if self.share_items else None
         self._mf_pending: dict[int, str] = {}  # user key -> id, of this learner's users in updates not applied yet
