@@ -73,7 +73,7 @@ transition_log, successor, successor_log, session_knn, session_knn_log, own_enga
     """
     if not weights:
         return None
-    unknown = sorted(set(weights) - set(FEATURES))
+    unknown = sorted(set(weights) - _COLUMN.keys())
     if unknown:
         raise ValueError(f"choice_prior: unknown feature {unknown[0]!r}; the features are {', '.join(FEATURES)}")
     out = {}
